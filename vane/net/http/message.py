@@ -1,0 +1,213 @@
+"""HTTP request/response model shared by the HTTP/1 and HTTP/2 codecs and the L7 plugins.
+
+Header names are stored lower-cased as ``bytes``, values as ``bytes``, in arrival order, so
+the proxy path never decodes what it only forwards; ``str`` accessors decode latin-1 on demand.
+A body is a ``Body``: an iterator of ``bytes`` chunks with an optional known length, consumed
+once, so bodies stream end to end unless a node asks for ``req.body`` / ``res.body``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+HeaderList = list[tuple[bytes, bytes]]
+
+
+class BodyTooLarge(Exception):
+    """A buffered body passed its size limit (answered 413)."""
+
+
+class Headers:
+    """Ordered, multi-valued header list; names lower-case bytes."""
+
+    __slots__ = ("items_",)
+
+    def __init__(self, items: HeaderList | None = None) -> None:
+        self.items_: HeaderList = items if items is not None else []
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("latin-1")
+        for k, v in self.items_:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.items_ if k == key]
+
+    def getb(self, key: bytes) -> bytes | None:
+        """Fast path: ``key`` must already be lower-case bytes."""
+        for k, v in self.items_:
+            if k == key:
+                return v
+        return None
+
+    def __contains__(self, name: str) -> bool:
+        return self.getb(name.lower().encode("latin-1")) is not None
+
+    def set(self, name: str, value: str) -> None:
+        key = name.lower().encode("latin-1")
+        self.items_ = [(k, v) for k, v in self.items_ if k != key]
+        self.items_.append((key, value.encode("latin-1")))
+
+    def add(self, name: str, value: str) -> None:
+        self.items_.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+    def remove(self, name: str) -> None:
+        key = name.lower().encode("latin-1")
+        self.items_ = [(k, v) for k, v in self.items_ if k != key]
+
+    def remove_many(self, keys: Iterable[bytes]) -> None:
+        drop = set(keys)
+        if drop:
+            self.items_ = [(k, v) for k, v in self.items_ if k not in drop]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.items_)
+
+    def __len__(self) -> int:
+        return len(self.items_)
+
+    def copy(self) -> "Headers":
+        return Headers(list(self.items_))
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items_!r})"
+
+
+class Body:
+    """A one-shot stream of body chunks.
+
+    ``length`` is the byte count when known (Content-Length, or a buffered body), else None
+    (chunked / HTTP/2 without content-length). ``trailers`` may be filled by the codec once the
+    stream ends. ``close`` releases the source (e.g. an upstream connection) when the consumer
+    stops early.
+    """
+
+    __slots__ = ("_chunks", "length", "trailers", "_buffered", "_close")
+
+    def __init__(self, chunks: Iterable[bytes] = (), length: int | None = None,
+                 close: Callable[[], None] | None = None) -> None:
+        self._chunks: Iterator[bytes] | None = iter(chunks)
+        self.length = length
+        self.trailers: HeaderList | None = None
+        self._buffered: bytes | None = None
+        self._close = close
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Body":
+        body = cls((), len(data))
+        body._buffered = data
+        body._chunks = None
+        return body
+
+    @classmethod
+    def empty(cls) -> "Body":
+        return cls.from_bytes(b"")
+
+    @property
+    def is_buffered(self) -> bool:
+        return self._buffered is not None
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._buffered is not None:
+            if self._buffered:
+                yield self._buffered
+            return
+        chunks, self._chunks = self._chunks, None
+        if chunks is None:
+            return
+        for chunk in chunks:
+            if chunk:
+                yield chunk
+
+    def read_all(self, limit: int) -> bytes:
+        """Buffer the whole body (at most ``limit`` bytes) and keep it for re-reading."""
+        if self._buffered is not None:
+            return self._buffered
+        if self.length is not None and self.length > limit:
+            self.close()
+            raise BodyTooLarge(self.length)
+        parts: list[bytes] = []
+        size = 0
+        for chunk in self:
+            size += len(chunk)
+            if size > limit:
+                self.close()
+                raise BodyTooLarge(size)
+            parts.append(chunk)
+        self._buffered = b"".join(parts)
+        self.length = size
+        return self._buffered
+
+    def close(self) -> None:
+        self._chunks = None
+        if self._close is not None:
+            close, self._close = self._close, None
+            close()
+
+
+class Request:
+    """One HTTP request as received (or as sent upstream after rewriting)."""
+
+    __slots__ = ("method", "scheme", "authority", "path", "query", "version", "headers", "body",
+                 "stream_id")
+
+    def __init__(self, method: str, path: str, query: str = "", version: str = "1.1",
+                 headers: Headers | None = None, body: Body | None = None, scheme: str = "http",
+                 authority: str = "", stream_id: int | None = None) -> None:
+        self.method = method
+        self.scheme = scheme
+        self.authority = authority  # Host header (HTTP/1) or :authority (HTTP/2)
+        self.path = path            # raw path, no query
+        self.query = query          # raw query, no leading '?'
+        self.version = version      # "1.0" | "1.1" | "2"
+        self.headers = headers if headers is not None else Headers()
+        self.body = body if body is not None else Body.empty()
+        self.stream_id = stream_id
+
+    @property
+    def uri(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    @property
+    def host(self) -> str:
+        """Host without port, lower-cased."""
+        auth = self.authority
+        if auth.startswith("["):
+            end = auth.find("]")
+            return auth[: end + 1].lower() if end > 0 else auth.lower()
+        return auth.rsplit(":", 1)[0].lower() if ":" in auth else auth.lower()
+
+
+class Response:
+    """An HTTP response: built by a plugin, or received from an upstream."""
+
+    __slots__ = ("status", "reason", "headers", "body")
+
+    def __init__(self, status: int = 200, headers: Headers | None = None, body: Body | None = None,
+                 reason: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers if headers is not None else Headers()
+        self.body = body if body is not None else Body.empty()
+
+
+# RFC 9110 §7.6.1 plus the legacy names every proxy strips.
+HOP_BY_HOP: frozenset[bytes] = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+
+
+def strip_hop_by_hop(headers: Headers) -> None:
+    """Remove hop-by-hop headers: the static set plus every name listed in ``Connection``."""
+    drop = set(HOP_BY_HOP)
+    for k, v in headers.items_:
+        if k == b"connection":
+            for token in v.split(b","):
+                token = token.strip().lower()
+                if token:
+                    drop.add(token)
+    headers.remove_many(drop)
