@@ -1,0 +1,111 @@
+"""The rule compiler (DESIGN.md §3): config sources -> FlowGraph. Pure: no sockets, no daemon.
+
+``compile_sources`` collects every error before failing, so an operator fixes a broken config
+in one pass. The graph hash is the sha256 of the canonical JSON of the merged input (config,
+rules, and digests of the files they name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Mapping
+
+from vane.config.errors import CompileFailed, ConfigError, pointer
+from vane.config.load import Sources, load_dir, load_single_rule_file
+from vane.config.settings import Settings
+from vane.engine.template import Limits
+from vane.plugins.registry import registry_from_config
+
+from .flows import FlowBuilder, infer_layer
+from .graph import FlowGraph
+from .listen import ListenAddr, ListenError, parse_listen
+from .lower import L4_PREDICATE_PREFIXES, CompiledRule, Lowerer, rule_conditions, tls_paths
+
+__all__ = ["compile_sources", "compile_dir", "compile_path", "FlowGraph", "ListenAddr", "graph_hash"]
+
+
+def graph_hash(sources: Sources) -> str:
+    canonical = json.dumps(sources.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(settings.max_template_depth, settings.max_template_result_size, settings.max_template_parse_nodes)
+
+
+def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowGraph:
+    """Compile loaded sources; raise CompileFailed with every error found."""
+    if settings is None:
+        settings = Settings.from_env(sources.env)
+    registry, errors = registry_from_config(sources.config)
+    errors[:0] = sources.errors
+    limits = limits_of(settings)
+    defaults = sources.config.get("defaults") or {}
+    for name in defaults:
+        if name not in registry:
+            errors.append(ConfigError("config.json", pointer("defaults", name), f'unknown plugin "{name}"'))
+    seen: dict[str, str] = {}
+    compiled: list[CompiledRule] = []
+    for rs in sources.rules:
+        rule = rs.rule
+        name = rule["rule"]
+        if name in seen:
+            errors.append(ConfigError(rs.file, rs.pointer + "/rule",
+                                      f'duplicate rule name "{name}" (also in {seen[name]})'))
+            continue
+        seen[name] = rs.file
+        n_errors = len(errors)
+        conds = rule_conditions(rs, errors)
+        fits, terminators = infer_layer(rule["flow"], registry)
+        has_req = any(c.key.startswith("req.") for c in conds)
+        if not fits:
+            errors.append(ConfigError(rs.file, rs.pointer + "/flow", "rule mixes L4 and L7 terminators: "
+                                      + ", ".join(terminators)))
+            continue
+        layer = next(iter(fits)) if len(fits) == 1 else ("L7" if rule.get("tls") or has_req else "L4")
+        if layer == "L4":
+            for c in conds:
+                if not c.key.startswith(L4_PREDICATE_PREFIXES):
+                    errors.append(ConfigError(rs.file, rs.pointer + pointer("match", c.key),
+                                              f'"{c.key}" predicates need an HTTP rule; this rule is L4 '
+                                              f"(terminators: {', '.join(terminators)})"))
+            if rule.get("tls"):
+                errors.append(ConfigError(rs.file, rs.pointer + "/tls",
+                                          '"tls" terminates TLS for HTTP rules; this rule is L4 (use an '
+                                          '"upgrade" node with protocol "tls" in its flow instead)'))
+        addrs: list[ListenAddr] = []
+        listens = rule["listen"] if isinstance(rule["listen"], list) else [rule["listen"]]
+        for i, text in enumerate(listens):
+            try:
+                addrs.extend(a for a in parse_listen(text, settings.bind_ipv4, settings.bind_ipv6) if a not in addrs)
+            except ListenError as exc:
+                where = "/listen" + (f"/{i}" if isinstance(rule["listen"], list) else "")
+                errors.append(ConfigError(rs.file, rs.pointer + where, str(exc)))
+        builder = FlowBuilder(registry, limits, rs.file, name, errors, defaults)
+        flow = builder.build(rule["flow"], rs.pointer + "/flow", "l4" if layer == "L4" else "l7")
+        if flow is None or len(errors) > n_errors:
+            continue
+        compiled.append(CompiledRule(rs, name, layer, conds, flow, addrs,
+                                     tls_paths(sources.config_dir, rule.get("tls")), rule.get("priority", 0)))
+    listeners = Lowerer(registry, limits, errors).lower(compiled)
+    if errors:
+        raise CompileFailed(sorted(errors, key=lambda e: e.file))
+    return FlowGraph(graph_hash(sources), listeners, sources, registry)
+
+
+def compile_dir(config_dir: str, environ: Mapping[str, str] | None = None,
+                settings: Settings | None = None) -> FlowGraph:
+    sources = load_dir(config_dir, environ)
+    return compile_sources(sources, settings)
+
+
+def compile_path(path: str, config_dir: str | None = None, environ: Mapping[str, str] | None = None) -> FlowGraph:
+    """`vane compile PATH`: a config directory, or a single rule file (with ``config_dir``'s plugins)."""
+    if os.path.isdir(path):
+        return compile_dir(path, environ)
+    if not os.path.exists(path):
+        raise CompileFailed([ConfigError("", "", f"{path}: no such file or directory")])
+    sources = load_single_rule_file(path, config_dir, environ)
+    return compile_sources(sources)

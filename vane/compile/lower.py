@@ -1,0 +1,242 @@
+"""Lower rules into one flow tree per listener address (DESIGN.md §3).
+
+Per listener: the L4 rules, tried in order before anything is consumed, then the HTTP group —
+``upgrade tls`` when the listener carries certs, ``upgrade http`` otherwise, and a ``detect``
+node telling cleartext and TLS apart when it carries both — whose HTTP rules are tried on
+every request. Unmatched requests get 404 (HTTP/1) or 421 (HTTP/2); unmatched L4 connections
+a ``deny`` (reset). The inserted nodes are the same ``match``/``upgrade``/``detect``/``deny``
+nodes an operator can write; they are marked synthetic and never enter scoped-key paths.
+
+Order on a listener: ``priority`` desc, then predicate count desc, then merge order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from vane.config.errors import ConfigError, pointer
+from vane.config.load import RuleSource, resolve_path
+from vane.engine.node import Node
+from vane.engine.ops import OpError, as_text, compile_op
+from vane.engine.template import CompiledInput, Limits
+from vane.plugins.registry import Registry
+
+from .listen import ListenAddr
+
+L4_PREDICATE_PREFIXES = ("conn.", "listen.", "tls.", "peek.")
+
+
+@dataclass
+class Cond:
+    key: str
+    op: str
+    right: Any
+
+    def as_input(self) -> dict:
+        return {"left": "{{" + self.key + "}}", "op": self.op, "right": self.right}
+
+    def canonical(self) -> str:
+        return json.dumps([self.key, self.op, self.right], sort_keys=True)
+
+
+@dataclass
+class CompiledRule:
+    source: RuleSource
+    name: str
+    layer: str                      # "L4" | "L7"
+    conds: list[Cond]
+    flow: Node
+    addrs: list[ListenAddr]
+    tls: tuple[str, str] | None     # absolute (cert, key)
+    priority: int
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        return (-self.priority, -len(self.conds), self.source.index)
+
+    @property
+    def predicates_key(self) -> frozenset[str]:
+        return frozenset(c.canonical() for c in self.conds)
+
+
+@dataclass
+class ListenerPlan:
+    addr: ListenAddr
+    root: Node
+    rules: list[str] = field(default_factory=list)
+    certs: list[tuple[str, str]] = field(default_factory=list)
+
+
+def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
+    conds: list[Cond] = []
+    for key, spec in (rs.rule.get("match") or {}).items():
+        where = rs.pointer + pointer("match", key)
+        if isinstance(spec, dict):
+            items = list(spec.items())
+        elif isinstance(spec, list):
+            items = [("in", [as_text(v) for v in spec])]
+        else:
+            items = [("eq", as_text(spec))]
+        for op, right in items:
+            try:
+                compile_op(op, right)
+            except OpError as exc:
+                errors.append(ConfigError(rs.file, f"{where}/{op}" if isinstance(spec, dict) else where, str(exc)))
+                continue
+            conds.append(Cond(key, op, right))
+    return conds
+
+
+class Lowerer:
+    """Builds every listener's tree from compiled rules."""
+
+    def __init__(self, registry: Registry, limits: Limits, errors: list[ConfigError]) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.errors = errors
+        self._trees: dict[tuple, Node] = {}
+        self._reported: set[tuple[str, str]] = set()
+
+    def lower(self, rules: list[CompiledRule]) -> dict[ListenAddr, ListenerPlan]:
+        by_addr: dict[ListenAddr, list[CompiledRule]] = {}
+        for rule in rules:
+            for addr in rule.addrs:
+                bucket = by_addr.setdefault(addr, [])
+                if rule not in bucket:
+                    bucket.append(rule)
+        self._check_overlaps(by_addr)
+        plans: dict[ListenAddr, ListenerPlan] = {}
+        for addr in sorted(by_addr):
+            plan = self._listener(addr, sorted(by_addr[addr], key=lambda r: r.sort_key))
+            if plan is not None:
+                plans[addr] = plan
+        return plans
+
+    def _error(self, rule: CompiledRule, ptr: str, message: str) -> None:
+        where = (rule.source.file, rule.source.pointer + ptr)
+        if where not in self._reported:  # one report per rule, not one per listener family
+            self._reported.add(where)
+            self.errors.append(ConfigError(where[0], where[1], message))
+
+    def _check_overlaps(self, by_addr: dict[ListenAddr, list[CompiledRule]]) -> None:
+        for addr, rules in by_addr.items():
+            if addr.is_wildcard:
+                continue
+            wild = ListenAddr(addr.transport, "0.0.0.0" if addr.family == 4 else "::", addr.port)
+            if wild in by_addr:
+                other = by_addr[wild][0]
+                self._error(rules[0], "/listen", f"{addr} overlaps {wild} of rule \"{other.name}\" "
+                                                 f"({other.source.file}): one port, one listen form")
+
+    def _listener(self, addr: ListenAddr, rules: list[CompiledRule]) -> ListenerPlan | None:
+        l4 = [r for r in rules if r.layer == "L4"]
+        http = [r for r in rules if r.layer == "L7"]
+        if addr.transport == "udp" and http:
+            for r in http:
+                self._error(r, "/listen", f"HTTP rule on UDP listener {addr}: HTTP rules need TCP")
+            return None
+        self._check_order(addr, l4 + http, l4)
+        key = (addr.transport, tuple(r.name for r in rules))
+        root = self._trees.get(key)
+        certs = _certs(http)
+        if root is None:
+            label = f"{addr.transport} :{addr.port}"
+            tail = self._http_group(label, http, certs) if http else self._deny_l4(label)
+            root = self._chain(label, "l4", l4, tail, "/l4")
+            self._trees[key] = root
+        return ListenerPlan(addr, root, [r.name for r in l4 + http], certs)
+
+    def _check_order(self, addr: ListenAddr, ordered: list[CompiledRule], l4: list[CompiledRule]) -> None:
+        seen: dict[frozenset[str], CompiledRule] = {}
+        for rule in ordered:
+            pk = rule.predicates_key
+            if pk in seen:
+                first = seen[pk]
+                self._error(rule, "/match", f'rules "{first.name}" ({first.source.file}) and "{rule.name}" '
+                                            f"have identical predicates on listener {addr}")
+            else:
+                seen[pk] = rule
+        groups = [l4, [r for r in ordered if r.layer == "L7" and r.tls],
+                  [r for r in ordered if r.layer == "L7" and not r.tls]]
+        catch_l4 = next((r for r in l4 if not r.conds), None)
+        for group in groups:
+            catch = catch_l4 if group is not l4 else None
+            for rule in group:
+                if catch is not None and rule is not catch and rule.predicates_key != catch.predicates_key:
+                    self._error(rule, "", f'rule "{rule.name}" is unreachable on listener {addr}: the earlier '
+                                          f'rule "{catch.name}" ({catch.source.file}) matches everything')
+                elif catch is None and not rule.conds:
+                    catch = rule
+
+    # -- tree building -------------------------------------------------------------------------
+
+    def _synthetic(self, label: str, where: str, name: str, layer: str, inp: dict) -> Node:
+        spec = self.registry.resolve(name, layer)
+        assert spec is not None, (name, layer)
+        node = Node(f"<{label}>#{where}", spec, layer, CompiledInput(inp, self.limits), f"plugin.{name}.", None,
+                    synthetic=True)
+        node.source = {name: {"input": inp}}
+        return node
+
+    def _chain(self, label: str, layer: str, rules: list[CompiledRule], tail: Node, where: str) -> Node:
+        node = tail
+        for rule in reversed(rules):
+            if not rule.conds:
+                node = rule.flow
+                continue
+            conds = [c.as_input() for c in rule.conds]
+            inp = conds[0] if len(conds) == 1 else {"all": conds}
+            m = self._synthetic(label, f"{where}/{rule.name}", "match", layer, inp)
+            m.branches = {"true": rule.flow, "false": node}
+            node = m
+        return node
+
+    def _deny_l4(self, label: str) -> Node:
+        return self._synthetic(label, "/l4/unmatched", "deny", "l4", {})
+
+    def _http_fallback(self, label: str, where: str) -> Node:
+        m = self._synthetic(label, f"{where}/unmatched", "match", "l7",
+                            {"left": "{{req.version}}", "op": "eq", "right": "2"})
+        m.branches = {"true": self._synthetic(label, f"{where}/unmatched/h2", "deny", "l7", {"status": 421}),
+                      "false": self._synthetic(label, f"{where}/unmatched/h1", "deny", "l7", {"status": 404})}
+        return m
+
+    def _upgrade_http(self, label: str, where: str, layer: str, rules: list[CompiledRule]) -> Node:
+        up = self._synthetic(label, f"{where}/upgrade-http", "upgrade", layer, {"protocol": "http"})
+        up.next = self._chain(label, "l7", rules, self._http_fallback(label, where), where)
+        return up
+
+    def _http_group(self, label: str, http: list[CompiledRule], certs: list[tuple[str, str]]) -> Node:
+        tls_rules = [r for r in http if r.tls]
+        clear_rules = [r for r in http if not r.tls]
+        tls_node = None
+        if tls_rules:
+            tls_node = self._synthetic(label, "/tls", "upgrade", "l4", {
+                "protocol": "tls", "certs": [{"cert": c, "key": k} for c, k in certs],
+                "alpn": ["h2", "http/1.1"]})
+            tls_node.next = self._upgrade_http(label, "/tls", "l4+", tls_rules)
+        if not clear_rules:
+            return tls_node
+        clear_node = self._upgrade_http(label, "/http", "l4", clear_rules)
+        if tls_node is None:
+            return clear_node
+        detect = self._synthetic(label, "/detect", "detect", "l4", {})
+        detect.branches = {"tls": tls_node, "*": clear_node}
+        detect.default = clear_node
+        return detect
+
+
+def _certs(http: list[CompiledRule]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for rule in http:
+        if rule.tls and rule.tls not in out:
+            out.append(rule.tls)
+    return out
+
+
+def tls_paths(config_dir: str, tls: dict | None) -> tuple[str, str] | None:
+    if not tls:
+        return None
+    return resolve_path(config_dir, tls["cert"]), resolve_path(config_dir, tls["key"])

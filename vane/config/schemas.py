@@ -1,0 +1,155 @@
+"""JSON Schemas (Draft 2020-12) for config.json and rules (DESIGN.md §2, §3, §6).
+
+Plugin inputs are checked against each plugin's own schema by the compiler, which knows the
+layer and so which implementation a name stands for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from .errors import ConfigError
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+_PREDICATE_OPS = ["eq", "ne", "prefix", "suffix", "contains", "regex", "glob", "cidr", "in", "not_in",
+                  "exists", "lt", "gt"]
+
+NODE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "maxProperties": 1,
+    "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"},
+    "additionalProperties": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "input": {},
+            "output": {"type": "object", "additionalProperties": {"$ref": "#/$defs/node"}},
+        },
+    },
+}
+
+RULE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["rule", "listen", "flow"],
+    "additionalProperties": False,
+    "properties": {
+        "rule": {"type": "string", "pattern": _NAME},
+        "description": {"type": "string"},
+        "listen": {"anyOf": [{"type": "string"},
+                             {"type": "array", "minItems": 1, "items": {"type": "string"}}]},
+        "priority": {"type": "integer"},
+        "match": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^(conn|listen|tls|peek|req)\.[A-Za-z0-9_.\-]+$"},
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": ["string", "number", "boolean"]},
+                    {"type": "array", "items": {"type": ["string", "number"]}},
+                    {"type": "object", "minProperties": 1,
+                     "propertyNames": {"enum": _PREDICATE_OPS}},
+                ],
+            },
+        },
+        "tls": {
+            "type": "object",
+            "required": ["cert", "key"],
+            "additionalProperties": False,
+            "properties": {"cert": {"type": "string"}, "key": {"type": "string"}},
+        },
+        "flow": {"$ref": "#/$defs/node"},
+    },
+    "$defs": {"node": NODE_SCHEMA},
+}
+
+_PLUGIN_DECL: dict[str, Any] = {
+    "type": "object",
+    "required": ["branches"],
+    "additionalProperties": False,
+    "properties": {
+        "wasm": {"type": "string"},
+        "http": {"type": "string", "pattern": r"^https?://"},
+        "unix": {"type": "string"},
+        "command": {"type": "string"},
+        "args": {"type": "array", "items": {"type": "string"}},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "branches": {"type": "array", "minItems": 1, "uniqueItems": True,
+                     "items": {"type": "string", "pattern": r"^[A-Za-z0-9_\-]+$"}},
+        "params": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"required": {"type": "boolean"}}}},
+        "extra_params": {"type": "boolean"},
+        "reads": {"type": "array", "items": {"type": "string"}},
+        "layers": {"type": "array", "items": {"enum": ["l4", "l4+", "l7"]}},
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
+        "fuel": {"type": "integer", "minimum": 1},
+        "memory_mb": {"type": "integer", "minimum": 1},
+    },
+}
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "plugins": {"type": "object", "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"},
+                    "additionalProperties": _PLUGIN_DECL},
+        "defaults": {"type": "object", "additionalProperties": {"type": "object"}},
+        "upstream_pool": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"max_idle_per_host": {"type": "integer", "minimum": 0},
+                           "max_active_per_host": {"type": "integer", "minimum": 1},
+                           "idle_timeout": {"type": "number", "minimum": 0},
+                           "connect_timeout": {"type": "number", "exclusiveMinimum": 0}},
+        },
+    },
+}
+
+RULE_VALIDATOR = Draft202012Validator(RULE_SCHEMA)
+CONFIG_VALIDATOR = Draft202012Validator(CONFIG_SCHEMA)
+_VALIDATORS: dict[int, Draft202012Validator] = {}
+
+
+def validator_for(schema: dict) -> Draft202012Validator:
+    """Validators cached per schema object (plugin schemas are module-level constants)."""
+    v = _VALIDATORS.get(id(schema))
+    if v is None:
+        v = _VALIDATORS[id(schema)] = Draft202012Validator(schema)
+    return v
+
+
+def schema_errors(validator: Draft202012Validator, instance: Any, file: str, base: str = "") -> Iterator[ConfigError]:
+    """Every schema violation, located by JSON pointer (``base`` prefixes it), with a plain message."""
+    for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
+        yield ConfigError(file, base + _pointer(err.absolute_path), describe(err))
+
+
+def _pointer(path: Any) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def describe(err: ValidationError) -> str:
+    """Turn a jsonschema error into an operator-readable sentence."""
+    v = err.validator
+    if v == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        return f'missing "{missing}"'
+    if v == "additionalProperties" and err.validator_value is False:
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return "unknown key" + ("s " if len(extra) > 1 else " ") + ", ".join(f'"{k}"' for k in extra)
+    if v == "enum":
+        return f"{err.instance!r} is not one of " + ", ".join(repr(x) for x in err.validator_value)
+    if v == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"must be of type {want}, got {type(err.instance).__name__}"
+    if v == "propertyNames":
+        return f"invalid name {err.instance!r}" if not isinstance(err.instance, dict) else err.message
+    if v in ("maxProperties", "minProperties") and err.schema is NODE_SCHEMA:
+        return f"a node has exactly one key, the plugin name (found {len(err.instance)})"
+    if v == "anyOf":
+        return f"invalid value {err.instance!r}"
+    return err.message

@@ -1,0 +1,190 @@
+"""Typed daemon settings from ``VANE_*`` environment variables (DESIGN.md §2, §4, §7, §8, §9).
+
+The OS environment wins over ``<config>/.env``. Every variable has a default and a check; a bad
+value is an error naming the variable. The seed names ``FLOW_EXECUTION_TIMEOUT_SECS`` and
+``EXTERNAL_PLUGIN_QUIET_PERIOD_SECS`` are accepted as aliases of their ``VANE_`` forms.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+from .errors import CompileFailed, ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be <= {hi}, got {value}")
+        return value
+    return parse
+
+
+def _float(lo: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if value != value or value < lo:
+            raise ValueError(f"must be a number >= {lo}, got {raw!r}")
+        return value
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"expected 0/1 (or true/false), got {raw!r}")
+
+
+def _str(raw: str) -> str | None:
+    return raw if raw != "" else None
+
+
+def _port_or_off(raw: str) -> int | None:
+    if raw.strip() == "":
+        return None
+    return _int(1, 65535)(raw)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        low = raw.strip().lower()
+        if low not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return low
+    return parse
+
+
+# field name -> (env var, parser, default, alias)
+_SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
+    # engine (§4)
+    "flow_execution_timeout": ("VANE_FLOW_EXECUTION_TIMEOUT_SECS", _float(0.001), 10.0, "FLOW_EXECUTION_TIMEOUT_SECS"),
+    "external_plugin_quiet_period": ("VANE_EXTERNAL_PLUGIN_QUIET_PERIOD_SECS", _float(), 3.0,
+                                     "EXTERNAL_PLUGIN_QUIET_PERIOD_SECS"),
+    "max_template_depth": ("VANE_MAX_TEMPLATE_DEPTH", _int(1, 64), 5, None),
+    "max_template_result_size": ("VANE_MAX_TEMPLATE_RESULT_SIZE", _int(1), 65536, None),
+    "max_template_parse_nodes": ("VANE_MAX_TEMPLATE_PARSE_NODES", _int(1), 50, None),
+    "max_body_size": ("VANE_MAX_BODY_SIZE", _int(0), 10 * 1024 * 1024, None),
+    # files (§2)
+    "state_dir": ("VANE_STATE_DIR", _str, "/var/lib/vaned", None),
+    # lifecycle (§7)
+    "bind_backoff_initial_ms": ("VANE_BIND_BACKOFF_INITIAL_MS", _int(1), 100, None),
+    "bind_backoff_max_ms": ("VANE_BIND_BACKOFF_MAX_MS", _int(1), 5000, None),
+    "bind_max_attempts": ("VANE_BIND_MAX_ATTEMPTS", _int(1), 10, None),
+    "bind_ipv4": ("VANE_BIND_IPV4", _bool, True, None),
+    "bind_ipv6": ("VANE_BIND_IPV6", _bool, True, None),
+    "reload_debounce_ms": ("VANE_RELOAD_DEBOUNCE_MS", _int(0), 250, None),
+    "drain_timeout": ("VANE_DRAIN_TIMEOUT_SECS", _float(), 30.0, None),
+    "boot_health_timeout": ("VANE_BOOT_HEALTH_TIMEOUT_SECS", _float(), 60.0, None),
+    # security floor (§8)
+    "sec_max_connections": ("VANE_SEC_MAX_CONNECTIONS", _int(1), 65536, None),
+    "sec_max_connections_per_ip": ("VANE_SEC_MAX_CONNECTIONS_PER_IP", _int(1), 100, None),
+    "sec_handshake_timeout": ("VANE_SEC_HANDSHAKE_TIMEOUT_SECS", _float(0.001), 10.0, None),
+    "sec_header_timeout": ("VANE_SEC_HEADER_TIMEOUT_SECS", _float(0.001), 30.0, None),
+    "sec_max_header_bytes": ("VANE_SEC_MAX_HEADER_BYTES", _int(1024), 65536, None),
+    "sec_max_header_count": ("VANE_SEC_MAX_HEADER_COUNT", _int(1), 100, None),
+    "sec_body_idle_timeout": ("VANE_SEC_BODY_IDLE_TIMEOUT_SECS", _float(0.001), 30.0, None),
+    "sec_keepalive_timeout": ("VANE_SEC_KEEPALIVE_TIMEOUT_SECS", _float(0.001), 75.0, None),
+    "sec_tls_handshakes_per_ip": ("VANE_SEC_TLS_HANDSHAKES_PER_IP", _int(1), 10, None),
+    "sec_h2_max_streams": ("VANE_SEC_H2_MAX_STREAMS", _int(1), 100, None),
+    # management (§9)
+    "mgmt_unix": ("VANE_MGMT_UNIX", _str, None, None),
+    "mgmt_group": ("VANE_MGMT_GROUP", _str, None, None),
+    "mgmt_http_port": ("VANE_MGMT_HTTP_PORT", _port_or_off, 3333, None),
+    "mgmt_http_token": ("VANE_MGMT_HTTP_TOKEN", _str, None, None),
+    "mgmt_http_public": ("VANE_MGMT_HTTP_PUBLIC", _bool, False, None),
+    # observability
+    "log_level": ("VANE_LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info", None),
+    "log_format": ("VANE_LOG_FORMAT", _choice("text", "json"), "text", None),
+    "log_file": ("VANE_LOG_FILE", _str, None, None),
+    "flow_log_file": ("VANE_FLOW_LOG_FILE", _str, None, None),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every ``VANE_*`` setting, typed. Build with :meth:`from_env`."""
+
+    flow_execution_timeout: float = 10.0
+    external_plugin_quiet_period: float = 3.0
+    max_template_depth: int = 5
+    max_template_result_size: int = 65536
+    max_template_parse_nodes: int = 50
+    max_body_size: int = 10 * 1024 * 1024
+    state_dir: str | None = "/var/lib/vaned"
+    bind_backoff_initial_ms: int = 100
+    bind_backoff_max_ms: int = 5000
+    bind_max_attempts: int = 10
+    bind_ipv4: bool = True
+    bind_ipv6: bool = True
+    reload_debounce_ms: int = 250
+    drain_timeout: float = 30.0
+    boot_health_timeout: float = 60.0
+    sec_max_connections: int = 65536
+    sec_max_connections_per_ip: int = 100
+    sec_handshake_timeout: float = 10.0
+    sec_header_timeout: float = 30.0
+    sec_max_header_bytes: int = 65536
+    sec_max_header_count: int = 100
+    sec_body_idle_timeout: float = 30.0
+    sec_keepalive_timeout: float = 75.0
+    sec_tls_handshakes_per_ip: int = 10
+    sec_h2_max_streams: int = 100
+    mgmt_unix: str | None = None
+    mgmt_group: str | None = None
+    mgmt_http_port: int | None = 3333
+    mgmt_http_token: str | None = None
+    mgmt_http_public: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    log_file: str | None = None
+    flow_log_file: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Parse settings; raise CompileFailed listing every bad variable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        errors: list[ConfigError] = []
+        for name, (var, parse, _default, alias) in _SPEC.items():
+            raw = env.get(var)
+            source = var
+            if raw is None and alias is not None:
+                raw, source = env.get(alias), alias
+            if raw is None:
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                errors.append(ConfigError(".env", "", f"{source}: {exc}"))
+        if errors:
+            raise CompileFailed(errors)
+        if values.get("bind_backoff_max_ms", cls.bind_backoff_max_ms) < values.get(
+                "bind_backoff_initial_ms", cls.bind_backoff_initial_ms):
+            raise CompileFailed([ConfigError(".env", "", "VANE_BIND_BACKOFF_MAX_MS: must be >= "
+                                             "VANE_BIND_BACKOFF_INITIAL_MS")])
+        return cls(**values)
+
+    @staticmethod
+    def variables() -> dict[str, str]:
+        """Field name -> environment variable (for docs and `vaned --help`)."""
+        return {name: spec[0] for name, spec in _SPEC.items()}
+
+
+assert {f.name for f in fields(Settings)} == set(_SPEC), "Settings fields and _SPEC disagree"

@@ -1,0 +1,33 @@
+"""How a walk ends (seed 001: finished, or a layer transition)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .context import Context
+
+
+class Outcome:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+FINISHED = Outcome("finished")   # a terminator handled the connection / request
+ERROR = Outcome("error")         # a plugin raised: L7 answers 500, L4 closes
+TIMEOUT = Outcome("timeout")     # the flow timeout fired before a terminator took over
+
+
+class Upgrade(Outcome):
+    """Continue the walk at the terminator's ``next`` with a new context (e.g. after TLS)."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, ctx: "Context") -> None:
+        super().__init__("upgrade")
+        self.ctx = ctx

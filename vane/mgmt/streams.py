@@ -1,0 +1,52 @@
+"""Turn a verb's Stream into §9 stream frames, shared by the unix and HTTP transports.
+
+The transport writes each frame and closes the subscription when its client goes away
+(``subscription.close("closed")``); the generator then ends with an end frame. A daemon
+shutdown closes the hub, which ends every stream with reason "shutdown".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from vane.mgmt.protocol import stream_data_frame, stream_end_frame
+from vane.mgmt.verbs import Stream
+from vane.observe.hub import Closed
+
+__all__ = ["stream_frames"]
+
+POLL_SECS = 1.0
+
+
+def stream_frames(
+    stream: Stream, request_id: Any, poll: float = POLL_SECS, heartbeat: float | None = None
+) -> Iterator[dict | None]:
+    """Data frames (backlog first, then live; overflow as ``{"dropped": N}``), then one end frame.
+
+    With ``heartbeat``, yields ``None`` after that many idle seconds so the transport can
+    prove it is alive (HTTP writes an empty line; NDJSON readers skip it).
+    """
+    seq = 0
+    idle = 0.0
+    sub = stream.subscription
+    try:
+        for item in stream.backlog:
+            seq += 1
+            yield stream_data_frame(request_id, seq, item)
+        while True:
+            try:
+                item = sub.get(timeout=poll)
+            except Closed as c:
+                yield stream_end_frame(request_id, c.reason)
+                return
+            if item is not None:
+                idle = 0.0
+                seq += 1
+                yield stream_data_frame(request_id, seq, item)
+            elif heartbeat is not None:
+                idle += poll
+                if idle >= heartbeat:
+                    idle = 0.0
+                    yield None
+    finally:
+        sub.close()

@@ -1,0 +1,361 @@
+"""HTTP/1.1 client side of one upstream connection, on llhttp (``httptools``).
+
+``send_request`` writes a request (head and streamed body); ``read_response`` parses the
+response head and returns a ``Response`` whose body streams from the socket. When that body
+ends (read to its end, or closed early) the ``on_done`` callbacks run once; ``reusable`` tells
+a pool whether the connection may carry another request. Pooling lives elsewhere.
+"""
+
+from __future__ import annotations
+
+from time import monotonic
+from typing import Callable
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from vane.net.http.errors import (
+    UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout,
+)
+from vane.net.http.h1common import (
+    COALESCE_LIMIT, CRLF, LAST_CHUNK, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
+    head_is_clean, recv_buffer, recv_view,
+)
+from vane.net.http.message import Headers, Request, Response
+
+_METHODS = {m: m.encode() for m in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
+
+# Methods whose empty body is still announced with "content-length: 0" (RFC 9110 §8.6).
+_CL_ZERO = frozenset({"POST", "PUT", "PATCH"})
+
+# Request headers the codec owns (framing) or drops (the body is streamed without waiting).
+_REQ_SKIP = frozenset({b"content-length", b"transfer-encoding", b"expect", b"connection",
+                       b"keep-alive"})
+
+_CL, _TE, _CONN = 1, 2, 3
+_RESP_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN}
+
+
+class _Trailing(Exception):
+    """Bytes after the end of the response: stop parsing, never reuse the connection."""
+
+
+class H1ClientConnection:
+    """One connection to a backend speaking HTTP/1.1; one request at a time."""
+
+    def __init__(self, stream, response_timeout: float = 60.0,
+                 idle_timeout: float = 60.0, max_header_bytes: int = 65536) -> None:
+        self.stream = stream
+        self.response_timeout = response_timeout
+        self.idle_timeout = idle_timeout
+        self.max_header_bytes = max_header_bytes
+        self.bytes_sent = 0         # bytes of the current request handed to the socket
+        self.bytes_received = 0     # bytes of the current response read from the socket
+        self.requests = 0
+        self._parser = HttpResponseParser(self)
+        self._timeout: float | None = -1.0
+        self._callbacks: list[Callable[["H1ClientConnection"], None]] = []
+        self._rest = b""
+        self._broken = False        # framing no longer trustworthy: never reuse
+        self._keep = False          # current response allows keep-alive
+        self._complete = False      # current response fully read
+        self._head_only = False
+        self._eof_body = False      # current body ends at EOF
+        self._resp: Response | None = None
+        self._cur: StreamBody | None = None
+        self._hlist: list[tuple[bytes, bytes]] | None = None
+        self._cl: bytes | None = None
+        self._te: bytes | None = None
+        self._conn_hdr = b""
+        self._reason = b""
+        self._expecting = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def reusable(self) -> bool:
+        """True once the response was read to its end and both sides allow keep-alive."""
+        return self._complete and self._keep and not self._broken and not self._rest
+
+    def on_done(self, callback: Callable[["H1ClientConnection"], None]) -> None:
+        """Run ``callback(conn)`` once when the current response body ends or is dropped."""
+        self._callbacks.append(callback)
+
+    def send_request(self, req: Request, headers: Headers) -> None:
+        """Write the request line, ``headers`` plus framing, and stream the body.
+
+        ``req.path``/``req.query`` form the target. Content-Length is sent when the body length
+        is known (and for an empty POST/PUT/PATCH), chunked coding otherwise.
+        """
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._complete = False
+        self._rest = b""
+        method = req.method
+        target = req.path if not req.query else f"{req.path}?{req.query}"
+        if " " in target:
+            raise ValueError("space in request target")
+        parts = [_METHODS.get(method) or method.encode("latin-1"), b" ",
+                 target.encode("latin-1"), b" HTTP/1.1\r\n"]
+        for k, v in headers.items_:
+            if k not in _REQ_SKIP:
+                parts += (k, b": ", v, CRLF)
+        lines = 1 + (len(parts) - 4) // 4
+        body = req.body
+        length = body.length
+        chunked = False
+        if length is None:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+            chunked = True
+        elif length or method in _CL_ZERO:
+            parts.append(b"content-length: %d\r\n\r\n" % length)
+        else:
+            parts.append(CRLF)
+            lines -= 1
+        head = b"".join(parts)
+        if not head_is_clean(head, lines + 2):
+            raise ValueError("CR or LF in request line or header")
+        if length == 0:
+            body.close()
+            self._send(head)
+            return
+        try:
+            self._send_body(head, body, chunked)
+        finally:
+            body.close()
+
+    def read_response(self, head_only_method: bool = False,
+                      timeout: float | None = None) -> Response:
+        """Read the next final (or 101) response head; 1xx interim responses are skipped.
+
+        ``head_only_method``: the request was HEAD, so the response has no body whatever its
+        headers say. ``timeout`` (default ``response_timeout``) bounds the whole head.
+        """
+        self._head_only = head_only_method
+        self._resp = None
+        self._expecting = True
+        self.requests += 1
+        limit = self.response_timeout if timeout is None else timeout
+        deadline = 0.0
+        while self._resp is None:
+            if deadline:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    raise self._fail(UpstreamTimeout("response head timeout", True,
+                                                     self.bytes_received > 0))
+                self._set_timeout(remaining)
+            else:
+                deadline = monotonic() + limit
+                self._set_timeout(limit)
+            n = self._recv("response head")
+            if not n:
+                raise self._fail(UpstreamProtocolError(
+                    "connection closed before a response", self.bytes_sent > 0,
+                    self.bytes_received > 0))
+            if self._resp is None and self.bytes_received > self.max_header_bytes:
+                raise self._fail(UpstreamProtocolError("response head too large", True, True))
+        resp = self._resp
+        self._resp = None
+        if self._head_only and not self._broken:
+            # llhttp cannot be told the response answers HEAD: it would wait for the body
+            # announced by Content-Length. Start afresh for the next response.
+            self._parser = HttpResponseParser(self)
+        return resp
+
+    def detach(self) -> tuple[object, bytes]:
+        """Hand the raw stream and any bytes read past a 101 head to a tunnel."""
+        stream, rest = self.stream, self._rest
+        self._rest = b""
+        self._broken = True
+        return stream, rest
+
+    def close(self) -> None:
+        """Close the stream; the connection is not reusable afterwards."""
+        self._broken = True
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.stream.sendall(data)
+        except TimeoutError:
+            raise self._fail(UpstreamTimeout("send timeout", True)) from None
+        except OSError as exc:
+            raise self._fail(UpstreamConnectError(
+                f"send failed: {exc}", self.bytes_sent > 0)) from None
+        self.bytes_sent += len(data)
+
+    def _send_body(self, head: bytes, body, chunked: bool) -> None:
+        self._set_timeout(self.idle_timeout)
+        if body.is_buffered:
+            data = body.read_all(body.length or 0)
+            if len(data) <= COALESCE_LIMIT:
+                self._send(head + data)
+            else:
+                self._send(head)
+                self._send(data)
+            return
+        if body.__class__ is StreamBody:
+            ready = body.take_ready()
+            if ready:
+                if chunked:
+                    first = frame_chunks(ready)
+                else:
+                    first = ready[0] if len(ready) == 1 else b"".join(ready)
+                if len(first) <= COALESCE_LIMIT:
+                    head += first
+                else:
+                    self._send(head)
+                    head = first
+        self._send(head)
+        if chunked:
+            for chunk in body:
+                self._send(frame_chunk(chunk))
+            self._send(LAST_CHUNK)
+        else:
+            for chunk in body:
+                self._send(chunk)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _set_timeout(self, timeout: float) -> None:
+        if timeout != self._timeout:
+            self.stream.settimeout(timeout)
+            self._timeout = timeout
+
+    def _fail(self, exc: UpstreamError) -> UpstreamError:
+        self._broken = True
+        return exc
+
+    def _recv(self, what: str) -> int:
+        """Read once and feed the parser; returns the byte count (0 at EOF)."""
+        try:
+            n = self.stream.recv_into(recv_buffer)
+        except TimeoutError:
+            raise self._fail(UpstreamTimeout(f"{what} timeout", True,
+                                             self.bytes_received > 0)) from None
+        except OSError as exc:
+            raise self._fail(UpstreamConnectError(
+                f"{what}: {exc}", self.bytes_sent > 0, self.bytes_received > 0)) from None
+        if n:
+            self.bytes_received += n
+            data = recv_view[:n] if n < RECV_SIZE else recv_view
+            try:
+                self._parser.feed_data(data)
+            except HttpParserUpgrade as exc:
+                self._rest = bytes(data[exc.args[0]:])
+            except HttpParserError as exc:
+                cause = exc.__context__
+                if isinstance(cause, _Trailing):
+                    return n
+                if isinstance(cause, UpstreamError):
+                    raise self._fail(cause) from None
+                raise self._fail(UpstreamProtocolError(
+                    f"malformed response: {exc}", True, True)) from None
+        return n
+
+    def _fill(self, body: StreamBody) -> None:
+        """Read more of the response body (called by its iterator)."""
+        self._set_timeout(self.idle_timeout)
+        if not self._recv("response body"):
+            if self._eof_body:
+                body.done = True
+                self._keep = False
+            else:
+                raise self._fail(UpstreamProtocolError("response body truncated", True, True))
+
+    def _body_end(self, body: StreamBody, complete: bool) -> None:
+        if complete:
+            self._complete = True
+        else:
+            self._broken = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        if not self._expecting:     # bytes past the end of the response
+            self._broken = True
+            raise _Trailing()
+        self._hlist = []
+        self._cl = self._te = None
+        self._conn_hdr = b""
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        hlist = self._hlist
+        if hlist is None:           # trailers
+            body = self._cur
+            if body is not None:
+                if body.trailers is None:
+                    body.trailers = []
+                body.trailers.append((name, value))
+            return
+        kind = _RESP_SPECIAL.get(name)
+        if kind is not None:
+            if kind == _CL:
+                self._cl = value
+            elif kind == _CONN:
+                self._conn_hdr += value.lower()
+            else:
+                if self._te is not None or value.lower() != b"chunked":
+                    raise UpstreamProtocolError("unsupported Transfer-Encoding", True, True)
+                self._te = value
+        hlist.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        hlist, self._hlist = self._hlist, None
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200 and status != 101:
+            return                  # interim response: skipped
+        self._expecting = False
+        self._keep = parser.should_keep_alive()
+        self._eof_body = False
+        body = StreamBody(self, None)
+        if self._head_only or status == 204 or status == 304 or status == 101:
+            body.length = 0
+            body.done = True
+            self._cur = None
+            if self._head_only:     # llhttp counts a body-less HEAD answer as close-delimited
+                if parser.get_http_version() == "1.1":
+                    self._keep = b"close" not in self._conn_hdr
+                else:
+                    self._keep = b"keep-alive" in self._conn_hdr
+            if status == 101 and not parser.should_upgrade():
+                raise UpstreamProtocolError("101 without Connection: upgrade", True, True)
+        elif self._te is not None:
+            self._cur = body
+        elif self._cl is not None:
+            body.length = int(self._cl)
+            body.done = body.length == 0
+            self._cur = None if body.done else body
+        else:
+            self._eof_body = True
+            self._keep = False
+            self._cur = body
+        self._resp = Response(status, Headers(hlist), body, self._reason.decode("latin-1"))
+
+    def on_body(self, data: bytes) -> None:
+        body = self._cur
+        if body is None:            # a body the response may not have (HEAD, 204, 304)
+            self._broken = True
+            return
+        body.received += len(data)
+        body.pending.append(data)
+
+    def on_message_complete(self) -> None:
+        body = self._cur
+        if body is not None:
+            body.done = True
+            self._cur = None

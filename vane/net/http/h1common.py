@@ -1,0 +1,140 @@
+"""Pieces shared by the HTTP/1 server and client codecs.
+
+- ``StreamBody``: a ``Body`` filled by an llhttp parser that pulls more bytes from its
+  connection only when the consumer asks, so memory stays bounded by one read.
+- the receive buffer: one per process, because a read and the parse of what it returned run
+  without a greenlet switch in between (the parser copies out everything it keeps). The codecs
+  must therefore run in the gevent hub's thread only.
+- head serialisation helpers: cached status lines and Date value, chunk framing.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from http import HTTPStatus
+from time import time
+from typing import Iterator, Protocol
+
+from vane.net.http.message import Body
+
+RECV_SIZE = 65536
+recv_buffer = bytearray(RECV_SIZE)
+recv_view = memoryview(recv_buffer)
+
+# Bodies up to this size are joined with the head into one send.
+COALESCE_LIMIT = 65536
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class BodySource(Protocol):
+    """What a ``StreamBody`` needs from its connection."""
+
+    def _fill(self, body: "StreamBody") -> None: ...
+
+    def _body_end(self, body: "StreamBody", complete: bool) -> None: ...
+
+
+class StreamBody(Body):
+    """A body whose chunks the connection's parser appends to ``pending``.
+
+    ``done`` turns True when the parser saw the end of the message. Iterating yields what is
+    pending and asks the source for more; the end of iteration (or ``close``) tells the source
+    whether the body was read to its end, which decides whether the connection is reusable.
+    """
+
+    __slots__ = ("pending", "done", "received", "_source")
+
+    def __init__(self, source: BodySource, length: int | None) -> None:
+        # Body.__init__ is bypassed on purpose: it allocates an iterator we never use.
+        self._chunks = None
+        self.length = length
+        self.trailers = None
+        self._buffered = None
+        self._close = None
+        self.pending: list[bytes] = []
+        self.done = False
+        self.received = 0
+        self._source: BodySource | None = source
+
+    def take_ready(self) -> list[bytes]:
+        """Chunks already parsed, without blocking (used to coalesce head and body)."""
+        ready = self.pending
+        if ready:
+            self.pending = []
+        return ready
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._buffered is not None:
+            if self._buffered:
+                yield self._buffered
+            return
+        source = self._source
+        if source is None:
+            return
+        while True:
+            pending = self.pending
+            if pending:
+                self.pending = []
+                yield from pending
+            elif self.done:
+                break
+            else:
+                source._fill(self)
+        self._source = None
+        source._body_end(self, True)
+
+    def close(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            self.pending = []
+            source._body_end(self, self.done)
+
+
+def _status_line(code: int, reason: str) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (code, reason.encode("latin-1"))
+
+
+STATUS_LINES: dict[int, bytes] = {int(s): _status_line(int(s), s.phrase) for s in HTTPStatus}
+
+
+def status_line(code: int, reason: str = "") -> bytes:
+    """``HTTP/1.1 <code> <reason>\\r\\n``; the standard phrase wins for known codes."""
+    line = STATUS_LINES.get(code)
+    if line is None:
+        if not 100 <= code <= 999:
+            raise ValueError(f"bad status code {code}")
+        line = _status_line(code, "".join(c for c in reason if c.isprintable()) or "Unknown")
+    return line
+
+
+_date_second = 0
+_date_value = b""
+
+
+def http_date() -> bytes:
+    """The current IMF-fixdate, recomputed at most once per second."""
+    global _date_second, _date_value
+    now = int(time())
+    if now != _date_second:
+        _date_value = formatdate(now, usegmt=True).encode("ascii")
+        _date_second = now
+    return _date_value
+
+
+def frame_chunk(data: bytes) -> bytes:
+    """One chunk of the chunked transfer coding (``data`` must not be empty)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def frame_chunks(chunks: list[bytes]) -> bytes:
+    """Several non-empty chunks framed and joined."""
+    if len(chunks) == 1:
+        return frame_chunk(chunks[0])
+    return b"".join([b"%x\r\n%b\r\n" % (len(c), c) for c in chunks])
+
+
+def head_is_clean(head: bytes, lines: int) -> bool:
+    """True if ``head`` has exactly the expected line breaks (no CR/LF smuggled in a value)."""
+    return head.count(b"\n") == lines and head.count(b"\r") == lines

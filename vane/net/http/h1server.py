@@ -1,0 +1,581 @@
+"""HTTP/1.x server side of a client connection, on llhttp (``httptools``).
+
+``H1ServerConnection.next_request()`` parses request heads (keep-alive and pipelining, in
+order) into ``Request`` objects whose body streams from the socket as the handler reads it;
+``write_response()`` frames and sends a ``Response``. Framing ambiguities that enable request
+smuggling are refused with 400 before any handler sees the request: Content-Length with
+Transfer-Encoding, duplicate Content-Length (even with equal values), a Transfer-Encoding
+other than exactly ``chunked`` (and any on HTTP/1.0), obs-fold, bare LF, bad header names,
+bad chunk sizes, a missing or repeated Host on HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from time import monotonic
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from vane.net.http.errors import ClientDisconnected, HttpError
+from vane.net.http.h1common import (
+    COALESCE_LIMIT, CRLF, RECV_SIZE, LAST_CHUNK, StreamBody, frame_chunk, frame_chunks, head_is_clean,
+    http_date, recv_buffer, recv_view, status_line,
+)
+from vane.net.http.message import Body, Headers, Request, Response
+
+# Unread request body left when the next request is due: drain up to this much, else close.
+DRAIN_LIMIT = 256 * 1024
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_METHODS = {m.encode(): m for m in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
+
+# Request headers the parser callbacks look at (everything else is only stored).
+_HOST, _CL, _TE, _EXPECT = 1, 2, 3, 4
+_REQ_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE,
+                b"expect": _EXPECT}
+
+# Response headers the codec owns: framing and connection management are written by
+# write_response, whatever the handler left in the header list.
+_OUT_CL, _OUT_DROP, _OUT_DATE = 1, 2, 3
+_RESP_SPECIAL = {b"content-length": _OUT_CL, b"transfer-encoding": _OUT_DROP,
+                 b"connection": _OUT_DROP, b"keep-alive": _OUT_DROP, b"date": _OUT_DATE}
+
+# Per-request flags kept beside the Request in the ready queue.
+_F_KEEP, _F_EXPECT, _F_UPGRADE = 1, 2, 4
+
+
+@dataclass
+class H1Limits:
+    """Per-connection limits (the security floor supplies the values)."""
+
+    max_header_bytes: int = 65536
+    max_header_count: int = 100
+    header_timeout: float = 30.0
+    body_idle_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+
+
+class H1ServerConnection:
+    """One client connection speaking HTTP/1.0 or 1.1."""
+
+    def __init__(self, stream, limits: H1Limits | None = None, scheme: str = "http") -> None:
+        self.stream = stream
+        self.limits = limits or H1Limits()
+        self.scheme = scheme
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._parser = HttpRequestParser(self)
+        self._timeout: float | None = -1.0
+        self._ready: deque[tuple[Request, int]] = deque()
+        self._rest = b""            # raw bytes left unparsed after an upgrade request
+        self._keep = True           # may carry another request
+        self._flags = 0             # flags of the request being handled
+        self._body: StreamBody | None = None  # its body, if it has one
+        self._continue_due = False
+        # parse state of the message being parsed
+        self._in_head = False
+        self._head_spanned = False
+        self._head_bytes = 0
+        self._feed_len = 0
+        self._url = b""
+        self._hlist: list[tuple[bytes, bytes]] | None = None
+        self._host: bytes | None = None
+        self._cl: bytes | None = None
+        self._te: bytes | None = None
+        self._expect = False
+        self._cur: StreamBody | None = None
+        self._upgrade_body: StreamBody | None = None
+        self._synthetic = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the connection may carry another request after the current one."""
+        return self._keep
+
+    def close_after(self) -> None:
+        """Ask for ``Connection: close`` on the next response and no further requests."""
+        self._keep = False
+
+    def next_request(self) -> Request | None:
+        """Read the next request head; None on clean EOF or keep-alive idle timeout.
+
+        Raises ``HttpError`` on malformed input or breached limits; the connection is then
+        not reusable (answer with ``write_error`` and close).
+        """
+        if not self._keep:
+            return None
+        if self._body is not None and not self._body.done:
+            self._drain()
+            if not self._keep:
+                return None
+        self._body = None
+        if self._flags & _F_UPGRADE:    # an upgrade request that was not taken
+            self._keep = False
+            return None
+        if not self._ready:
+            self._read_head()
+            if not self._ready:
+                return None
+        req, flags = self._ready.popleft()
+        self._flags = flags
+        body = req.body
+        if body.__class__ is StreamBody:
+            self._body = body
+            self._continue_due = bool(flags & _F_EXPECT) and not body.done and not body.pending
+        else:
+            self._continue_due = False
+        self.requests += 1
+        return req
+
+    def write_response(self, resp: Response, request: Request | None) -> int:
+        """Send ``resp`` with HTTP/1 framing; returns the bytes written.
+
+        Framing and connection headers in ``resp.headers`` are replaced by the codec's own;
+        trailers are not sent. Raises OSError if the client is gone; an exception from the
+        body iterator aborts the response (the connection must then be closed).
+        """
+        status = resp.status
+        headers = resp.headers.items_
+        body = resp.body
+        v10 = request is not None and request.version == "1.0"
+        head_req = request is not None and request.method == "HEAD"
+        if request is None:
+            self._keep = False
+        elif self._keep:
+            self._keep = self._may_keep(status)
+
+        parts = [status_line(status, resp.reason)]
+        content_length = None
+        has_date = False
+        for k, v in headers:
+            kind = _RESP_SPECIAL.get(k)
+            if kind is None:
+                parts += (k, b": ", v, CRLF)
+            elif kind == _OUT_CL:
+                content_length = v
+            elif kind == _OUT_DATE:
+                has_date = True
+                parts += (k, b": ", v, CRLF)
+        lines = 1 + (len(parts) - 1) // 4
+
+        chunked = False
+        send_body = False
+        if status < 200 or status == 204:
+            pass
+        elif head_req or status == 304:
+            if content_length is not None:
+                parts.append(b"content-length: %b\r\n" % content_length)
+                lines += 1
+            elif head_req and status != 304 and body.length is not None:
+                parts.append(b"content-length: %d\r\n" % body.length)
+                lines += 1
+        elif body.length is not None:
+            parts.append(b"content-length: %d\r\n" % body.length)
+            lines += 1
+            send_body = body.length > 0
+        elif not v10:
+            parts.append(b"transfer-encoding: chunked\r\n")
+            lines += 1
+            send_body = chunked = True
+        else:
+            self._keep = False
+            send_body = True
+        if not has_date:
+            parts += (b"date: ", http_date(), CRLF)
+            lines += 1
+        if status == 101:
+            parts.append(b"connection: upgrade\r\n")
+            lines += 1
+        elif status >= 200:
+            if not self._keep:
+                parts.append(b"connection: close\r\n")
+                lines += 1
+            elif v10:
+                parts.append(b"connection: keep-alive\r\n")
+                lines += 1
+        parts.append(CRLF)
+        head = b"".join(parts)
+        if not head_is_clean(head, lines + 1):
+            resp.headers.items_ = [(k, v) for k, v in headers if _clean(k) and _clean(v)]
+            return self.write_response(resp, request)
+
+        if not send_body:
+            body.close()
+            self._send(head)
+            return len(head)
+        try:
+            return self._send_body(head, body, chunked)
+        except BaseException:
+            self._keep = False
+            raise
+        finally:
+            body.close()
+
+    def write_error(self, status: int, body: str = "") -> int:
+        """Answer ``status`` with a short text body and ``Connection: close``."""
+        self._keep = False
+        data = (body or f"{status} {status_line(status)[13:-2].decode('latin-1')}\n").encode()
+        resp = Response(status, Headers([(b"content-type", b"text/plain; charset=utf-8")]),
+                        Body.from_bytes(data))
+        return self.write_response(resp, None)
+
+    def detach(self) -> tuple[object, bytes]:
+        """Hand the raw stream and the bytes already read past the head to a tunnel."""
+        stream, rest = self.stream, self._rest
+        self._rest = b""
+        self._keep = False
+        self._ready.clear()
+        return stream, rest
+
+    # ------------------------------------------------------------------ reading
+
+    def _set_timeout(self, timeout: float) -> None:
+        if timeout != self._timeout:
+            self.stream.settimeout(timeout)
+            self._timeout = timeout
+
+    def _read_head(self) -> None:
+        limits = self.limits
+        if self._rest:
+            rest, self._rest = self._rest, b""
+            self._feed(rest, len(rest))
+        deadline = 0.0
+        stream = self.stream
+        while not self._ready:
+            if self._in_head:
+                now = monotonic()
+                if not deadline:
+                    deadline = now + limits.header_timeout
+                    self._head_spanned = True
+                elif now >= deadline:
+                    raise self._fail(HttpError(408))
+                self._set_timeout(deadline - now)
+            else:
+                self._set_timeout(limits.keepalive_timeout if self.requests
+                                  else limits.header_timeout)
+            try:
+                n = stream.recv_into(recv_buffer)
+            except TimeoutError:
+                if self._in_head:
+                    raise self._fail(HttpError(408))
+                n = 0
+            except OSError:
+                n = 0
+            if not n:
+                self._keep = False
+                return
+            self.bytes_in += n
+            self._feed(recv_view[:n] if n < RECV_SIZE else recv_view, n)
+            if self._in_head and deadline and n > 0:
+                self._head_bytes += n
+                if self._head_bytes > limits.max_header_bytes:
+                    raise self._fail(HttpError(431))
+
+    def _feed(self, data, n: int) -> None:
+        self._feed_len = n
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded(bytes(data[exc.args[0]:]))
+        except HttpError as exc:
+            raise self._fail(exc)
+        except HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                raise self._fail(cause) from None
+            raise self._fail(HttpError(400, str(exc) or "Bad Request")) from None
+
+    def _fail(self, exc: HttpError) -> HttpError:
+        self._keep = False
+        self._ready.clear()
+        return exc
+
+    def _upgraded(self, rest: bytes) -> None:
+        body = self._upgrade_body
+        if body is None:
+            self._rest = rest
+            return
+        # An upgrade request that also carries a body: the parser stopped at the end of the
+        # head. A fresh parser primed with a synthetic head reads the body that follows.
+        self._upgrade_body = None
+        self._cur = body
+        self._parser = HttpRequestParser(self)
+        self._synthetic = True
+        if body.length is None:
+            self._parser.feed_data(b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+        else:
+            self._parser.feed_data(b"PUT / HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % body.length)
+        if rest:
+            self._feed(rest, len(rest))
+
+    def _fill(self, body: StreamBody) -> None:
+        """Read more of ``body`` (called by its iterator)."""
+        if self._continue_due and body is self._body:
+            self._continue_due = False
+            self._send(_CONTINUE)
+        self._read_body_bytes()
+
+    def _read_body_bytes(self) -> None:
+        if self._rest:
+            rest, self._rest = self._rest, b""
+            self._feed(rest, len(rest))
+            return
+        self._set_timeout(self.limits.body_idle_timeout)
+        try:
+            n = self.stream.recv_into(recv_buffer)
+        except TimeoutError:
+            raise self._fail(HttpError(408, "request body timeout")) from None
+        except OSError as exc:
+            raise self._fail(ClientDisconnected(str(exc))) from None
+        if not n:
+            raise self._fail(ClientDisconnected("client closed mid-body"))
+        self.bytes_in += n
+        self._feed(recv_view[:n] if n < RECV_SIZE else recv_view, n)
+
+    def _body_end(self, body: StreamBody, complete: bool) -> None:
+        pass
+
+    def _may_keep(self, status: int) -> bool:
+        flags = self._flags
+        if not flags & _F_KEEP:
+            return False
+        if flags & _F_UPGRADE and status != 101:
+            return False
+        body = self._body
+        if body is not None and not body.done:
+            if self._continue_due:      # the client still waits for 100 before sending
+                return False
+            if body.length is not None and body.length - body.received > DRAIN_LIMIT:
+                return False
+        return True
+
+    def _drain(self) -> None:
+        """Discard the unread rest of the current request body, within DRAIN_LIMIT."""
+        body = self._body
+        if self._continue_due or (
+                body.length is not None and body.length - body.received > DRAIN_LIMIT):
+            self._keep = False
+            return
+        body.close()
+        budget = DRAIN_LIMIT
+        try:
+            while not body.done:
+                if body.pending:
+                    for chunk in body.pending:
+                        budget -= len(chunk)
+                    body.pending = []
+                    if budget < 0:
+                        self._keep = False
+                        return
+                else:
+                    self._read_body_bytes()
+            body.pending = []
+        except HttpError:
+            self._keep = False
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._hlist = []
+        if self._synthetic:
+            return
+        self._in_head = True
+        self._head_spanned = False
+        self._head_bytes = 0
+        self._url = b""
+        self._host = self._cl = self._te = None
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        hlist = self._hlist
+        if hlist is None:           # trailer section of a chunked body
+            body = self._cur
+            if body is not None:
+                if body.trailers is None:
+                    body.trailers = []
+                if len(body.trailers) >= self.limits.max_header_count:
+                    raise HttpError(431, "too many trailers")
+                body.trailers.append((name, value))
+            return
+        kind = _REQ_SPECIAL.get(name)
+        if kind is not None:
+            if kind == _HOST:
+                if self._host is not None:
+                    raise HttpError(400, "several Host headers")
+                self._host = value
+            elif kind == _CL:
+                self._cl = value
+            elif kind == _TE:
+                if self._te is not None:
+                    raise HttpError(400, "several Transfer-Encoding headers")
+                self._te = value
+            elif value.lower() == b"100-continue":
+                self._expect = True
+        hlist.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        hlist, self._hlist = self._hlist, None
+        if self._synthetic:
+            self._synthetic = False
+            return
+        self._in_head = False
+        limits = self.limits
+        if len(hlist) > limits.max_header_count:
+            raise HttpError(431, "too many header fields")
+        if self._head_spanned or self._feed_len > limits.max_header_bytes:
+            size = len(self._url) + 4 * len(hlist)
+            for k, v in hlist:
+                size += len(k) + len(v)
+            if size > limits.max_header_bytes:
+                raise HttpError(431, "header section too large")
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise HttpError(505)
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
+        url = self._url
+        host = self._host
+
+        if url[:1] == b"/":
+            i = url.find(b"?")
+            if i < 0:
+                path, query = url.decode("latin-1"), ""
+            else:
+                path, query = url[:i].decode("latin-1"), url[i + 1:].decode("latin-1")
+            authority = host.decode("latin-1") if host is not None else ""
+        else:
+            path, query, authority = _other_target(method, url, host)
+        if host is None and version == "1.1":
+            raise HttpError(400, "missing Host header")
+
+        te = self._te
+        flags = _F_KEEP if parser.should_keep_alive() else 0
+        if te is not None:
+            if version == "1.0":
+                raise HttpError(400, "Transfer-Encoding on HTTP/1.0")
+            if te.lower() != b"chunked":
+                raise HttpError(400, "unsupported Transfer-Encoding")
+            body = self._cur = StreamBody(self, None)
+        elif self._cl is not None and self._cl != b"0":
+            body = self._cur = StreamBody(self, int(self._cl))
+        else:
+            body = Body.empty()
+            self._cur = None
+        if self._expect:
+            flags |= _F_EXPECT
+        if parser.should_upgrade():
+            flags |= _F_UPGRADE
+            if self._cur is not None and method != "CONNECT":
+                self._upgrade_body = self._cur
+                # the body is read as a plain request's; the upgrade cannot be taken
+                hlist = [kv for kv in hlist if kv[0] != b"upgrade"]
+        self._ready.append((Request(method, path, query, version, Headers(hlist), body,
+                                    self.scheme, authority), flags))
+
+    def on_body(self, data: bytes) -> None:
+        body = self._cur
+        body.received += len(data)
+        body.pending.append(data)
+
+    def on_message_complete(self) -> None:
+        body = self._cur
+        if body is not None and body is not self._upgrade_body:
+            body.done = True
+            self._cur = None
+
+    # ------------------------------------------------------------------ writing
+
+    def _send(self, data: bytes) -> None:
+        self.stream.sendall(data)
+        self.bytes_out += len(data)
+
+    def _send_body(self, head: bytes, body: Body, chunked: bool) -> int:
+        if body.is_buffered:
+            data = body.read_all(body.length or 0)
+            if len(data) <= COALESCE_LIMIT:
+                self._send(head + data)
+            else:
+                self._send(head)
+                self._send(data)
+            return len(head) + len(data)
+        sent = 0
+        if body.__class__ is StreamBody:
+            ready = body.take_ready()
+            if ready:       # parsed already: goes out with the head when small
+                if chunked:
+                    first = frame_chunks(ready)
+                    if body.done:
+                        first += LAST_CHUNK
+                        chunked = False
+                        for _ in body:      # ends the body (releases its source)
+                            pass
+                else:
+                    first = ready[0] if len(ready) == 1 else b"".join(ready)
+                if len(first) <= COALESCE_LIMIT:
+                    head += first
+                else:
+                    self._send(head)
+                    sent += len(head)
+                    head = first
+        self._send(head)
+        sent += len(head)
+        if chunked:
+            for chunk in body:
+                data = frame_chunk(chunk)
+                self._send(data)
+                sent += len(data)
+            self._send(LAST_CHUNK)
+            sent += len(LAST_CHUNK)
+        else:
+            for chunk in body:
+                self._send(chunk)
+                sent += len(chunk)
+            if body.length is None:     # close-delimited (HTTP/1.0): the end is the close
+                self._keep = False
+        return sent
+
+
+def _clean(value: bytes) -> bool:
+    return b"\r" not in value and b"\n" not in value
+
+
+def _other_target(method: str, url: bytes, host: bytes | None) -> tuple[str, str, str]:
+    """Path, query and authority of a request-target that is not origin-form."""
+    if method == "CONNECT":
+        if b"/" in url or b":" not in url or b"@" in url:
+            raise HttpError(400, "bad CONNECT target")
+        return "", "", url.decode("latin-1")
+    if url == b"*":
+        if method != "OPTIONS":
+            raise HttpError(400, "'*' target outside OPTIONS")
+        return "*", "", host.decode("latin-1") if host is not None else ""
+    low = url[:8].lower()
+    if low.startswith(b"http://") or low.startswith(b"https://"):
+        rest = url[url.index(b"//") + 2:]
+        end = len(rest)
+        for sep in (b"/", b"?"):
+            i = rest.find(sep)
+            if 0 <= i < end:
+                end = i
+        authority, target = rest[:end], rest[end:]
+        if not authority or b"@" in authority:
+            raise HttpError(400, "bad absolute-form target")
+        if target[:1] != b"/":
+            target = b"/" + target
+        i = target.find(b"?")
+        if i < 0:
+            return target.decode("latin-1"), "", authority.decode("latin-1")
+        return (target[:i].decode("latin-1"), target[i + 1:].decode("latin-1"),
+                authority.decode("latin-1"))
+    raise HttpError(400, "bad request-target")

@@ -1,0 +1,178 @@
+"""Flow log: the trajectory of every connection/request through the flow graph (DESIGN.md §9).
+
+The engine calls ``FlowLog.record(entry)`` once per finished walk. Recording is cheap: an
+append to a ring buffer, a fan-out to live subscribers (``tail_flow``) and, when a file is
+configured, a non-blocking put on a bounded queue drained by a writer greenlet that writes
+NDJSON from the hub's thread pool, so disk latency never stalls a connection. When the disk
+falls behind, entries are dropped and counted (``file_dropped``).
+
+Entry shape (produced by the engine)::
+
+    {"ts": 1700000000.1, "conn": "<uuid>", "listener": "tcp 0.0.0.0:8080", "rule": "blog",
+     "layer": "l4"|"l7", "steps": [{"node": "/proxy", "plugin": "proxy", "branch": null, "ms": 0.2}],
+     "outcome": "finished"|"upgrade"|"error"|"timeout", "status": 200,
+     "method": "GET", "host": "example.com", "path": "/", "bytes_in": 0, "bytes_out": 0,
+     "ms": 1.5, "errors": [], "missing": []}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from typing import Any, Callable
+
+import gevent
+from gevent.queue import Full, Queue
+
+from vane.observe.hub import Hub, Subscription
+
+__all__ = ["FlowLog", "LEVELS"]
+
+LEVELS = ("trajectory", "debug")
+
+log = logging.getLogger("vane.observe.flowlog")
+
+
+class FlowLog:
+    """Ring buffer + live fan-out + optional NDJSON file of flow trajectories."""
+
+    def __init__(
+        self,
+        capacity: int = 10000,
+        max_age: float = 60.0,
+        file_path: str | None = None,
+        clock: Callable[[], float] = time.time,
+        file_queue: int = 10000,
+        level: str = "trajectory",
+    ) -> None:
+        self._ring: deque[dict] = deque(maxlen=capacity)
+        self.max_age = max_age
+        self._clock = clock
+        self.hub = Hub()
+        self.recorded = 0
+        self.file_path = file_path
+        self.file_dropped = 0
+        self.level = level
+        self._file_queue: Queue | None = None
+        self._writer: gevent.Greenlet | None = None
+        if file_path:
+            self._file_queue = Queue(maxsize=file_queue)
+            self._writer = gevent.spawn(self._write_loop, file_path)
+
+    # level -----------------------------------------------------------------
+    @property
+    def level(self) -> str:
+        """"trajectory" (one entry per walk) or "debug" (the engine also logs every step)."""
+        return self._level
+
+    @level.setter
+    def level(self, value: str) -> None:
+        if value not in LEVELS:
+            raise ValueError(f"flow log level must be one of {', '.join(LEVELS)}")
+        self._level = value
+
+    @property
+    def debug(self) -> bool:
+        return self._level == "debug"
+
+    # hot path ----------------------------------------------------------------
+    def record(self, entry: dict) -> None:
+        """Keep, publish and (maybe) persist one trajectory. Never blocks."""
+        self.recorded += 1
+        ring = self._ring
+        ring.append(entry)
+        if len(ring) > 64 and self.recorded & 63 == 0:
+            self._expire()
+        if self.hub._subs:
+            self.hub.publish(entry)
+        if self._file_queue is not None:
+            try:
+                self._file_queue.put_nowait(entry)
+            except Full:
+                self.file_dropped += 1
+
+    # readers -------------------------------------------------------------------
+    def subscribe(self, maxsize: int = 1000) -> Subscription:
+        """A live subscription; overflow shows up as ``{"dropped": N}`` items."""
+        return self.hub.subscribe(maxsize)
+
+    @property
+    def subscribers(self) -> int:
+        return self.hub.subscribers
+
+    def recent(self, n: int = 100) -> list[dict]:
+        """The last ``n`` entries younger than ``max_age``, oldest first."""
+        self._expire()
+        if n <= 0:
+            return []
+        ring = self._ring
+        start = max(0, len(ring) - n)
+        return [ring[i] for i in range(start, len(ring))]
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._ring)
+
+    def stats(self) -> dict:
+        return {
+            "level": self._level,
+            "recorded": self.recorded,
+            "buffered": len(self),
+            "subscribers": self.hub.subscribers,
+            "file": self.file_path,
+            "file_dropped": self.file_dropped,
+        }
+
+    def _expire(self) -> None:
+        ring = self._ring
+        if not ring:
+            return
+        cutoff = self._clock() - self.max_age
+        while ring and ring[0].get("ts", cutoff) < cutoff:
+            ring.popleft()
+
+    # lifecycle -----------------------------------------------------------------
+    def close(self, timeout: float = 2.0) -> None:
+        """Close live subscriptions and flush the file writer (bounded by ``timeout``)."""
+        self.hub.close("shutdown")
+        if self._writer is not None and self._file_queue is not None:
+            try:
+                self._file_queue.put(StopIteration, timeout=timeout)
+                self._writer.join(timeout)
+            except Full:
+                pass
+            self._writer.kill(block=False)
+            self._writer = None
+
+    def _write_loop(self, path: str) -> None:
+        queue = self._file_queue
+        assert queue is not None
+        pool = gevent.get_hub().threadpool
+        fh = None
+        try:
+            fh = open(path, "a", encoding="utf-8")
+            while True:
+                item = queue.get()
+                batch = []
+                while item is not StopIteration:
+                    batch.append(json.dumps(item, separators=(",", ":"), default=str))
+                    if len(batch) >= 512 or queue.empty():
+                        break
+                    item = queue.get_nowait()
+                if batch:
+                    data = "\n".join(batch) + "\n"
+                    pool.apply(_write_flush, (fh, data))
+                if item is StopIteration:
+                    return
+        except Exception:
+            log.exception("flow log writer stopped", extra={"file": path})
+        finally:
+            if fh is not None:
+                fh.close()
+
+
+def _write_flush(fh: Any, data: str) -> None:
+    fh.write(data)
+    fh.flush()

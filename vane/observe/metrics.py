@@ -1,0 +1,140 @@
+"""Prometheus metrics for vaned (DESIGN.md §9 ``get_metrics``).
+
+``Metrics`` owns a private ``CollectorRegistry`` (several daemons in one test process never
+share state). The daemon calls small methods on the hot path (``conn_opened``, ``request``,
+...) that cost a dict lookup plus the prometheus_client increment. Label values come from the
+config (rule, listener, upstream and plugin names) and are bounded by it; as a second fence
+each metric keeps at most ``max_series`` label sets and folds the rest into ``"other"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics", "OTHER"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+OTHER = "other"
+
+
+class _Family:
+    """A labelled metric with a capped, cached set of children."""
+
+    __slots__ = ("metric", "max_series", "_children", "_n_labels", "overflowed")
+
+    def __init__(self, metric: Any, n_labels: int, max_series: int) -> None:
+        self.metric = metric
+        self.max_series = max_series
+        self._children: dict[tuple, Any] = {}
+        self._n_labels = n_labels
+        self.overflowed = 0
+
+    def child(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is not None:
+            return child
+        if len(self._children) >= self.max_series:
+            self.overflowed += 1
+            values = (OTHER,) * self._n_labels
+            child = self._children.get(values)
+            if child is not None:
+                return child
+        child = self.metric.labels(*values)
+        self._children[values] = child
+        return child
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+
+def status_class(status: int | None) -> str:
+    """200 -> "2xx"; None or out of range -> "none"."""
+    if status is None or not 100 <= status <= 599:
+        return "none"
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """The daemon's metric families and the cheap calls that update them."""
+
+    def __init__(self, max_series: int = 1000, buckets: Sequence[float] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        cap = max_series
+
+        def fam(metric: Any, n: int) -> _Family:
+            return _Family(metric, n, cap)
+
+        self.connections_active = fam(
+            Gauge("vane_connections_active", "Open client connections.", ["listener"], registry=r), 1)
+        self.connections_total = fam(
+            Counter("vane_connections_total", "Accepted client connections.", ["listener"], registry=r), 1)
+        self.requests_total = fam(
+            Counter("vane_requests_total", "Finished HTTP requests.", ["rule", "status_class"], registry=r), 2)
+        hist_kw: dict[str, Any] = {"buckets": tuple(buckets)} if buckets else {}
+        self.request_duration = fam(
+            Histogram("vane_request_duration_seconds", "HTTP request duration.", ["rule"],
+                      registry=r, **hist_kw), 1)
+        self.upstream_errors = fam(
+            Counter("vane_upstream_errors_total", "Upstream failures by kind.", ["upstream", "kind"],
+                    registry=r), 2)
+        self.plugin_errors = fam(
+            Counter("vane_plugin_errors_total", "Plugin runtime errors.", ["plugin"], registry=r), 1)
+        self.breaker_open = fam(
+            Gauge("vane_breaker_open", "1 while an external plugin's circuit breaker is open.", ["plugin"],
+                  registry=r), 1)
+        self.reloads_total = fam(
+            Counter("vane_reloads_total", "Config reloads by result.", ["result"], registry=r), 1)
+        self.floor_hits = fam(
+            Counter("vane_floor_hits_total", "Security-floor limit breaches.", ["limit"], registry=r), 1)
+
+    # hot path --------------------------------------------------------------------
+    def conn_opened(self, listener: str) -> None:
+        self.connections_total.child(listener).inc()
+        self.connections_active.child(listener).inc()
+
+    def conn_closed(self, listener: str) -> None:
+        self.connections_active.child(listener).dec()
+
+    def request(self, rule: str | None, status: int | None, seconds: float) -> None:
+        """One finished HTTP request; ``rule`` None means no rule matched."""
+        name = rule or "none"
+        self.requests_total.child(name, status_class(status)).inc()
+        self.request_duration.child(name).observe(seconds)
+
+    def upstream_error(self, upstream: str, kind: str) -> None:
+        """``kind``: e.g. "connect", "timeout", "reset", "protocol", "tls"."""
+        self.upstream_errors.child(upstream, kind).inc()
+
+    def plugin_error(self, plugin: str) -> None:
+        self.plugin_errors.child(plugin).inc()
+
+    def breaker(self, plugin: str, is_open: bool) -> None:
+        self.breaker_open.child(plugin).set(1 if is_open else 0)
+
+    def reload(self, result: str) -> None:
+        """``result``: "reloaded", "unchanged" or "failed"."""
+        self.reloads_total.child(result).inc()
+
+    def floor_hit(self, limit: str) -> None:
+        self.floor_hits.child(limit).inc()
+
+    # exposition ------------------------------------------------------------------
+    def render_prometheus(self) -> bytes:
+        """The text exposition format (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+    def as_json(self) -> dict:
+        """``{"families": [{"name", "type", "help", "samples": [{"name", "labels", "value"}]}]}``."""
+        families = []
+        for fam in self.registry.collect():
+            samples = [
+                {"name": s.name, "labels": dict(s.labels), "value": s.value}
+                for s in fam.samples
+                if not s.name.endswith("_created")
+            ]
+            families.append({"name": fam.name, "type": fam.type, "help": fam.documentation, "samples": samples})
+        return {"families": families}

@@ -1,0 +1,124 @@
+"""The built-in plugins as the compiler sees them: kind, layers, branches, input schema (DESIGN.md §6).
+
+Pure data. Implementations are named by import path and loaded when a graph is linked.
+Inputs that may be templated accept a string wherever a number is expected.
+"""
+
+from __future__ import annotations
+
+from .base import LAYERS_ALL, LAYERS_L4, LAYERS_L7, Kind, PluginSpec
+
+MATCH_OPS = ("eq", "ne", "prefix", "suffix", "contains", "regex", "glob", "cidr", "in", "not_in",
+             "exists", "lt", "gt")
+DETECT_PROTOCOLS = ("tls", "http", "h2c", "ssh", "dns", "quic", "unknown")
+
+_STR = {"type": "string"}
+_INT = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"\{\{"}]}
+_NUM = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"\{\{"}]}
+_BOOL = {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": r"\{\{"}]}
+_STATUS = {"anyOf": [{"type": "integer", "minimum": 100, "maximum": 599},
+                     {"type": "string", "pattern": r"\{\{"}]}
+_STR_MAP = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+_UPSTREAM = {"type": "string", "pattern": r"^(https?://|unix:/|\{\{)"}
+
+_COND = {
+    "type": "object",
+    "required": ["left", "op"],
+    "additionalProperties": False,
+    "properties": {"left": _STR, "op": {"enum": list(MATCH_OPS)}, "right": {}},
+}
+
+_HTTP_UPSTREAM_PROPS = {
+    "upstream": _UPSTREAM,
+    "version": {"enum": ["auto", "h1", "h2"]},
+    "connect_timeout": _NUM,
+    "timeout": _NUM,            # whole response head
+    "read_timeout": _NUM,       # body idle
+    "verify": _BOOL,
+    "ca_file": _STR,
+    "sni": _STR,
+    "host": _STR,               # Host header sent upstream; default: the client's
+    "retries": {"type": "integer", "minimum": 0, "maximum": 5},
+    "headers": _STR_MAP,
+}
+
+_HEADER_OPS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"set": _STR_MAP, "add": _STR_MAP,
+                   "remove": {"type": "array", "items": _STR}},
+}
+
+
+def _obj(props: dict, required: tuple[str, ...] = (), **extra) -> dict:
+    schema = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        schema["required"] = list(required)
+    schema.update(extra)
+    return schema
+
+
+def _spec(name: str, kind: Kind, layers: frozenset[str], branches: tuple[str, ...], impl: str,
+          schema: dict, outputs: tuple[str, ...] | None = ()) -> PluginSpec:
+    return PluginSpec(name=name, kind=kind, layers=layers, branches=branches,
+                      impl=f"vane.plugins.builtin.{impl}", input_schema=schema, outputs=outputs)
+
+
+BUILTINS: tuple[PluginSpec, ...] = (
+    _spec("match", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("true", "false"), "match:Match",
+          _obj({**_COND["properties"], "all": {"type": "array", "items": _COND}},
+               anyOf=[{"required": ["left", "op"]}, {"required": ["all"]}])),
+    _spec("ratelimit", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("allow", "deny"), "ratelimit:RateLimit",
+          _obj({"key": _STR, "rate": _NUM, "burst": _INT, "max_keys": {"type": "integer", "minimum": 1}},
+               ("key", "rate")), outputs=("remaining",)),
+    _spec("set", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("next",), "setvars:SetVars",
+          {"type": "object", "propertyNames": {"pattern": r"^var\.[A-Za-z0-9_.\-]+$"},
+           "additionalProperties": {"type": ["string", "number", "boolean"]}}),
+    _spec("detect", Kind.L4_MIDDLEWARE, LAYERS_L4, DETECT_PROTOCOLS, "detect:Detect",
+          _obj({"timeout": _NUM, "max_bytes": {"type": "integer", "minimum": 1, "maximum": 65536}})),
+    _spec("proxy", Kind.TERMINATOR, LAYERS_L4, (), "proxy_l4:L4Proxy",
+          _obj({"target": {"anyOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
+                "balance": {"enum": ["round_robin", "random", "least_conn", "hash"]},
+                "hash_key": _STR,
+                "connect_timeout": _NUM, "idle_timeout": _NUM,
+                "proxy_protocol": {"enum": ["v1", "v2"]}}, ("target",))),
+    _spec("deny", Kind.TERMINATOR, LAYERS_ALL, (), "deny:Deny",
+          _obj({"status": _STATUS, "body": _STR, "headers": _STR_MAP})),
+    _spec("upgrade", Kind.TERMINATOR, LAYERS_L4, (), "upgrade:Upgrade",
+          _obj({"protocol": {"enum": ["tls", "http"]},
+                "certs": {"type": "array", "minItems": 1,
+                          "items": _obj({"cert": _STR, "key": _STR}, ("cert", "key"))},
+                "alpn": {"type": "array", "items": {"enum": ["h2", "http/1.1"]}}},
+               ("protocol",))),
+    _spec("fetch", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("success", "failure"), "fetch:Fetch",
+          _obj(dict(_HTTP_UPSTREAM_PROPS), ("upstream",)), outputs=("error",)),
+    _spec("headers", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("next",), "headers:HeadersPlugin",
+          _obj({"request": _HEADER_OPS, "response": _HEADER_OPS})),
+    _spec("rewrite", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("next",), "rewrite:Rewrite",
+          _obj({"path": _STR, "query": _STR})),
+    _spec("static", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("success", "not_found", "failure"), "static:Static",
+          _obj({"root": _STR, "index": {"anyOf": [_STR, {"type": "array", "items": _STR}]},
+                "spa": {"anyOf": [{"type": "boolean"}, _STR]}, "browse": {"type": "boolean"},
+                "precompressed": {"type": "boolean"}, "symlinks": {"type": "boolean"},
+                "strip_prefix": _STR, "cache_control": _STR}, ("root",)),
+          outputs=("file",)),
+    _spec("respond", Kind.TERMINATOR, LAYERS_L7, (), "respond:Respond",
+          _obj({"status": _STATUS, "headers": _STR_MAP, "body": _STR, "body_base64": _STR,
+                "content_type": _STR})),
+    _spec("proxy", Kind.TERMINATOR, LAYERS_L7, (), "proxy_l7:L7Proxy",
+          _obj({**_HTTP_UPSTREAM_PROPS, "websocket": {"type": "boolean"},
+                "forwarded": {"type": "boolean"},
+                "trusted_proxies": {"type": "array", "items": _STR}}, ("upstream",))),
+    _spec("redirect", Kind.TERMINATOR, LAYERS_L7, (), "redirect:Redirect",
+          _obj({"location": _STR, "status": {"anyOf": [{"enum": [301, 302, 303, 307, 308]},
+                                                         {"type": "string", "pattern": r"\{\{"}]}},
+               ("location",))),
+    _spec("cgi", Kind.TERMINATOR, LAYERS_L7, (), "cgi:Cgi",
+          _obj({"script": _STR, "script_name": _STR, "env": _STR_MAP,
+                "uid": {"type": "integer", "minimum": 0}, "gid": {"type": "integer", "minimum": 0},
+                "timeout": _NUM, "max_output": {"type": "integer", "minimum": 1}}, ("script",))),
+)
+
+# Input keys that tell the two `proxy` kinds apart when a rule's layer is being decided.
+L4_PROXY_KEYS = frozenset({"target"})
+L7_PROXY_KEYS = frozenset({"upstream"})
