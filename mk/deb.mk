@@ -10,7 +10,8 @@
 #   make deb-clean  remove the build and test directories
 #
 # The build runs in a copy of the tree under build/deb/, so the working tree (and its
-# .venv) is never touched by debian/rules.
+# .venv) is never touched by debian/rules. systemd-analyze verify runs against the
+# unpacked package (build/deb/root) completed with the host's own unit files.
 
 _deb_saved_goal := $(.DEFAULT_GOAL)
 
@@ -32,9 +33,11 @@ define DEB_LINT
 	[ $$rc -eq 0 ] || { echo "deb: lintian reported errors (exit $$rc)" >&2; exit 1; }; \
 	rm -rf $(DEB_BUILD_DIR)/root; dpkg-deb -x $(DEB_BUILD_DIR)/$(DEB_FILE) $(DEB_BUILD_DIR)/root; \
 	echo "deb: systemd-analyze verify vaned.service (and the example vaned.socket)"; \
-	cp $(DEB_BUILD_DIR)/root/usr/share/doc/vane/examples/vaned.socket $(DEB_BUILD_DIR)/root/lib/systemd/system/; \
-	systemd-analyze verify --man=no --root=$(DEB_BUILD_DIR)/root \
-	  /lib/systemd/system/vaned.service /lib/systemd/system/vaned.socket; \
+	r=$(DEB_BUILD_DIR)/root; cp $$r/usr/share/doc/vane/examples/vaned.socket $$r/lib/systemd/system/; \
+	cp -an /lib/systemd/system/. $$r/lib/systemd/system/; mkdir -p $$r/bin; cp /bin/chgrp $$r/bin/; \
+	out=$$(systemd-analyze verify --man=no --root=$$r \
+	  /lib/systemd/system/vaned.service /lib/systemd/system/vaned.socket 2>&1) || { echo "$$out" >&2; exit 1; }; \
+	[ -z "$$out" ] || { echo "$$out" >&2; echo "deb: systemd-analyze verify complained" >&2; exit 1; }; \
 	echo "deb: lintian clean of errors, units verified"
 endef
 

@@ -19,6 +19,7 @@ from vane.plugins.catalog import L4_PROXY_KEYS, L7_PROXY_KEYS
 from vane.plugins.registry import Registry
 
 WILDCARD = "*"
+UPGRADE_NEXT = "\x00next"  # not a branch: the upgrade's next-layer tree
 L7_ONLY_KEYS = ("req.", "res.")
 
 
@@ -59,7 +60,7 @@ class FlowBuilder:
             node, children = built
             if parent is None:
                 root = node
-            elif branch == "next":
+            elif branch == UPGRADE_NEXT:
                 parent.next = node
             else:
                 parent.branches[branch] = node
@@ -104,7 +105,7 @@ class FlowBuilder:
             if "{" in branch or "}" in branch:
                 self.error(f"{here}/output/{_esc(branch)}", f'branch name "{branch}" must not contain braces')
         if spec.is_terminator:
-            if spec.name == "upgrade":
+            if spec.has_next:
                 children = self._upgrade_next(cinput.raw, output, here, layer, ancestors)
             elif output:
                 self.error(f"{here}/output", f'terminator "{name}" takes no output')
@@ -113,13 +114,16 @@ class FlowBuilder:
             self.error(here, f'the flow ends at "{name}" without a terminator: '
                              f'give it an "output" for its branches ({", ".join(spec.branches)})')
             return node, children
-        declared = set(spec.branches)
+        branches = spec.branches
+        if spec.dynamic_branches:
+            branches = tuple(r["name"] for r in cinput.raw.get("routes", ()))
+        declared = set(branches)
         for branch in output:
             if branch != WILDCARD and branch not in declared and "{" not in branch and "}" not in branch:
                 self.error(f"{here}/output/{_esc(branch)}",
-                           f'unknown branch "{branch}" ({name} has: {", ".join(spec.branches)})')
+                           f'unknown branch "{branch}" ({name} has: {", ".join(branches)})')
         if WILDCARD not in output:
-            for branch in spec.branches:
+            for branch in branches:
                 if branch not in output:
                     self.error(f"{here}/output", f'missing branch "{branch}"')
         child_anc = ancestors + ((scope, spec),)
@@ -130,7 +134,7 @@ class FlowBuilder:
         return node, children
 
     def _upgrade_next(self, inp: dict, output: dict, here: str, layer: str, ancestors: tuple) -> list:
-        proto = inp.get("protocol")
+        proto = inp.get("protocol", "http")
         if proto == "tls":
             if layer != "l4":
                 self.error(f"{here}/input/protocol", "the stream is already TLS: upgrade to tls runs at l4 only")
@@ -145,7 +149,7 @@ class FlowBuilder:
         if "next" not in output:
             self.error(f"{here}/output", 'upgrade needs output "next": the tree of the next layer')
             return []
-        return [(output["next"], f"{here}/output/next", next_layer, (), ancestors, "next")]
+        return [(output["next"], f"{here}/output/next", next_layer, (), ancestors, UPGRADE_NEXT)]
 
     def _check_keys(self, cinput: CompiledInput, here: str, layer: str,
                     ancestors: tuple[tuple[str, PluginSpec], ...]) -> None:

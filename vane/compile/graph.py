@@ -122,6 +122,8 @@ def _summary(node: Node) -> str:
     if node.plugin == "match" and isinstance(inp, dict):
         conds = inp.get("all") or [inp]
         text = " and ".join(f"{c.get('left')} {c.get('op')} {json.dumps(c.get('right'))}" for c in conds)
+    elif node.plugin == "route" and isinstance(inp, dict):
+        text = f"({len(inp.get('routes', []))} routes, first match wins)"
     elif inp:
         text = json.dumps(inp, separators=(",", ":"))
         if len(text) > 100:
@@ -141,11 +143,15 @@ def render_tree(root: Node, indent: str) -> list[str]:
         lines.append(f"{pad}{label}{_summary(node)}")
         children = list(node.children())
         chain_else = node.synthetic and node.plugin == "match" and "false" in node.branches
+        preds = {}
+        if node.plugin == "route":
+            preds = {r["name"]: json.dumps(r["match"], separators=(",", ":")) for r in node.input.raw["routes"]}
         push = []
         for branch, child in children:
             if chain_else and branch == "false":
                 continue
-            push.append((child, pad + "    ", f"{branch}: "))
+            label = f"{branch} {preds[branch]}: " if branch in preds else f"{branch}: "
+            push.append((child, pad + "    ", label))
         if chain_else:
             stack.append((node.branches["false"], pad, "else: "))
         stack.extend(reversed(push))

@@ -19,7 +19,7 @@ from typing import Any
 from vane.config.errors import ConfigError, pointer
 from vane.config.load import RuleSource, resolve_path
 from vane.engine.node import Node
-from vane.engine.ops import OpError, as_text, compile_op
+from vane.engine.ops import OpError, compile_op, expand_predicates
 from vane.engine.template import CompiledInput, Limits
 from vane.plugins.registry import Registry
 
@@ -33,9 +33,6 @@ class Cond:
     key: str
     op: str
     right: Any
-
-    def as_input(self) -> dict:
-        return {"left": "{{" + self.key + "}}", "op": self.op, "right": self.right}
 
     def canonical(self) -> str:
         return json.dumps([self.key, self.op, self.right], sort_keys=True)
@@ -71,21 +68,15 @@ class ListenerPlan:
 
 def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
     conds: list[Cond] = []
-    for key, spec in (rs.rule.get("match") or {}).items():
-        where = rs.pointer + pointer("match", key)
-        if isinstance(spec, dict):
-            items = list(spec.items())
-        elif isinstance(spec, list):
-            items = [("in", [as_text(v) for v in spec])]
-        else:
-            items = [("eq", as_text(spec))]
-        for op, right in items:
-            try:
-                compile_op(op, right)
-            except OpError as exc:
-                errors.append(ConfigError(rs.file, f"{where}/{op}" if isinstance(spec, dict) else where, str(exc)))
-                continue
-            conds.append(Cond(key, op, right))
+    match = rs.rule.get("match") or {}
+    for key, op, right in expand_predicates(match):
+        try:
+            compile_op(op, right)
+        except OpError as exc:
+            where = rs.pointer + pointer("match", key) + (f"/{op}" if isinstance(match[key], dict) else "")
+            errors.append(ConfigError(rs.file, where, str(exc)))
+            continue
+        conds.append(Cond(key, op, right))
     return conds
 
 
@@ -181,16 +172,16 @@ class Lowerer:
         return node
 
     def _chain(self, label: str, layer: str, rules: list[CompiledRule], tail: Node, where: str) -> Node:
-        node = tail
-        for rule in reversed(rules):
-            if not rule.conds:
-                node = rule.flow
-                continue
-            conds = [c.as_input() for c in rule.conds]
-            inp = conds[0] if len(conds) == 1 else {"all": conds}
-            m = self._synthetic(label, f"{where}/{rule.name}", "match", layer, inp)
-            m.branches = {"true": rule.flow, "false": node}
-            node = m
+        """One ``route`` node trying ``rules`` in order; ``*`` goes to a catch-all rule or ``tail``."""
+        routed = [r for r in rules if r.conds]
+        catch_all = next((r for r in rules if not r.conds), None)
+        fallback = catch_all.flow if catch_all is not None else tail
+        if not routed:
+            return fallback
+        inp = {"routes": [{"name": r.name, "match": r.source.rule["match"]} for r in routed]}
+        node = self._synthetic(label, where, "route", layer, inp)
+        node.branches = {r.name: r.flow for r in routed}
+        node.branches["*"] = node.default = fallback
         return node
 
     def _deny_l4(self, label: str) -> Node:

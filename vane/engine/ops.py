@@ -128,3 +128,20 @@ def _num_or_none(text: str | None) -> float | None:
 def compile_op_cached(op: str, right_key: str) -> Predicate:
     """For right-hand sides that are templates: compiled once per distinct value, bounded."""
     return compile_op(op, right_key)
+
+
+def expand_predicates(match: dict) -> list[tuple[str, str, Any]]:
+    """Rule-style predicates -> (key, op, right) triples (DESIGN.md §3).
+
+    ``{"key": "v"}`` is eq; ``{"key": ["a", "b"]}`` is in; ``{"key": {"op": value, ...}}`` one
+    triple per operator. Scalars are compared as text (``true``, ``80``).
+    """
+    out: list[tuple[str, str, Any]] = []
+    for key, spec in match.items():
+        if isinstance(spec, dict):
+            out.extend((key, op, right) for op, right in spec.items())
+        elif isinstance(spec, list):
+            out.append((key, "in", [as_text(v) for v in spec]))
+        else:
+            out.append((key, "eq", as_text(spec)))
+    return out

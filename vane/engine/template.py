@@ -88,6 +88,8 @@ def parse(text: str, limits: Limits = DEFAULT_LIMITS) -> Parts:
             flush(pos)
             inner = stack.pop()
             key = _key_of(inner)
+            if isinstance(key, str) and inner:
+                count -= 1  # a plain key name is part of its placeholder, not a node of its own
             stack[-1].append(Ref(key))
             count += 1
             pos += 2

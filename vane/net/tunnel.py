@@ -6,9 +6,11 @@ half-closed protocols work. The relay ends when both directions are done, when n
 either way for ``idle_timeout`` seconds, or on the first error (then both sides are closed
 with RST, so a reset upstream never looks like a clean end to the client).
 
-Two plain sockets are relayed with ``os.splice`` through a pipe per direction: the bytes
-never enter Python. Anything else (a TLS stream) is copied through one preallocated buffer
-per direction.
+Two plain sockets are relayed with ``os.splice`` through a pipe: the bytes never enter
+Python. A direction holds a pipe only while bytes are in flight and gives it back to a small
+process-wide pool before it waits for input, so idle tunnels hold no pipes (no extra file
+descriptors, no pipe quota). Anything else (a TLS stream) is copied through one
+preallocated buffer per direction.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.monkey import get_original
 
+PIPE_SIZE = 262144  # requested pipe capacity; the kernel default (64 KiB) when not allowed
+PIPE_POOL_KEEP = 64  # empty pipes kept for reuse
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-_DEFAULT_PIPE = 65536  # Linux default pipe capacity; no fcntl needed below it
 _BURST = 16  # chunks moved without waiting before yielding to other greenlets
 _LINGER_RST = struct.pack("ii", 1, 0)
 _PLAIN_TYPES = (_socket.socket, gsocket.socket)
@@ -41,7 +44,9 @@ class Stream(Protocol):
 
     ``recv_into`` blocks cooperatively and returns 0 at EOF; ``sendall`` writes everything;
     ``shutdown_write`` sends the stream's end (close_notify and/or FIN) but keeps reading.
-    Blocking calls must tolerate an exception thrown into them (gevent timeouts).
+    Blocking calls must tolerate an exception thrown into them (gevent timeouts). Optional:
+    ``abort()`` closes without a clean end, and a ``socket`` attribute lets the relay close
+    the TCP connection with RST after an error.
     """
 
     def recv_into(self, buf: memoryview) -> int: ...
@@ -53,8 +58,6 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
     def fileno(self) -> int: ...
-
-    # Optional: ``abort()`` closes without a clean end (no close_notify); used after errors.
 
 
 class Counters:
@@ -114,6 +117,42 @@ def _set_rst(sock: Any) -> None:
         pass
 
 
+class _PipePool:
+    """Empty pipes for splice, reused across connections (LIFO, at most ``keep`` kept)."""
+
+    __slots__ = ("free", "size", "keep")
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.free: list[tuple[int, int]] = []
+        self.size = size
+        self.keep = keep
+
+    def get(self) -> tuple[int, int]:
+        if self.free:
+            return self.free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
+        except OSError:
+            pass  # over the per-user pipe quota: the default capacity still works
+        return r, w
+
+    def put(self, pipe: tuple[int, int]) -> None:
+        """Return an empty pipe."""
+        if len(self.free) < self.keep:
+            self.free.append(pipe)
+        else:
+            self.discard(pipe)
+
+    @staticmethod
+    def discard(pipe: tuple[int, int]) -> None:
+        os.close(pipe[0])
+        os.close(pipe[1])
+
+
+_pipes = _PipePool(PIPE_SIZE, PIPE_POOL_KEEP)
+
+
 class _Relay:
     """State shared by the two directions."""
 
@@ -140,8 +179,9 @@ class _Relay:
 
 
 def _interrupt(pump: _Pump) -> None:
-    # Runs from the hub; by then the direction may have finished on its own.
-    if pump.running and pump.glet is not None:
+    # Runs from the hub. The direction may have finished meanwhile; then nothing is thrown,
+    # so the exception can never land in code outside the relay.
+    if pump.running:
         pump.glet.throw(_Stop())
 
 
@@ -150,7 +190,7 @@ class _Pump:
 
     __slots__ = (
         "relay", "src", "dst", "prefix", "counters", "upward", "other", "glet", "running",
-        "timer", "src_fd", "dst_fd", "src_watch", "dst_watch", "pipe", "chunk", "buf",
+        "timer", "src_fd", "dst_fd", "src_watch", "dst_watch", "splice", "buf", "buf_size",
     )  # fmt: skip
 
     def __init__(
@@ -171,33 +211,9 @@ class _Pump:
         self.dst_fd = dst.fileno() if is_plain_socket(dst) else -1
         self.src_watch = loop.io(self.src_fd, 1) if self.src_fd >= 0 else None
         self.dst_watch = loop.io(self.dst_fd, 2) if self.dst_fd >= 0 else None
-        self.pipe: tuple[int, int] | None = None
-        self.chunk = 0
+        self.splice = self.src_fd >= 0 and self.dst_fd >= 0
         self.buf: memoryview | None = None
-
-    def use_splice(self, size: int) -> bool:
-        try:
-            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return False
-        if size > _DEFAULT_PIPE:
-            try:
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
-            except OSError:
-                pass  # over the per-user pipe quota: the default size still works
-        self.pipe = (r, w)
-        self.chunk = size
-        return True
-
-    def use_buffer(self, size: int) -> None:
-        self.close_pipe()
-        self.buf = memoryview(bytearray(size))
-
-    def close_pipe(self) -> None:
-        if self.pipe is not None:
-            for fd in self.pipe:
-                os.close(fd)
-            self.pipe = None
+        self.buf_size = 0
 
     def release(self) -> None:
         for w in (self.src_watch, self.dst_watch):
@@ -205,7 +221,6 @@ class _Pump:
                 w.close()
         if self.timer is not None:
             self.timer.close()
-        self.close_pipe()
         self.buf = None
 
     def run(self) -> None:
@@ -218,7 +233,7 @@ class _Pump:
             if self.prefix:
                 self._write(memoryview(self.prefix))
                 self._count(len(self.prefix))
-            if self.pipe is not None:
+            if self.splice:
                 self._splice_loop()
             else:
                 self._copy_loop()
@@ -283,43 +298,60 @@ class _Pump:
     def _splice_loop(self) -> None:
         splice = os.splice
         src_fd, dst_fd = self.src_fd, self.dst_fd
-        pipe_r, pipe_w = self.pipe  # type: ignore[misc]
-        chunk = self.chunk
         relay = self.relay
+        pipe: tuple[int, int] | None = None
+        left = 0
         burst = 0
-        while True:
-            try:
-                n = splice(src_fd, pipe_w, chunk, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                burst = 0
-                self._wait(self.src_watch)
-                continue
-            if n == 0:
-                return
-            relay.last = _monotonic()
-            left = n
-            while left:  # drain the pipe completely before reading again
+        try:
+            while True:
+                if pipe is None:
+                    try:
+                        pipe = _pipes.get()
+                    except OSError:  # out of file descriptors: copy through a buffer instead
+                        self._copy_loop()
+                        return
+                chunk = _pipes.size
                 try:
-                    m = splice(pipe_r, dst_fd, left, flags=_SPLICE_FLAGS)
+                    n = splice(src_fd, pipe[1], chunk, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
+                    _pipes.put(pipe)  # empty: nobody needs to hold it while we wait
+                    pipe = None
                     burst = 0
-                    self._wait(self.dst_watch)
+                    self._wait(self.src_watch)
                     continue
-                left -= m
-                self._count(m)
-            relay.last = _monotonic()
-            burst += 1
-            if burst >= _BURST:
-                burst = 0
-                gevent.sleep(0)
-                if relay.stopping:
-                    raise _Stop()
+                if n == 0:
+                    return
+                relay.last = _monotonic()
+                left = n
+                while left:  # drain the pipe completely before reading again
+                    try:
+                        m = splice(pipe[0], dst_fd, left, flags=_SPLICE_FLAGS)
+                    except BlockingIOError:
+                        burst = 0
+                        self._wait(self.dst_watch)
+                        continue
+                    left -= m
+                    self._count(m)
+                relay.last = _monotonic()
+                burst += 1
+                if burst >= _BURST:
+                    burst = 0
+                    gevent.sleep(0)
+                    if relay.stopping:
+                        raise _Stop()
+        finally:
+            if pipe is not None:
+                if left:
+                    _pipes.discard(pipe)  # bytes stuck inside: not reusable
+                else:
+                    _pipes.put(pipe)
 
     # -- buffered path -------------------------------------------------------------------
 
     def _copy_loop(self) -> None:
+        if self.buf is None:
+            self.buf = memoryview(bytearray(self.buf_size))
         buf = self.buf
-        assert buf is not None
         relay = self.relay
         read = self._read
         write = self._write
@@ -375,23 +407,21 @@ def relay(
 
     ``client`` and ``upstream`` are plain sockets or ``Stream`` objects; both are closed on
     return. ``upstream_prefix`` (e.g. a PROXY header) and ``client_prefix`` are sent before
-    anything relayed. Errors on either side end the relay and are not raised: the connection
-    simply ends. An exception that is not an ``OSError`` (a bug, or a Stream's own error type)
-    is re-raised after cleanup.
+    anything relayed. ``buffer_size`` is the copy buffer of a direction that cannot splice;
+    splice moves up to the pool's pipe capacity per call. Socket errors end the relay and
+    are not raised; any other exception (a bug, a Stream's own error type) is re-raised
+    after cleanup.
     """
     if counters is None:
         counters = Counters()
     state = _Relay(idle_timeout)
     for end in (client, upstream):
         if is_plain_socket(end) and not isinstance(end, gsocket.socket):
-            end.setblocking(False)  # a stdlib socket: the fd must not block the hub
+            end.setblocking(False)  # a stdlib socket: its fd must not block the hub
     up = _Pump(state, client, upstream, upstream_prefix, counters, upward=True)
     down = _Pump(state, upstream, client, client_prefix, counters, upward=False)
     up.other, down.other = down, up
-    both_plain = up.src_fd >= 0 and up.dst_fd >= 0
-    if not (both_plain and up.use_splice(buffer_size) and down.use_splice(buffer_size)):
-        up.use_buffer(buffer_size)
-        down.use_buffer(buffer_size)
+    up.buf_size = down.buf_size = buffer_size
     helper = gevent.spawn(down.run)
     try:
         up.run()

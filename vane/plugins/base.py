@@ -52,6 +52,8 @@ class PluginSpec:
     input_schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
     outputs: tuple[str, ...] | None = None   # scoped output keys it may store; None = any
     external: bool = False
+    has_next: bool = False              # a terminator that hands over to output "next" (upgrade)
+    dynamic_branches: bool = False      # branches named by the input (route: one per route)
     driver: str | None = None           # external driver: wasm | http | unix | command
     options: Mapping[str, Any] = field(default_factory=dict)  # external plugin declaration
 

@@ -61,13 +61,20 @@ def _obj(props: dict, required: tuple[str, ...] = (), **extra) -> dict:
 def _spec(name: str, kind: Kind, layers: frozenset[str], branches: tuple[str, ...], impl: str,
           schema: dict, outputs: tuple[str, ...] | None = ()) -> PluginSpec:
     return PluginSpec(name=name, kind=kind, layers=layers, branches=branches,
-                      impl=f"vane.plugins.builtin.{impl}", input_schema=schema, outputs=outputs)
+                      impl=f"vane.plugins.builtin.{impl}", input_schema=schema, outputs=outputs,
+                      has_next=name == "upgrade")
 
 
 BUILTINS: tuple[PluginSpec, ...] = (
     _spec("match", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("true", "false"), "match:Match",
           _obj({**_COND["properties"], "all": {"type": "array", "items": _COND}},
                anyOf=[{"required": ["left", "op"]}, {"required": ["all"]}])),
+    PluginSpec(name="route", kind=Kind.GENERIC_MIDDLEWARE, layers=LAYERS_ALL, branches=(),
+               impl="vane.plugins.builtin.route:Route", input_schema=_obj({"routes": {
+                   "type": "array", "items": _obj({"name": {"type": "string", "pattern": r"^[^{}*]+$"},
+                                                   "match": {"type": "object", "minProperties": 1}},
+                                                  ("name", "match"))}}, ("routes",)),
+               outputs=(), dynamic_branches=True),
     _spec("ratelimit", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("allow", "deny"), "ratelimit:RateLimit",
           _obj({"key": _STR, "rate": _NUM, "burst": _INT, "max_keys": {"type": "integer", "minimum": 1}},
                ("key", "rate")), outputs=("remaining",)),

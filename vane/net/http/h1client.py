@@ -63,11 +63,10 @@ class H1ClientConnection:
         self._eof_body = False      # current body ends at EOF
         self._resp: Response | None = None
         self._cur: StreamBody | None = None
-        self._hlist: list[tuple[bytes, bytes]] | None = None
+        self._hlist: list[tuple[bytes, bytes]] | None = []
         self._cl: bytes | None = None
         self._te: bytes | None = None
         self._conn_hdr = b""
-        self._reason = b""
         self._expecting = False
 
     # ------------------------------------------------------------------ public API
@@ -250,7 +249,8 @@ class H1ClientConnection:
                 self._rest = bytes(data[exc.args[0]:])
             except HttpParserError as exc:
                 cause = exc.__context__
-                if isinstance(cause, _Trailing):
+                if isinstance(cause, _Trailing) or (not self._expecting and self._cur is None):
+                    self._broken = True     # junk after a complete response: drop the conn
                     return n
                 if isinstance(cause, UpstreamError):
                     raise self._fail(cause) from None
@@ -279,18 +279,6 @@ class H1ClientConnection:
 
     # ------------------------------------------------------------------ parser callbacks
 
-    def on_message_begin(self) -> None:
-        if not self._expecting:     # bytes past the end of the response
-            self._broken = True
-            raise _Trailing()
-        self._hlist = []
-        self._cl = self._te = None
-        self._conn_hdr = b""
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         hlist = self._hlist
@@ -315,9 +303,13 @@ class H1ClientConnection:
 
     def on_headers_complete(self) -> None:
         hlist, self._hlist = self._hlist, None
+        if not self._expecting:     # a message after the end of the response
+            self._broken = True
+            raise _Trailing()
         parser = self._parser
         status = parser.get_status_code()
         if status < 200 and status != 101:
+            self._reset_message()
             return                  # interim response: skipped
         self._expecting = False
         self._keep = parser.should_keep_alive()
@@ -344,7 +336,9 @@ class H1ClientConnection:
             self._eof_body = True
             self._keep = False
             self._cur = body
-        self._resp = Response(status, Headers(hlist), body, self._reason.decode("latin-1"))
+        self._resp = Response(status, Headers(hlist), body)
+        if self._cur is None:
+            self._reset_message()
 
     def on_body(self, data: bytes) -> None:
         body = self._cur
@@ -359,3 +353,9 @@ class H1ClientConnection:
         if body is not None:
             body.done = True
             self._cur = None
+            self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._hlist = []
+        self._cl = self._te = None
+        self._conn_hdr = b""

@@ -33,9 +33,9 @@ _METHODS = {m.encode(): m for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 # Request headers the parser callbacks look at (everything else is only stored).
-_HOST, _CL, _TE, _EXPECT = 1, 2, 3, 4
+_HOST, _CL, _TE, _EXPECT, _UPGRADE = 1, 2, 3, 4, 5
 _REQ_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE,
-                b"expect": _EXPECT}
+                b"expect": _EXPECT, b"upgrade": _UPGRADE}
 
 # Response headers the codec owns: framing and connection management are written by
 # write_response, whatever the handler left in the header list.
@@ -82,11 +82,14 @@ class H1ServerConnection:
         self._head_bytes = 0
         self._feed_len = 0
         self._url = b""
-        self._hlist: list[tuple[bytes, bytes]] | None = None
+        self._hlist: list[tuple[bytes, bytes]] | None = []
         self._host: bytes | None = None
         self._cl: bytes | None = None
         self._te: bytes | None = None
         self._expect = False
+        self._upgrade = False
+        self._chunk_wire = 0
+        self._chunk_count = 0
         self._cur: StreamBody | None = None
         self._upgrade_body: StreamBody | None = None
         self._synthetic = False
@@ -241,14 +244,19 @@ class H1ServerConnection:
             self._timeout = timeout
 
     def _read_head(self) -> None:
-        limits = self.limits
+        """Read until a request head is complete (or EOF / idle timeout before one)."""
         if self._rest:
             rest, self._rest = self._rest, b""
             self._feed(rest, len(rest))
-        deadline = 0.0
+            if self._ready:
+                return
+        limits = self.limits
         stream = self.stream
-        while not self._ready:
-            if self._in_head:
+        parser = self._parser
+        deadline = 0.0
+        in_head = self._in_head     # bytes of the next head arrived with the last body
+        while True:
+            if in_head:
                 now = monotonic()
                 if not deadline:
                     deadline = now + limits.header_timeout
@@ -262,8 +270,8 @@ class H1ServerConnection:
             try:
                 n = stream.recv_into(recv_buffer)
             except TimeoutError:
-                if self._in_head:
-                    raise self._fail(HttpError(408))
+                if in_head:
+                    raise self._fail(HttpError(408)) from None
                 n = 0
             except OSError:
                 n = 0
@@ -271,11 +279,21 @@ class H1ServerConnection:
                 self._keep = False
                 return
             self.bytes_in += n
-            self._feed(recv_view[:n] if n < RECV_SIZE else recv_view, n)
-            if self._in_head and deadline and n > 0:
+            self._feed_len = n
+            data = recv_view[:n] if n < RECV_SIZE else recv_view
+            try:
+                parser.feed_data(data)
+            except HttpParserUpgrade as exc:
+                self._upgraded(bytes(data[exc.args[0]:]))
+            except HttpParserError as exc:
+                raise self._parse_error(exc) from None
+            if self._ready:
+                return
+            if deadline:
                 self._head_bytes += n
                 if self._head_bytes > limits.max_header_bytes:
                     raise self._fail(HttpError(431))
+            in_head = True
 
     def _feed(self, data, n: int) -> None:
         self._feed_len = n
@@ -283,13 +301,14 @@ class H1ServerConnection:
             self._parser.feed_data(data)
         except HttpParserUpgrade as exc:
             self._upgraded(bytes(data[exc.args[0]:]))
-        except HttpError as exc:
-            raise self._fail(exc)
         except HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HttpError):
-                raise self._fail(cause) from None
-            raise self._fail(HttpError(400, str(exc) or "Bad Request")) from None
+            raise self._parse_error(exc) from None
+
+    def _parse_error(self, exc: HttpParserError) -> HttpError:
+        cause = exc.__context__
+        if isinstance(cause, HttpError):
+            return self._fail(cause)
+        return self._fail(HttpError(400, str(exc) or "Bad Request"))
 
     def _fail(self, exc: HttpError) -> HttpError:
         self._keep = False
@@ -305,6 +324,7 @@ class H1ServerConnection:
         # head. A fresh parser primed with a synthetic head reads the body that follows.
         self._upgrade_body = None
         self._cur = body
+        self._reset_message()
         self._parser = HttpRequestParser(self)
         self._synthetic = True
         if body.length is None:
@@ -334,8 +354,16 @@ class H1ServerConnection:
         except OSError as exc:
             raise self._fail(ClientDisconnected(str(exc))) from None
         if not n:
-            raise self._fail(ClientDisconnected("client closed mid-body"))
+            raise self._fail(ClientDisconnected())
         self.bytes_in += n
+        body = self._cur
+        if body is not None and body.length is None:
+            # chunked: bound what is not data (chunk lines, trailers) that llhttp and
+            # httptools may accumulate in memory
+            self._chunk_wire += n
+            if (self._chunk_wire - body.received
+                    > self.limits.max_header_bytes + 64 * self._chunk_count):
+                raise self._fail(HttpError(431, "chunk framing or trailers too large"))
         self._feed(recv_view[:n] if n < RECV_SIZE else recv_view, n)
 
     def _body_end(self, body: StreamBody, complete: bool) -> None:
@@ -381,18 +409,8 @@ class H1ServerConnection:
 
     # ------------------------------------------------------------------ parser callbacks
 
-    def on_message_begin(self) -> None:
-        self._hlist = []
-        if self._synthetic:
-            return
-        self._in_head = True
-        self._head_spanned = False
-        self._head_bytes = 0
-        self._url = b""
-        self._host = self._cl = self._te = None
-        self._expect = False
-
     def on_url(self, url: bytes) -> None:
+        self._in_head = True
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -404,7 +422,7 @@ class H1ServerConnection:
                 if body.trailers is None:
                     body.trailers = []
                 if len(body.trailers) >= self.limits.max_header_count:
-                    raise HttpError(431, "too many trailers")
+                    raise HttpError(431, "too many trailer fields")
                 body.trailers.append((name, value))
             return
         kind = _REQ_SPECIAL.get(name)
@@ -419,32 +437,36 @@ class H1ServerConnection:
                 if self._te is not None:
                     raise HttpError(400, "several Transfer-Encoding headers")
                 self._te = value
-            elif value.lower() == b"100-continue":
-                self._expect = True
+            elif kind == _EXPECT:
+                self._expect = value.lower() == b"100-continue"
+            else:
+                self._upgrade = True
         hlist.append((name, value))
 
     def on_headers_complete(self) -> None:
         hlist, self._hlist = self._hlist, None
+        self._in_head = False
+        url, self._url = self._url, b""
         if self._synthetic:
             self._synthetic = False
             return
-        self._in_head = False
         limits = self.limits
         if len(hlist) > limits.max_header_count:
             raise HttpError(431, "too many header fields")
         if self._head_spanned or self._feed_len > limits.max_header_bytes:
-            size = len(self._url) + 4 * len(hlist)
+            size = len(url) + 4 * len(hlist)
             for k, v in hlist:
                 size += len(k) + len(v)
             if size > limits.max_header_bytes:
                 raise HttpError(431, "header section too large")
+            self._head_spanned = False
+            self._head_bytes = 0
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise HttpError(505)
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
-        url = self._url
         host = self._host
 
         if url[:1] == b"/":
@@ -467,21 +489,26 @@ class H1ServerConnection:
             if te.lower() != b"chunked":
                 raise HttpError(400, "unsupported Transfer-Encoding")
             body = self._cur = StreamBody(self, None)
+            self._chunk_wire = self._chunk_count = 0
         elif self._cl is not None and self._cl != b"0":
             body = self._cur = StreamBody(self, int(self._cl))
         else:
             body = Body.empty()
-            self._cur = None
         if self._expect:
             flags |= _F_EXPECT
-        if parser.should_upgrade():
+        if (self._upgrade or method == "CONNECT") and parser.should_upgrade():
             flags |= _F_UPGRADE
             if self._cur is not None and method != "CONNECT":
                 self._upgrade_body = self._cur
                 # the body is read as a plain request's; the upgrade cannot be taken
                 hlist = [kv for kv in hlist if kv[0] != b"upgrade"]
+        if self._cur is None:
+            self._reset_message()
         self._ready.append((Request(method, path, query, version, Headers(hlist), body,
                                     self.scheme, authority), flags))
+
+    def on_chunk_header(self) -> None:
+        self._chunk_count += 1
 
     def on_body(self, data: bytes) -> None:
         body = self._cur
@@ -493,6 +520,13 @@ class H1ServerConnection:
         if body is not None and body is not self._upgrade_body:
             body.done = True
             self._cur = None
+            self._reset_message()
+
+    def _reset_message(self) -> None:
+        """Parse state for the next message (after the trailers of this one, if any)."""
+        self._hlist = []
+        self._host = self._cl = self._te = None
+        self._expect = self._upgrade = False
 
     # ------------------------------------------------------------------ writing
 

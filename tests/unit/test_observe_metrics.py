@@ -1,0 +1,73 @@
+"""Metrics: families present, text exposition parses, label cardinality capped."""
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from vane.observe.metrics import OTHER, Metrics, status_class
+
+
+def families(m):
+    return {f.name: f for f in text_string_to_metric_families(m.render_prometheus().decode())}
+
+
+def test_all_families_render_and_parse():
+    m = Metrics()
+    m.conn_opened("tcp 0.0.0.0:80")
+    m.conn_opened("tcp 0.0.0.0:80")
+    m.conn_closed("tcp 0.0.0.0:80")
+    m.request("blog", 200, 0.01)
+    m.request("blog", 503, 0.2)
+    m.request(None, 404, 0.001)
+    m.upstream_error("http://127.0.0.1:3000", "connect")
+    m.plugin_error("auth")
+    m.breaker("auth", True)
+    m.reload("reloaded")
+    m.floor_hit("max_conn_per_ip")
+    fams = families(m)
+    for name in ("vane_connections_active", "vane_connections", "vane_requests", "vane_request_duration_seconds",
+                 "vane_upstream_errors", "vane_plugin_errors", "vane_breaker_open", "vane_reloads",
+                 "vane_floor_hits"):
+        assert name in fams, name
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    assert samples[("vane_connections_active", (("listener", "tcp 0.0.0.0:80"),))] == 1
+    assert samples[("vane_connections_total", (("listener", "tcp 0.0.0.0:80"),))] == 2
+    assert samples[("vane_requests_total", (("rule", "blog"), ("status_class", "5xx")))] == 1
+    assert samples[("vane_requests_total", (("rule", "none"), ("status_class", "4xx")))] == 1
+    assert samples[("vane_request_duration_seconds_count", (("rule", "blog"),))] == 2
+    assert samples[("vane_breaker_open", (("plugin", "auth"),))] == 1
+
+
+def test_cardinality_is_capped():
+    m = Metrics(max_series=10)
+    for i in range(50):
+        m.request(f"rule{i}", 200, 0.01)
+        m.upstream_error(f"up{i}", "timeout")
+    assert len(m.requests_total) == 11  # 10 + "other"
+    fams = families(m)
+    rules = {s.labels["rule"] for s in fams["vane_requests"].samples if s.name == "vane_requests_total"}
+    assert len(rules) == 11 and OTHER in rules
+    other = [s.value for s in fams["vane_requests"].samples
+             if s.name == "vane_requests_total" and s.labels["rule"] == OTHER]
+    assert other == [40]
+    assert m.requests_total.overflowed == 40
+    assert len(m.upstream_errors) == 11
+
+
+def test_as_json_shape():
+    m = Metrics()
+    m.reload("failed")
+    fams = {f["name"]: f for f in m.as_json()["families"]}
+    reloads = fams["vane_reloads"]
+    assert reloads["type"] == "counter" and reloads["help"]
+    assert reloads["samples"] == [{"name": "vane_reloads_total", "labels": {"result": "failed"}, "value": 1.0}]
+
+
+def test_registries_are_private():
+    a, b = Metrics(), Metrics()
+    a.reload("reloaded")
+    assert "vane_reloads_total{" not in b.render_prometheus().decode()
+
+
+def test_status_class():
+    assert status_class(204) == "2xx"
+    assert status_class(None) == "none"
+    assert status_class(999) == "none"

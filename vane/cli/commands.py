@@ -1,0 +1,260 @@
+"""The vane commands, shared by the command line and ``vane shell`` (DESIGN.md §10).
+
+``run(args, ctx)`` takes docopt's parsed arguments and returns the exit code: 0 ok, 1 the
+daemon (or the offline compiler) answered with an error, 2 the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+from vane.cli import render
+from vane.mgmt.client import Client, DaemonError, Unreachable
+
+__all__ = ["EXIT_DAEMON_ERROR", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "GET_TARGETS", "Context", "run"]
+
+EXIT_OK = 0
+EXIT_DAEMON_ERROR = 1
+EXIT_UNREACHABLE = 2
+EXIT_USAGE = 64
+
+GET_TARGETS = ("config", "listeners", "connections", "metrics", "plugins", "upstreams", "certs")
+SLOW_VERB_TIMEOUT = 60.0  # reload / compile_dry_run compile the whole config
+
+
+@dataclass
+class Context:
+    """Where a command talks to and writes to."""
+
+    client_factory: Callable[[], Client]
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    json: bool = False
+    tty: bool = False
+    confirm: Callable[[str], bool] | None = None  # asked before shutdown (the shell sets it)
+    _client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = self.client_factory()
+        return self._client
+
+    def close(self) -> None:
+        """Drop the connection (the next command reconnects)."""
+        if self._client is not None:
+            self._client.close()
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def error(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+
+def run(args: dict[str, Any], ctx: Context) -> int:
+    """Run the command selected in ``args``; daemon errors and unreachability become exit codes."""
+    try:
+        return _select(args)(args, ctx)
+    except DaemonError as e:
+        return _daemon_error(ctx, e)
+    except Unreachable as e:
+        ctx.error(f"vane: vaned is not reachable: {e}")
+        return EXIT_UNREACHABLE
+
+
+def _select(args: dict[str, Any]) -> Callable[[dict, Context], int]:
+    for name in ("ping", "stats", "reload", "shutdown", "compile", "get", "tail"):
+        if args.get(name):
+            return _COMMANDS[name]
+    raise ValueError("no command selected")
+
+
+def _daemon_error(ctx: Context, e: DaemonError) -> int:
+    if ctx.json:
+        ctx.print(render.to_json({"error": e.error}))
+        return EXIT_DAEMON_ERROR
+    if e.kind == "Compile":
+        for err in e.error.get("errors") or [e.error]:
+            ctx.error(render.compile_error_line(err))
+    else:
+        ctx.error(f"vane: {e.kind}: {e.message}")
+    return EXIT_DAEMON_ERROR
+
+
+# commands -------------------------------------------------------------------------------
+def cmd_ping(args: dict, ctx: Context) -> int:
+    start = time.monotonic()
+    result = ctx.client.call("ping")
+    ms = (time.monotonic() - start) * 1000
+    if ctx.json:
+        ctx.print(render.to_json({**result, "ms": round(ms, 3)}))
+    else:
+        ctx.print(f"pong from vaned {result.get('version', '?')} at {ctx.client.address} ({ms:.1f} ms)")
+    return EXIT_OK
+
+
+def cmd_stats(args: dict, ctx: Context) -> int:
+    s = ctx.client.call("stats")
+    if ctx.json:
+        ctx.print(render.to_json(s))
+        return EXIT_OK
+    last = s.get("last_reload") or {}
+    when = last.get("time")
+    last_text = str(last.get("result", "-"))
+    if isinstance(when, (int, float)):
+        last_text += f" {render.duration(time.time() - when)} ago"
+    if last.get("error"):
+        last_text += f" ({last['error']})"
+    listeners = s.get("listeners") or {}
+    conns = s.get("connections") or {}
+    pairs = [
+        ("version", s.get("version")),
+        ("uptime", render.duration(s.get("uptime_secs"))),
+        ("graph", s.get("graph_hash")),
+        ("last reload", last_text),
+        ("listeners", ", ".join(f"{n} {state}" for state, n in listeners.items()) or "none"),
+        ("connections", f"{conns.get('active', 0)} active, {conns.get('total', 0)} total"),
+    ]
+    ctx.print(render.keyvals(pairs, ctx.tty))
+    return EXIT_OK
+
+
+def cmd_reload(args: dict, ctx: Context) -> int:
+    result = ctx.client.call("reload", timeout=SLOW_VERB_TIMEOUT)
+    if ctx.json:
+        ctx.print(render.to_json(result))
+    else:
+        ctx.print(f"{result.get('status')} {result.get('hash')}")
+    return EXIT_OK
+
+
+def cmd_shutdown(args: dict, ctx: Context) -> int:
+    if ctx.confirm is not None and not ctx.confirm(f"Shut down vaned at {ctx.client.address}? [y/N] "):
+        ctx.print("not shutting down")
+        return EXIT_OK
+    result = ctx.client.call("shutdown")
+    ctx.print(render.to_json(result) if ctx.json else "vaned is draining and will exit")
+    return EXIT_OK
+
+
+def cmd_compile(args: dict, ctx: Context) -> int:
+    path = args["<path>"]
+    if args.get("--daemon"):
+        if args.get("--config"):
+            ctx.error("vane: --config is not used with --daemon (the daemon compiles a config directory)")
+            return EXIT_USAGE
+        result = ctx.client.call("compile_dry_run", {"dir": os.path.abspath(path)}, timeout=SLOW_VERB_TIMEOUT)
+        if ctx.json:
+            ctx.print(render.to_json(result))
+        else:
+            ctx.print(f"ok {result.get('hash')}")
+            for listener in result.get("listeners") or []:
+                ctx.print(f"listener {render.cell(listener)}")
+            for name, tree in (result.get("trees") or {}).items():
+                ctx.print(f"{name}:\n{render.to_json(tree)}")
+        return EXIT_OK
+    return _compile_offline(path, args.get("--config"), ctx)
+
+
+def _compile_offline(path: str, config_dir: str | None, ctx: Context) -> int:
+    from vane.config.errors import CompileFailed
+
+    try:
+        from vane.compile import compile_path
+    except ImportError as e:
+        ctx.error(f"vane: the offline compiler is not available: {e}")
+        return EXIT_DAEMON_ERROR
+    if not os.path.exists(path):
+        ctx.error(f"vane: {path}: no such file or directory")
+        return EXIT_DAEMON_ERROR
+    try:
+        graph = compile_path(path, config_dir=config_dir)
+    except CompileFailed as e:
+        errors = [err.to_dict() for err in e.errors]
+        if ctx.json:
+            ctx.print(render.to_json({"errors": errors}))
+        for err in errors:
+            ctx.error(render.compile_error_line(err))
+        return EXIT_DAEMON_ERROR
+    ctx.print(render.to_json(graph.to_json()) if ctx.json else graph.render_text().rstrip("\n"))
+    return EXIT_OK
+
+
+def cmd_get(args: dict, ctx: Context) -> int:
+    target = next(t for t in GET_TARGETS if args.get(t))
+    if target == "metrics":
+        result = ctx.client.call("get_metrics", {"format": "json" if ctx.json else "prometheus"})
+        ctx.print(render.to_json(result) if ctx.json else result.get("text", "").rstrip("\n"))
+        return EXIT_OK
+    result = ctx.client.call(f"get_{target}")
+    if ctx.json or target == "config":
+        ctx.print(render.to_json(result))
+        return EXIT_OK
+    rows = result.get(target) or []
+    headers, getter = _TABLES[target]
+    ctx.print(render.table([getter(r) for r in rows], headers, ctx.tty, empty=f"no {target}"))
+    return EXIT_OK
+
+
+def _breaker(b: Any) -> str:
+    if not isinstance(b, dict):
+        return render.cell(b)
+    text = str(b.get("state", "-"))
+    if b.get("failures"):
+        text += f" ({b['failures']} failures)"
+    if b.get("state") == "open" and isinstance(b.get("open_until"), (int, float)):
+        text += f" until {render.clock(b['open_until'])}"
+    return text
+
+
+_TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict], list]]] = {
+    "listeners": (("address", "transport", "state", "conns", "attempts", "last error"),
+                  lambda r: [r.get("address"), r.get("transport"), r.get("state"), r.get("connections"),
+                             r.get("bind_attempts"), r.get("last_error")]),
+    "connections": (("id", "remote", "local", "listener", "rule", "layer", "node", "in", "out", "age"),
+                    lambda r: [r.get("id"), r.get("remote"), r.get("local"), r.get("listener"), r.get("rule"),
+                               r.get("layer"), r.get("node"), r.get("bytes_in"), r.get("bytes_out"),
+                               render.duration(r.get("age_secs"))]),
+    "plugins": (("name", "driver", "branches", "breaker"),
+                lambda r: [r.get("name"), r.get("driver"), r.get("branches"), _breaker(r.get("breaker"))]),
+    "upstreams": (("upstream", "active", "idle", "max active", "max idle"),
+                  lambda r: [r.get("upstream"), r.get("active"), r.get("idle"), r.get("max_active"),
+                             r.get("max_idle")]),
+    "certs": (("path", "subject", "sans", "not after", "listeners"),
+              lambda r: [r.get("path"), r.get("subject"), r.get("sans"), r.get("not_after"), r.get("listeners")]),
+}
+
+
+def cmd_tail(args: dict, ctx: Context) -> int:
+    """Follow the flow log or the daemon log until Ctrl-C (exit 0)."""
+    flow = bool(args.get("flow"))
+    reader = ctx.client.stream("tail_flow" if flow else "tail_log")
+    line = render.flow_line if flow else render.log_line
+    try:
+        for data in reader:
+            ctx.print(render.to_json(data, lines=True) if ctx.json else line(data, ctx.tty))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        reader.close()
+    if reader.end_reason and reader.end_reason != "closed":
+        ctx.error(f"vane: stream ended: {reader.end_reason}")
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[dict, Context], int]] = {
+    "ping": cmd_ping,
+    "stats": cmd_stats,
+    "reload": cmd_reload,
+    "shutdown": cmd_shutdown,
+    "compile": cmd_compile,
+    "get": cmd_get,
+    "tail": cmd_tail,
+}

@@ -1,0 +1,720 @@
+"""HTTP/2 server codec on h2: one connection, a greenlet per stream running the L7 handler.
+
+``H2ServerConnection.serve`` reads frames in the connection greenlet and turns each new
+stream into a ``Request`` whose body streams the DATA frames; ``handler(request)`` runs in its
+own greenlet and its ``Response`` is written back under the peer's flow control. Inbound flow
+control is credited only as the handler consumes the body, so a slow consumer slows the
+client down instead of filling memory.
+
+Also here, because the client codec (``h2client``) shares them:
+
+- ``H2Output``: the one path to the socket. Any greenlet may queue frames in the h2
+  connection and call ``flush``; one of them at a time writes, the others leave their bytes
+  to it, and producers wait while the backlog is above a high-water mark.
+- ``GoawayFilter``: h2 closes its state machine on a GOAWAY in either direction, which rules
+  out the graceful shutdown HTTP/2 allows (in-flight streams finish after a GOAWAY). The
+  filter takes inbound GOAWAY frames out of the byte stream before h2 sees them, and outbound
+  GOAWAYs are written as raw frames, so h2 keeps serving the streams already open.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import gevent
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from gevent import get_hub, getcurrent
+from gevent.event import Event
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from vane.net.http.errors import HttpError
+from vane.net.http.message import HOP_BY_HOP, Body, Headers, HeaderList, Request, Response
+
+__all__ = ["H2Limits", "H2ServerConnection", "H2Output", "GoawayFilter", "goaway_frame",
+           "response_header_block", "trailer_block", "write_data", "StreamGone"]
+
+log = logging.getLogger("vane.net.h2")
+
+RECV_SIZE = 65536
+HIGH_WATER = 65536
+_GOAWAY = 0x7
+_MAX_GOAWAY_PAYLOAD = 16384
+_PREFACE_LEN = 24
+_SETTING = h2.settings.SettingCodes
+
+
+@dataclass(frozen=True)
+class H2Limits:
+    """Per-connection HTTP/2 limits (DESIGN.md §8 security floor supplies most of them)."""
+
+    max_concurrent_streams: int = 100
+    max_header_list_size: int = 65536
+    header_timeout: float = 30.0       # until the first request has arrived
+    idle_timeout: float = 300.0        # no open stream for this long: GOAWAY and close
+    body_idle_timeout: float = 30.0    # a body (either way) that does not move for this long
+    stream_buffer: int = 65536         # per-stream inbound buffer = advertised stream window
+    connection_window: int = 1 << 20   # inbound window shared by all streams of the connection
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared plumbing
+
+class H2Output:
+    """Serialised writes of an h2 connection's pending bytes to its stream.
+
+    ``flush`` never blocks a caller on another greenlet's write: if a write is in progress,
+    the bytes join the backlog and the writing greenlet sends them next. A failed write
+    records ``error`` and calls ``on_error`` once; later flushes are no-ops.
+    """
+
+    __slots__ = ("_h2", "_stream", "_backlog", "_writing", "_drained", "_on_error", "error",
+                 "bytes_out")
+
+    def __init__(self, conn: h2.connection.H2Connection, stream: Any,
+                 on_error: Callable[[BaseException], None]) -> None:
+        self._h2 = conn
+        self._stream = stream
+        self._backlog = bytearray()
+        self._writing = False
+        self._drained = Event()
+        self._on_error = on_error
+        self.error: BaseException | None = None
+        self.bytes_out = 0
+
+    def flush(self) -> None:
+        if self.error is not None:
+            self._h2.data_to_send()  # discard: nothing can be written any more
+            return
+        if self._writing:
+            self._backlog += self._h2.data_to_send()
+            return
+        self._writing = True
+        try:
+            while True:
+                data: Any = self._h2.data_to_send()
+                if self._backlog:
+                    self._backlog += data
+                    data, self._backlog = self._backlog, bytearray()
+                if not data:
+                    break
+                self._stream.sendall(data)
+                self.bytes_out += len(data)
+                self._wake()
+        except BaseException as exc:
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._writing = False
+            self._wake()
+
+    def raw(self, frame: bytes) -> None:
+        """Queue bytes that did not come from h2 (keeping order with what h2 queued before)."""
+        self._backlog += self._h2.data_to_send()
+        self._backlog += frame
+        self.flush()
+
+    def wait_room(self, timeout: float | None) -> None:
+        """Block while a write is in progress and the backlog is above the high-water mark."""
+        while self._writing and self.error is None and len(self._backlog) >= HIGH_WATER:
+            if not self._drained.wait(timeout):
+                self._fail(TimeoutError("peer is not reading"))
+                return
+
+    def _wake(self) -> None:
+        drained, self._drained = self._drained, Event()
+        drained.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+            self._backlog = bytearray()
+            self._on_error(exc)
+
+
+class GoawayFilter:
+    """Splits inbound bytes at frame boundaries and removes GOAWAY frames (see module doc).
+
+    ``feed`` returns the bytes to hand to h2 and the ``(last_stream_id, error_code)`` of each
+    GOAWAY removed. Malformed GOAWAYs (non-zero stream, bad length) are left for h2 to reject.
+    """
+
+    __slots__ = ("_skip", "_pass", "_head", "_goaway", "_goaway_left")
+
+    def __init__(self, preface: int = 0) -> None:
+        self._skip = preface
+        self._pass = 0
+        self._head = b""
+        self._goaway: bytearray | None = None
+        self._goaway_left = 0
+
+    def feed(self, data: bytes) -> tuple[bytes | bytearray, list[tuple[int, int]]]:
+        n = len(data)
+        mv = memoryview(data)
+        out: list[Any] = []
+        found: list[tuple[int, int]] = []
+        pos = seg = 0
+        while pos < n:
+            if self._skip or self._pass:
+                if self._skip:
+                    take = min(self._skip, n - pos)
+                    self._skip -= take
+                else:
+                    take = min(self._pass, n - pos)
+                    self._pass -= take
+                pos += take
+                continue
+            if self._goaway is not None:
+                take = min(self._goaway_left, n - pos)
+                self._goaway += mv[pos:pos + take]
+                self._goaway_left -= take
+                pos += take
+                seg = pos
+                if not self._goaway_left:
+                    payload, self._goaway = self._goaway, None
+                    found.append((int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF,
+                                  int.from_bytes(payload[4:8], "big")))
+                continue
+            need = 9 - len(self._head)
+            if n - pos < need:  # frame header split across reads: hold it back
+                if pos > seg:
+                    out.append(mv[seg:pos])
+                self._head += data[pos:n]
+                pos = seg = n
+                break
+            held = self._head
+            header = held + data[pos:pos + need] if held else data[pos:pos + 9]
+            self._head = b""
+            length = int.from_bytes(header[0:3], "big")
+            stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+            if header[3] == _GOAWAY and stream_id == 0 and 8 <= length <= _MAX_GOAWAY_PAYLOAD:
+                if pos > seg:
+                    out.append(mv[seg:pos])
+                pos += need
+                seg = pos
+                self._goaway = bytearray()
+                self._goaway_left = length
+                continue
+            if held:
+                out.append(held)  # pos == seg == 0 here: held bytes only exist at a read's start
+            pos += need
+            self._pass = length
+        if seg == 0 and pos == n and not out:
+            return data, found
+        if pos > seg:
+            out.append(mv[seg:pos])
+        return b"".join(out), found
+
+
+def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
+    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()
+
+
+def _connection_tokens(headers: Headers) -> set[bytes] | None:
+    drop = None
+    for k, v in headers.items_:
+        if k == b"connection":
+            drop = drop or set()
+            drop.update(t.strip().lower() for t in v.split(b",") if t.strip())
+    return drop
+
+
+def response_header_block(status: int, headers: Headers) -> HeaderList:
+    """``:status`` plus the headers HTTP/2 may carry (no hop-by-hop, no ``connection`` tokens)."""
+    drop = _connection_tokens(headers)
+    out: HeaderList = [(b":status", b"%d" % status)]
+    for k, v in headers.items_:
+        if k in HOP_BY_HOP or k[:1] == b":" or (drop is not None and k in drop):
+            continue
+        out.append((k, v))
+    return out
+
+
+def trailer_block(trailers: HeaderList) -> HeaderList:
+    return [(k, v) for k, v in trailers if k[:1] != b":" and k not in HOP_BY_HOP]
+
+
+def write_data(conn: h2.connection.H2Connection, out: H2Output, st: Any, data: bytes, end: bool,
+               timeout: float, check: Callable[[Any], None], room_timeout: float) -> bool:
+    """Send ``data`` on stream ``st`` as DATA frames within the peer's flow-control windows.
+
+    ``st`` needs ``id`` and ``win_ev`` (set by the reader on WINDOW_UPDATE / SETTINGS);
+    ``check(st)`` raises when the stream is gone. Returns False if the window stayed shut for
+    ``timeout`` seconds.
+    """
+    view = memoryview(data)
+    total = len(view)
+    off = 0
+    while True:
+        check(st)
+        try:
+            room = min(conn.local_flow_control_window(st.id), total - off)
+            frame = conn.max_outbound_frame_size
+            while room > 0:
+                size = min(room, frame)
+                conn.send_data(st.id, view[off:off + size] if size < total else data,
+                               end_stream=end and off + size == total)
+                off += size
+                room -= size
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+        out.flush()
+        out.wait_room(room_timeout)
+        if off >= total:
+            return True
+        st.win_ev.clear()
+        try:
+            shut = conn.local_flow_control_window(st.id) <= 0
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+        if shut and not st.win_ev.wait(timeout):
+            return False
+
+
+class StreamGone(Exception):
+    """The stream was reset or the connection is gone: stop working on it."""
+
+
+class _Wakeup(Exception):
+    """Thrown into the reader while it waits in recv, to make it re-check its exit conditions."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+
+class _ServerStream:
+    __slots__ = ("id", "chunks", "buffered", "ended", "reset", "trailers", "body", "discard",
+                 "data_ev", "win_ev", "headers_sent")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.ended = False               # the client finished its side
+        self.reset: int | None = None    # error code once reset (by either side) or conn lost
+        self.trailers: HeaderList | None = None
+        self.body: Body | None = None
+        self.discard = False             # the handler dropped the body: credit arrivals at once
+        self.data_ev = Event()           # body data / end / reset for the consumer
+        self.win_ev = Event()            # flow-control window opened for the sender
+        self.headers_sent = False
+
+
+class H2ServerConnection:
+    """An HTTP/2 server connection over a stream (a ``TLSStream`` or an h2c socket).
+
+    ``serve()`` runs in the connection greenlet and returns when the connection is finished
+    (peer closed, error, idle, or drained after ``goaway()``); the caller closes the stream.
+    """
+
+    def __init__(self, stream: Any, handler: Callable[[Request], Response],
+                 limits: H2Limits = H2Limits(), scheme: str = "https",
+                 spawn: Callable[..., Any] = gevent.spawn) -> None:
+        self._stream = stream
+        self._handler = handler
+        self._limits = limits
+        self._scheme = scheme
+        self._spawn = spawn
+        window = max(limits.stream_buffer, 65535)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        conn = h2.connection.H2Connection(config=config)
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            _SETTING.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            _SETTING.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            _SETTING.INITIAL_WINDOW_SIZE: window,
+            _SETTING.ENABLE_PUSH: 0,
+        })
+        conn.decoder.max_header_list_size = limits.max_header_list_size
+        self._h2 = conn
+        self._out = H2Output(conn, stream, self._on_write_error)
+        self._filter = GoawayFilter(_PREFACE_LEN)
+        self._streams: dict[int, _ServerStream] = {}
+        self._tick = min(limits.header_timeout, limits.body_idle_timeout, limits.idle_timeout)
+        self._reader: Any = None
+        self._in_recv = False
+        self._closed = False
+        self._draining = False
+        self._last_stream_id = 0
+        self._peer_goaway = False
+        self._seen_request = False
+        self._last_active = time.monotonic()
+        self.bytes_in = 0
+        self.requests = 0
+
+    @property
+    def bytes_out(self) -> int:
+        return self._out.bytes_out
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # -- connection loop ------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run the connection until it is finished (see class doc)."""
+        self._reader = getcurrent()
+        limits = self._limits
+        conn = self._h2
+        self._stream.settimeout(self._tick)
+        conn.initiate_connection()
+        if limits.connection_window > 65535:
+            conn.increment_flow_control_window(limits.connection_window - 65535)
+        # Advertise max_concurrent_streams but let h2 itself enforce only twice that: h2
+        # answers an excess stream with a connection error, we want REFUSED_STREAM for the
+        # streams a client opens before it has seen our SETTINGS.
+        conn.local_settings[_SETTING.MAX_CONCURRENT_STREAMS] = 2 * limits.max_concurrent_streams
+        conn.local_settings.acknowledge()
+        self._out.flush()
+        started = time.monotonic()
+        graceful = False
+        try:
+            while self._out.error is None:
+                if (self._draining or self._peer_goaway) and not self._streams:
+                    graceful = True
+                    break
+                try:
+                    self._in_recv = True
+                    data = self._stream.recv(RECV_SIZE)
+                except _Wakeup:
+                    continue
+                except TimeoutError:
+                    now = time.monotonic()
+                    if not self._seen_request:
+                        if now - started >= limits.header_timeout:
+                            log.debug("h2: no request within %.0fs, closing", limits.header_timeout)
+                            break
+                    elif not self._streams and now - self._last_active >= limits.idle_timeout:
+                        graceful = True
+                        break
+                    continue
+                except OSError:
+                    break
+                finally:
+                    self._in_recv = False
+                if not data:
+                    break
+                self.bytes_in += len(data)
+                if not self._receive(data):
+                    break
+                self._out.flush()
+                self._out.wait_room(self._tick)
+        finally:
+            self._finish(graceful)
+
+    def _receive(self, data: bytes) -> bool:
+        passthrough, goaways = self._filter.feed(data)
+        if passthrough:
+            try:
+                events = self._h2.receive_data(passthrough)
+            except h2.exceptions.ProtocolError as exc:
+                log.debug("h2 protocol error from client: %s", exc)
+                self._out.flush()  # h2 queued a GOAWAY with the error code
+                return False
+            for event in events:
+                self._dispatch(event)
+        if goaways:
+            self._peer_goaway = True
+        return True
+
+    def goaway(self) -> None:
+        """Graceful drain: send GOAWAY, let in-flight streams finish, then ``serve`` returns."""
+        if self._draining or self._closed:
+            return
+        self._draining = True
+        self._last_stream_id = self._h2.highest_inbound_stream_id
+        self._out.raw(goaway_frame(self._last_stream_id))
+        if not self._streams:
+            self._wake_reader()
+
+    def _finish(self, graceful: bool) -> None:
+        self._closed = True
+        if graceful and self._out.error is None:
+            if not self._draining:
+                self._draining = True
+                self._out.raw(goaway_frame(self._h2.highest_inbound_stream_id))
+            self._linger()
+        for st in list(self._streams.values()):
+            if st.reset is None:
+                st.reset = ErrorCodes.CANCEL
+            st.data_ev.set()
+            st.win_ev.set()
+        self._streams.clear()
+
+    def _linger(self) -> None:
+        """Half-close and read briefly, so the peer reads our last frames before any RST."""
+        stream = self._stream
+        deadline = time.monotonic() + 1.0
+        try:
+            if hasattr(stream, "shutdown_write"):
+                stream.shutdown_write()
+            else:
+                stream.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                stream.settimeout(left)
+                if not stream.recv(RECV_SIZE):
+                    break
+        except OSError:
+            pass
+
+    def _on_write_error(self, exc: BaseException) -> None:
+        log.debug("h2 write failed: %r", exc)
+        self._closed = True
+        for st in self._streams.values():
+            st.data_ev.set()
+            st.win_ev.set()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        if self._reader is not None and self._reader is not getcurrent():
+            get_hub().loop.run_callback(self._interrupt_recv)
+
+    def _interrupt_recv(self) -> None:
+        # Runs in the hub: the reader is suspended, so if it is inside recv it is waiting on
+        # the socket and the exception lands there (the same way gevent.Timeout works).
+        if self._in_recv and self._reader is not None:
+            self._reader.throw(_Wakeup())
+
+    # -- inbound events -------------------------------------------------------------------------
+
+    def _dispatch(self, event: Any) -> None:
+        kind = type(event)
+        if kind is h2.events.DataReceived:
+            self._on_data(event)
+        elif kind is h2.events.RequestReceived:
+            self._on_request(event)
+        elif kind is h2.events.StreamEnded:
+            st = self._streams.get(event.stream_id)
+            if st is not None:
+                st.ended = True
+                st.data_ev.set()
+        elif kind is h2.events.WindowUpdated:
+            if event.stream_id == 0:
+                for st in self._streams.values():
+                    st.win_ev.set()
+            else:
+                st = self._streams.get(event.stream_id)
+                if st is not None:
+                    st.win_ev.set()
+        elif kind is h2.events.StreamReset:
+            st = self._streams.get(event.stream_id)
+            if st is not None:
+                st.reset = event.error_code
+                st.data_ev.set()
+                st.win_ev.set()
+        elif kind is h2.events.TrailersReceived:
+            st = self._streams.get(event.stream_id)
+            if st is not None:
+                st.trailers = [(k, v) for k, v in event.headers]
+                if st.body is not None:
+                    st.body.trailers = st.trailers
+        elif kind is h2.events.RemoteSettingsChanged:
+            if _SETTING.INITIAL_WINDOW_SIZE in event.changed_settings:
+                for st in self._streams.values():
+                    st.win_ev.set()
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        self._seen_request = True
+        self._last_active = time.monotonic()
+        if (self._draining and sid > self._last_stream_id) or self._closed \
+                or len(self._streams) >= self._limits.max_concurrent_streams:
+            self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        method = path = authority = scheme = b""
+        host = None
+        items: HeaderList = []
+        length: int | None = None
+        for k, v in event.headers:
+            if k[:1] == b":":
+                if k == b":method":
+                    method = v
+                elif k == b":path":
+                    path = v
+                elif k == b":authority":
+                    authority = v
+                elif k == b":scheme":
+                    scheme = v
+                continue
+            if k == b"host":
+                host = v
+            elif k == b"content-length":
+                try:
+                    length = int(v)
+                except ValueError:
+                    length = None
+            items.append((k, v))
+        if not authority and host is not None:
+            authority = host
+        target, _, query = path.partition(b"?")
+        st = _ServerStream(sid)
+        self._streams[sid] = st
+        if event.stream_ended is not None:
+            st.ended = True
+            body = Body.empty()
+        else:
+            body = Body(self._body_chunks(st), length, close=lambda: self._discard(st))
+        st.body = body
+        request = Request(method.decode("latin-1"), target.decode("latin-1"),
+                          query.decode("latin-1"), "2", Headers(items), body,
+                          scheme.decode("latin-1") or self._scheme, authority.decode("latin-1"),
+                          stream_id=sid)
+        self.requests += 1
+        self._spawn(self._run, st, request)
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        sid = event.stream_id
+        st = self._streams.get(sid)
+        size = event.flow_controlled_length
+        data = event.data
+        if st is None or st.discard:
+            if size:
+                self._h2.acknowledge_received_data(size, sid)
+            return
+        if size > len(data):  # padding is never handed to the consumer: credit it now
+            self._h2.acknowledge_received_data(size - len(data), sid)
+        if data:
+            st.chunks.append(data)
+            st.buffered += len(data)
+            st.data_ev.set()
+
+    # -- request body ---------------------------------------------------------------------------
+
+    def _body_chunks(self, st: _ServerStream) -> Iterator[bytes]:
+        timeout = self._limits.body_idle_timeout
+        conn = self._h2
+        while True:
+            if st.chunks:
+                chunk = st.chunks.popleft()
+                st.buffered -= len(chunk)
+                if not self._closed:
+                    conn.acknowledge_received_data(len(chunk), st.id)
+                    self._out.flush()
+                yield chunk
+                continue
+            if st.ended:
+                return
+            if st.reset is not None or self._closed:
+                raise HttpError(400, "the client reset the stream")
+            st.data_ev.clear()
+            if not st.data_ev.wait(timeout):
+                raise HttpError(408, "request body timed out")
+
+    def _discard(self, st: _ServerStream) -> None:
+        if st.discard:
+            return
+        st.discard = True
+        pending, st.buffered = st.buffered, 0
+        st.chunks.clear()
+        if pending and not self._closed:
+            self._h2.acknowledge_received_data(pending, st.id)
+            self._out.flush()
+
+    # -- handler and response -------------------------------------------------------------------
+
+    def _run(self, st: _ServerStream, request: Request) -> None:
+        response: Response | None = None
+        try:
+            try:
+                response = self._handler(request)
+            except HttpError as exc:
+                response = _error_response(exc.status, exc.reason)
+            except Exception:
+                log.exception("h2 handler failed on stream %d", st.id)
+                response = _error_response(500, "Internal Server Error")
+            self._respond(st, request, response)
+        except StreamGone:
+            pass
+        except Exception:
+            log.exception("h2 response failed on stream %d", st.id)
+            self._reset(st, ErrorCodes.INTERNAL_ERROR)
+        finally:
+            request.body.close()
+            if response is not None:
+                response.body.close()
+            if not st.ended and st.reset is None and not self._closed:
+                # RFC 9113 §8.1: the response is complete; the rest of the request is not needed.
+                self._reset(st, ErrorCodes.NO_ERROR)
+            self._streams.pop(st.id, None)
+            self._last_active = time.monotonic()
+            if (self._draining or self._peer_goaway) and not self._streams:
+                self._wake_reader()
+
+    def _respond(self, st: _ServerStream, request: Request, response: Response) -> None:
+        status = response.status
+        body = response.body
+        no_body = request.method == "HEAD" or status in (204, 304) or status < 200
+        headers = response_header_block(status, response.headers)
+        if not no_body and body.length is not None and response.headers.getb(b"content-length") is None:
+            headers.append((b"content-length", b"%d" % body.length))
+        if no_body:
+            body.close()
+            self._send_headers(st, headers, True)
+            return
+        if body.is_buffered:
+            data = body.read_all(body.length or 0)
+            self._send_headers(st, headers, not data)
+            if data:
+                self._send_data(st, data, True)
+            return
+        self._send_headers(st, headers, False)
+        for chunk in body:
+            self._send_data(st, chunk, False)
+        trailers = body.trailers
+        self._check(st)
+        try:
+            if trailers:
+                self._h2.send_headers(st.id, trailer_block(trailers), end_stream=True)
+            else:
+                self._h2.end_stream(st.id)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+        self._out.flush()
+
+    def _check(self, st: _ServerStream) -> None:
+        if st.reset is not None or self._closed or self._out.error is not None:
+            raise StreamGone
+
+    def _send_headers(self, st: _ServerStream, headers: HeaderList, end: bool) -> None:
+        self._check(st)
+        try:
+            self._h2.send_headers(st.id, headers, end_stream=end)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+        st.headers_sent = True
+        self._out.flush()
+        self._out.wait_room(self._tick)
+
+    def _send_data(self, st: _ServerStream, data: bytes, end: bool) -> None:
+        timeout = self._limits.body_idle_timeout
+        if not write_data(self._h2, self._out, st, data, end, timeout, self._check, self._tick):
+            log.debug("h2 stream %d: peer window stayed closed for %.0fs", st.id, timeout)
+            self._reset(st, ErrorCodes.CANCEL)
+            raise StreamGone
+
+    def _reset(self, st: _ServerStream, code: int) -> None:
+        if st.reset is None:
+            st.reset = code
+        if self._closed or self._out.error is not None:
+            return
+        try:
+            self._h2.reset_stream(st.id, code)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._out.flush()
+
+
+def _error_response(status: int, reason: str) -> Response:
+    body = f"{status} {reason}\n".encode()
+    headers = Headers([(b"content-type", b"text/plain; charset=utf-8")])
+    return Response(status, headers, Body.from_bytes(body))
