@@ -5,9 +5,16 @@ The management servers under test are real (real sockets); only the daemon behin
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
+import tempfile
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
+
+import gevent
 
 from vane.config.errors import CompileFailed, ConfigError
 from vane.mgmt.server_http import HttpMgmtServer
@@ -160,3 +167,53 @@ def start_http(daemon: FakeDaemon, token: str | None = None, **kw: Any) -> HttpM
     server = HttpMgmtServer(daemon, port=0, token=token, hosts=["127.0.0.1"], **kw)
     server.start()
     return server
+
+
+class RawConn:
+    """A bare unix-socket connection speaking NDJSON, for protocol-level tests."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+
+    def send(self, obj: Any) -> None:
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n"
+        self.sock.sendall(data)
+
+    def frame(self) -> dict | None:
+        """The next frame, or None at EOF."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` cooperatively until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        gevent.sleep(0.01)
+    return bool(predicate())
+
+
+def short_tmpdir() -> Iterator[str]:
+    """A short directory for unix sockets (paths are limited to 107 bytes)."""
+    d = tempfile.mkdtemp(prefix="vm", dir="/tmp")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def sock_in(d: str) -> str:
+    return os.path.join(d, "vaned.sock")

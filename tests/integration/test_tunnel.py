@@ -296,10 +296,103 @@ def test_idle_tunnels_hold_no_pipes():
         echo_once(s, os.urandom(300_000))
     assert open_fds() == before + 5 * 4  # only the sockets themselves
     assert len(tunnel._pipes.free) == free_before
-    for s, g in zip(setups, relays):
+    for s, g in zip(setups, relays, strict=True):
         s.client_ext.shutdown(socket.SHUT_WR)
         s.upstream_ext.shutdown(socket.SHUT_WR)
         g.join(timeout=1)
         assert g.dead
         s.close()
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_stalled_reader_ends_relay_after_idle(setup, wrap):
+    """The client stops reading: once buffers are full nothing moves, so idle ends it."""
+    g = setup.start(idle=0.2, wrap=wrap)
+    sender = gevent.spawn(setup.upstream_ext.sendall, b"z" * (64 * 1024 * 1024))
+    t0 = time.monotonic()
+    g.join(timeout=1.5)
+    assert g.dead and g.successful()
+    assert time.monotonic() - t0 < 1.0
+    sender.kill()
+
+
+class FailingStream(WrappedStream):
+    def recv_into(self, buf: memoryview) -> int:
+        raise ValueError("stream bug")
+
+
+def test_stream_bug_is_reraised_after_cleanup(setup):
+    stream = FailingStream(setup.client_int)
+    with pytest.raises(ValueError, match="stream bug"):
+        relay(stream, setup.upstream_int, 1.0)
+    assert setup.client_int.fileno() == -1 and setup.upstream_int.fileno() == -1
+
+
+def test_many_concurrent_relays():
+    setups = [Setup() for _ in range(40)]
+    relays = [s.start() for s in setups]
+    payload = os.urandom(200_000)
+
+    def roundtrip(s: Setup) -> None:
+        w = gevent.spawn(send_and_hash, s.client_ext, payload)
+        assert recv_all(s.upstream_ext) == payload
+        w.join()
+        s.upstream_ext.sendall(payload[:1000])
+        s.upstream_ext.shutdown(socket.SHUT_WR)
+        assert recv_all(s.client_ext) == payload[:1000]
+
+    gevent.joinall([gevent.spawn(roundtrip, s) for s in setups], timeout=5, raise_error=True)
+    gevent.joinall(relays, timeout=2)
+    assert all(g.dead and g.successful() for g in relays)
+    assert all((s.counters.up, s.counters.down) == (200_000, 1000) for s in setups)
+    assert len(tunnel._pipes.free) <= tunnel.PIPE_POOL_KEEP
+    for s in setups:
+        s.close()
+
+
+def test_real_tls_stream_to_plain_upstream(setup, tmp_path):
+    """The buffered path driving the project's TLS stream: integrity and half-close."""
+    trustme = pytest.importorskip("trustme")
+    tls = pytest.importorskip("vane.net.tls")
+    import ssl
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("tunnel.test")
+    cert_path, key_path = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    up_data, down_data = os.urandom(2 * 1024 * 1024), os.urandom(3 * 1024 * 1024 + 5)
+    holder: dict[str, ssl.SSLSocket] = {}
+
+    def client_handshake() -> None:
+        holder["tls"] = ctx.wrap_socket(setup.client_ext, server_hostname="tunnel.test")
+
+    hs = gevent.spawn(client_handshake)
+    stream = tls.ServerTLS([(str(cert_path), str(key_path))]).accept(setup.client_int)
+    hs.join(timeout=2)
+    client = holder["tls"]
+    stream.settimeout(None)
+    g = gevent.spawn(relay, stream, setup.upstream_int, 5.0, setup.counters)
+
+    def upstream_side() -> str:
+        got = b""
+        while len(got) < len(up_data):
+            got += setup.upstream_ext.recv(65536)
+        setup.upstream_ext.sendall(down_data)
+        setup.upstream_ext.shutdown(socket.SHUT_WR)
+        assert setup.upstream_ext.recv(10) == b""  # the client's close reached the upstream
+        return hashlib.sha256(got).hexdigest()
+
+    u = gevent.spawn(upstream_side)
+    client.sendall(up_data)
+    received = recv_all(client)  # ends at the relay's close_notify after the upstream's EOF
+    assert hashlib.sha256(received).digest() == hashlib.sha256(down_data).digest()
+    client.close()
+    u.join(timeout=3)
+    assert u.value == hashlib.sha256(up_data).hexdigest()
+    g.join(timeout=2)
+    assert g.dead and g.successful()
+    assert (setup.counters.up, setup.counters.down) == (len(up_data), len(down_data))

@@ -171,9 +171,6 @@ def _compile_offline(path: str, config_dir: str | None, ctx: Context) -> int:
     except ImportError as e:
         ctx.error(f"vane: the offline compiler is not available: {e}")
         return EXIT_DAEMON_ERROR
-    if not os.path.exists(path):
-        ctx.error(f"vane: {path}: no such file or directory")
-        return EXIT_DAEMON_ERROR
     try:
         graph = compile_path(path, config_dir=config_dir)
     except CompileFailed as e:

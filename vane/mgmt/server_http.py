@@ -233,6 +233,7 @@ class HttpMgmtServer:
 
         def frames() -> Iterator[bytes]:
             try:
+                yield b"\n"  # pywsgi sends the headers with the first non-empty chunk: send them now
                 for frame in stream_frames(stream, request_id, heartbeat=HEARTBEAT_SECS):
                     yield b"\n" if frame is None else encode(frame)
             finally:

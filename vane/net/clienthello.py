@@ -60,7 +60,8 @@ def _scan(data: bytes) -> tuple[int, bytes | None]:
     msg_len = -1
     while True:
         if pos + _RECORD_HEADER > n:
-            return pos + _RECORD_HEADER, None
+            # At least the next header plus whatever of the message is still missing.
+            return pos + _RECORD_HEADER + max(0, msg_len - have), None
         if data[pos] != _HANDSHAKE:
             raise ClientHelloError("not a handshake record")
         if data[pos + 1] != 3:

@@ -102,11 +102,14 @@ def parse(data: bytes) -> tuple[int, Address | None, Address | None] | None:
 
 
 def _parse_v1(data: bytes) -> tuple[int, Address | None, Address | None] | None:
-    end = data.find(b"\r\n", 0, _V1_MAX)
-    if end < 0:
+    lf = data.find(b"\n", 0, _V1_MAX)
+    if lf < 0:
         if len(data) < _V1_MAX:
             return None
         raise ProxyProtocolError("v1 header too long")
+    if data[lf - 1] != 0x0D:
+        raise ProxyProtocolError("v1 header must end with CRLF")
+    end = lf - 1
     fields = data[6:end].split(b" ")
     if fields[0] == b"UNKNOWN":
         return end + 2, None, None

@@ -299,6 +299,7 @@ class _Pump:
         splice = os.splice
         src_fd, dst_fd = self.src_fd, self.dst_fd
         relay = self.relay
+        chunk = _pipes.size
         pipe: tuple[int, int] | None = None
         left = 0
         burst = 0
@@ -310,7 +311,6 @@ class _Pump:
                     except OSError:  # out of file descriptors: copy through a buffer instead
                         self._copy_loop()
                         return
-                chunk = _pipes.size
                 try:
                     n = splice(src_fd, pipe[1], chunk, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
@@ -410,7 +410,8 @@ def relay(
     anything relayed. ``buffer_size`` is the copy buffer of a direction that cannot splice;
     splice moves up to the pool's pipe capacity per call. Socket errors end the relay and
     are not raised; any other exception (a bug, a Stream's own error type) is re-raised
-    after cleanup.
+    after cleanup. A Stream's own read timeout counts as an error: clear it (``None``) so
+    that ``idle_timeout`` alone decides.
     """
     if counters is None:
         counters = Counters()
@@ -433,9 +434,9 @@ def relay(
     finally:
         if not helper.dead:
             helper.kill(block=False)
-        close(client, state.abort)
-        close(upstream, state.abort)
         up.release()
         down.release()
+        close(client, state.abort)
+        close(upstream, state.abort)
     if state.error is not None:
         raise state.error

@@ -1,0 +1,408 @@
+"""vaned's lifecycle (DESIGN.md §7; seed 002): boot, serve, reload, drain.
+
+Boot: load + compile (failure: exit non-zero) -> bind listeners -> management -> watcher ->
+READY=1. Reload compiles afresh; on failure the old graph and listeners keep serving and the
+error is kept for the ``reload`` verb; on success the graph reference is swapped (each
+connection keeps the graph it started with) and the listener set is diffed. SIGTERM drains,
+SIGINT closes now.
+
+The daemon is also the management layer's ``DaemonAPI``: the verbs read its real state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.lock import Semaphore
+
+from vane import __version__
+from vane.compile import FlowGraph, compile_dir
+from vane.config.errors import CompileFailed, ConfigError
+from vane.config.settings import Settings
+from vane.engine.executor import walk
+from vane.engine.ids import uuid7
+from vane.net.l4context import L4Context
+from vane.net.listeners import Listener, activated_sockets, socket_key
+from vane.observe.flowlog import FlowLog
+from vane.observe.hub import Hub
+from vane.observe.metrics import Metrics
+from vane.plugins.base import LinkEnv
+from vane.plugins.builtin.deny import reset
+
+from . import sdnotify
+from .connections import ConnRecord, ConnTable
+from .floor import Floor
+from .watcher import Watcher
+
+log = logging.getLogger("vane.daemon")
+
+
+class Services:
+    """Daemon-scoped state plugins may use; it survives reloads (DESIGN.md §7)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, flow_log: FlowLog, conns: ConnTable) -> None:
+        from vane.net.tls import ContextCache
+        self.settings = settings
+        self.metrics = metrics
+        self.flow_log = flow_log
+        self.conns = conns
+        self.floor = Floor(settings, conns, metrics)
+        self.tls_cache = ContextCache()
+        self.draining = Event()
+        self._pool = None
+
+    @property
+    def pool(self) -> Any:
+        """The upstream connection pool, created on first use."""
+        if self._pool is None:
+            from vane.net.http.pool import UpstreamPool
+            self._pool = UpstreamPool(self.settings, self.metrics)
+        return self._pool
+
+
+class Daemon:
+    def __init__(self, config_dir: str, settings: Settings, log_hub: Hub | None = None) -> None:
+        self.config_dir = os.path.abspath(config_dir)
+        self.settings = settings
+        self.started = time.time()
+        self.log_hub = log_hub or Hub()
+        self.metrics = Metrics()
+        self.flow_log = FlowLog(file_path=settings.flow_log_file)
+        self.conns = ConnTable()
+        self.services = Services(settings, self.metrics, self.flow_log, self.conns)
+        self.graph: FlowGraph | None = None
+        self.listeners: dict[Any, Listener] = {}
+        self.retired: list[Listener] = []
+        self.last_reload: dict = {"time": None, "result": None, "error": None}
+        self.stopped = Event()
+        self.exit_code = 0
+        self._reload_lock = Semaphore()
+        self._inherited: dict[tuple, Any] = {}
+        self.watcher: Watcher | None = None
+        self.management: Any = None
+        self.draining = False
+
+    # -- boot ----------------------------------------------------------------------------------
+
+    def compile(self, config_dir: str | None = None) -> FlowGraph:
+        graph = compile_dir(config_dir or self.config_dir, settings=self.settings)
+        return graph
+
+    def link(self, graph: FlowGraph) -> None:
+        """Instantiate plugins; a failure (e.g. an unreadable certificate) is a compile error."""
+        try:
+            graph.link(LinkEnv(self.settings, graph.config_dir, self.services))
+        except CompileFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any link failure must leave the old graph serving
+            path = getattr(exc, "path", "")
+            rel = os.path.relpath(path, graph.config_dir) if path else ""
+            raise CompileFailed([ConfigError(rel, "", f"{type(exc).__name__}: {exc}")]) from exc
+
+    def boot(self) -> None:
+        """Compile, link and start serving. Raises CompileFailed on a broken config."""
+        graph = self.compile()
+        self.link(graph)
+        self.graph = graph
+        self.last_reload = {"time": time.time(), "result": "boot", "error": None}
+        for sock in activated_sockets():
+            key = socket_key(sock)
+            if key is not None:
+                self._inherited[key] = sock
+        self._sync_listeners(graph)
+        for key in self._inherited:
+            log.warning("socket passed by systemd for %s %s:%s matches no listen address", *key)
+        self._start_management()
+        self.watcher = Watcher(self.config_dir, self._reload_quietly, self.settings.reload_debounce_ms)
+        self.watcher.start()
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self._reload_quietly))
+        gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(self.drain))
+        gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(self.close_now))
+        if self.listeners:
+            gevent.spawn(self._boot_health)
+        sdnotify.notify("READY=1")
+        log.info("vaned %s serving graph %s (%d listeners)", __version__, graph.hash[:12], len(self.listeners))
+
+    def _start_management(self) -> None:
+        try:
+            from vane.mgmt.service import start_management
+            self.management = start_management(self)
+        except Exception as exc:  # noqa: BLE001 - the proxy serves even when management cannot start
+            log.warning("management interface not started: %s (set VANE_MGMT_UNIX to a writable path)", exc)
+
+    def _boot_health(self) -> None:
+        events = [lst.bound for lst in self.listeners.values()]
+        if not gevent.wait(events, count=1, timeout=self.settings.boot_health_timeout) and not self.draining:
+            if not any(lst.state == "listening" for lst in self.listeners.values()):
+                log.error("no listener could bind within %ss (VANE_BOOT_HEALTH_TIMEOUT_SECS); exiting",
+                          self.settings.boot_health_timeout)
+                self.exit_code = 1
+                self.close_now()
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    def _sync_listeners(self, graph: FlowGraph) -> tuple[list, list]:
+        wanted = set(graph.listeners)
+        added, removed = [], []
+        for addr in sorted(set(self.listeners) - wanted):
+            lst = self.listeners.pop(addr)
+            lst.stop()
+            removed.append(addr)
+            self._retire(lst)
+        for addr in sorted(wanted - set(self.listeners)):
+            inherited = self._inherited.pop((addr.transport, addr.ip, addr.port), None)
+            lst = Listener(addr, self._handle, self.settings, inherited,
+                           max_udp_sessions=min(self.settings.sec_max_connections, 65536))
+            self.listeners[addr] = lst
+            lst.start()
+            added.append(addr)
+        return added, removed
+
+    def _retire(self, lst: Listener) -> None:
+        """A removed listener: in-flight connections finish on their graph, up to the drain budget."""
+        self.retired.append(lst)
+
+        def wait_then_abort() -> None:
+            deadline = time.monotonic() + self.settings.drain_timeout
+            while self.conns.of_listener(lst) and time.monotonic() < deadline:
+                gevent.sleep(0.1)
+            for rec in self.conns.of_listener(lst):
+                if rec.greenlet is not None:
+                    rec.greenlet.kill(block=False)
+            if lst in self.retired:
+                self.retired.remove(lst)
+
+        gevent.spawn(wait_then_abort)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _handle(self, listener: Listener, sock: Any, peer: tuple) -> None:
+        """One connection (or UDP session) greenlet: run the listener's tree from the root."""
+        udp = listener.addr.transport == "udp"
+        ip = peer[0]
+        if not self.services.floor.admit(ip):
+            if not udp:
+                reset(sock)
+            return
+        graph = self.graph
+        plan = graph.listeners.get(listener.addr) if graph is not None else None
+        if plan is None or self.draining:
+            if not udp:
+                reset(sock)
+            return
+        if udp:
+            session, raw = sock, listener.sock
+            local = (listener.addr.ip, listener.addr.port)
+        else:
+            session, raw = None, sock
+            try:
+                local = sock.getsockname()
+                sock.setsockopt(6, 1, 1)  # TCP_NODELAY
+            except OSError:
+                sock.close()
+                return
+        record = ConnRecord(uuid7(), peer, local, listener, listener.addr.transport)
+        record.greenlet = gevent.getcurrent()
+        ctx = L4Context(raw, peer, local, str(listener.addr), listener.addr.transport, self.services,
+                        self.settings.sec_handshake_timeout, record.id,
+                        datagram=session.first if udp else None)
+        ctx.udp = session
+        if udp:
+            session.counters = record.counters
+        ctx.record = record
+        record.ctx = ctx
+        self.conns.add(record)
+        label = str(listener.addr)
+        self.metrics.conn_opened(label)
+        outcome = "aborted"
+        try:
+            outcome = walk(plan.root, ctx, self.settings.flow_execution_timeout).name
+        except gevent.GreenletExit:
+            ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
+        finally:
+            if not udp:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            self.conns.remove(record)
+            self.metrics.conn_closed(label)
+            self._record_l4(ctx, record, outcome)
+
+    def _record_l4(self, ctx: L4Context, record: ConnRecord, outcome: str) -> None:
+        traj = ctx.trajectory
+        entry = traj.to_dict()
+        entry.update({"ts": time.time(), "conn": record.id, "listener": str(record.listener.addr),
+                      "layer": "l4", "outcome": traj.outcome or outcome, "status": None,
+                      "remote": f"{record.remote[0]}:{record.remote[1]}",
+                      "bytes_in": record.counters.up, "bytes_out": record.counters.down,
+                      "ms": round((time.monotonic() - record.started) * 1000.0, 3)})
+        self.flow_log.record(entry)
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def reload(self) -> dict:
+        """Compile and swap; {"status": "reloaded"|"unchanged", "hash"}; raises CompileFailed."""
+        with self._reload_lock:
+            sdnotify.notify("RELOADING=1")
+            try:
+                return self._reload()
+            finally:
+                sdnotify.notify("READY=1")
+
+    def _reload(self) -> dict:
+        now = time.time()
+        try:
+            graph = self.compile()
+            if self.graph is not None and graph.hash == self.graph.hash:
+                self.last_reload = {"time": now, "result": "unchanged", "error": None}
+                self.metrics.reload("unchanged")
+                return {"status": "unchanged", "hash": graph.hash}
+            self.link(graph)
+        except CompileFailed as exc:
+            self.last_reload = {"time": now, "result": "failed", "error": [e.to_dict() for e in exc.errors]}
+            self.metrics.reload("failed")
+            for err in exc.errors:
+                log.error("reload failed: %s", err)
+            raise
+        self.graph = graph
+        added, removed = self._sync_listeners(graph)
+        self.last_reload = {"time": now, "result": "reloaded", "error": None}
+        self.metrics.reload("reloaded")
+        log.info("reloaded: graph %s (+%d -%d listeners)", graph.hash[:12], len(added), len(removed))
+        return {"status": "reloaded", "hash": graph.hash}
+
+    def _reload_quietly(self) -> None:
+        try:
+            self.reload()
+        except CompileFailed:
+            pass  # logged and kept in last_reload
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """SIGTERM: stop accepting everywhere, finish in-flight up to the budget, abort the rest."""
+        if self.draining:
+            return
+        self.draining = True
+        self.services.draining.set()
+        sdnotify.notify("STOPPING=1")
+        log.info("draining %d connection(s), up to %ss", len(self.conns), self.settings.drain_timeout)
+        for lst in self.listeners.values():
+            lst.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while len(self.conns) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        left = list(self.conns)
+        if left:
+            log.warning("drain budget exhausted: aborting %d connection(s)", len(left))
+            for rec in left:
+                if rec.greenlet is not None:
+                    rec.greenlet.kill(block=False)
+            gevent.sleep(0)
+        self._finish()
+
+    def close_now(self) -> None:
+        """SIGINT: close every connection now."""
+        self.draining = True
+        self.services.draining.set()
+        for lst in self.listeners.values():
+            lst.stop()
+        for rec in list(self.conns):
+            if rec.greenlet is not None:
+                rec.greenlet.kill(block=False)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.management is not None:
+            try:
+                self.management.stop()
+            except Exception:  # noqa: BLE001
+                log.debug("management stop failed", exc_info=True)
+        self.flow_log.close()
+        self.stopped.set()
+
+    def run(self) -> int:
+        self.stopped.wait()
+        return self.exit_code
+
+    # -- DaemonAPI (DESIGN.md §9) ----------------------------------------------------------------
+
+    def stats(self) -> dict:
+        states: dict[str, int] = {}
+        for lst in self.listeners.values():
+            states[lst.state] = states.get(lst.state, 0) + 1
+        return {
+            "uptime_secs": round(time.time() - self.started, 3), "version": __version__, "pid": os.getpid(),
+            "graph_hash": self.graph.hash if self.graph else None, "last_reload": self.last_reload,
+            "listeners": states, "connections": {"active": len(self.conns), "total": self.conns.total},
+            "draining": self.draining, "config_dir": self.config_dir,
+        }
+
+    def shutdown(self) -> None:
+        gevent.spawn(self.drain)
+
+    def compile_dry_run(self, dir: str) -> dict:
+        graph = self.compile(dir or self.config_dir)
+        data = graph.to_json()
+        return {"hash": graph.hash, "listeners": [str(a) for a in graph.listeners], "trees": data["listeners"]}
+
+    def get_config(self) -> dict:
+        graph = self.graph
+        return {"hash": graph.hash, "config_dir": graph.config_dir, "config": graph.sources.config,
+                "rules": [{"file": r.file, "pointer": r.pointer, "rule": r.rule} for r in graph.sources.rules],
+                "trees": graph.to_json()["listeners"]}
+
+    def get_listeners(self) -> list[dict]:
+        out = []
+        for lst in list(self.listeners.values()) + self.retired:
+            d = lst.to_dict()
+            d["connections"] = len(self.conns.of_listener(lst))
+            if lst in self.retired:
+                d["state"] = "draining"
+            out.append(d)
+        return out
+
+    def get_connections(self) -> list[dict]:
+        return [rec.to_dict() for rec in self.conns]
+
+    def get_plugins(self) -> list[dict]:
+        graph = self.graph
+        out = []
+        breakers: dict[str, dict] = {}
+        for node in graph.nodes():
+            if node.external and node.impl is not None and hasattr(node.impl, "breaker"):
+                breakers[node.plugin] = node.impl.breaker.to_dict()
+        for spec in graph.registry.externals():
+            out.append({"name": spec.name, "driver": spec.driver, "branches": list(spec.branches),
+                        "target": spec.options.get(spec.driver),
+                        "breaker": breakers.get(spec.name, {"state": "unused"})})
+        return out
+
+    def get_upstreams(self) -> list[dict]:
+        pool = self.services._pool
+        return pool.snapshot() if pool is not None else []
+
+    def get_certs(self) -> list[dict]:
+        graph = self.graph
+        out = []
+        for node in graph.nodes():
+            if node.plugin == "upgrade" and node.impl is not None and getattr(node.impl, "tls", None):
+                listeners = [str(a) for a, p in graph.listeners.items() if node in p.root.walk()]
+                for info in node.impl.tls.certs_info():
+                    out.append({**info, "listeners": listeners})
+        return out
+
+    def set_flow_log(self, level: str) -> dict:
+        self.flow_log.level = level
+        return {"level": level}

@@ -1,0 +1,58 @@
+"""The security floor's accept-time limits (DESIGN.md §8): connections in total and per IP,
+TLS handshakes per IP per second. Breaches are counted and logged once per (limit, ip) per
+second. The state is daemon-scoped (it survives reloads) and bounded."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+from vane.observe.logging import log_once_per_second
+
+from .connections import ConnTable
+
+MAX_TRACKED_IPS = 65536
+
+
+class Floor:
+    def __init__(self, settings, conns: ConnTable, metrics=None, clock=time.monotonic) -> None:
+        self.settings = settings
+        self.conns = conns
+        self.metrics = metrics
+        self.clock = clock
+        self.hits: dict[str, int] = {}
+        self._handshakes: OrderedDict[str, list[float]] = OrderedDict()  # ip -> [window start, count]
+
+    def hit(self, limit: str, ip: str) -> None:
+        self.hits[limit] = self.hits.get(limit, 0) + 1
+        if self.metrics is not None:
+            self.metrics.floor_hit(limit)
+        log_once_per_second((limit, ip), logging.WARNING, "security floor: %s reached for %s", limit, ip,
+                            extra={"limit": limit, "ip": ip})
+
+    def admit(self, ip: str) -> bool:
+        """May a new connection from ``ip`` be accepted?"""
+        if len(self.conns) >= self.settings.sec_max_connections:
+            self.hit("max_connections", ip)
+            return False
+        if self.conns.per_ip.get(ip, 0) >= self.settings.sec_max_connections_per_ip:
+            self.hit("max_connections_per_ip", ip)
+            return False
+        return True
+
+    def allow_handshake(self, ip: str | None) -> bool:
+        ip = ip or ""
+        now = self.clock()
+        slot = self._handshakes.get(ip)
+        if slot is None or now - slot[0] >= 1.0:
+            self._handshakes[ip] = [now, 1]
+            self._handshakes.move_to_end(ip)
+            while len(self._handshakes) > MAX_TRACKED_IPS:
+                self._handshakes.popitem(last=False)
+            return True
+        slot[1] += 1
+        if slot[1] > self.settings.sec_tls_handshakes_per_ip:
+            self.hit("tls_handshakes_per_ip", ip)
+            return False
+        return True

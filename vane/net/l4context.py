@@ -1,0 +1,131 @@
+"""The transport-level context (seed 000: L4 context): a socket, its peek buffer and KV.
+
+``conn.*`` and ``listen.*`` are set at accept; ``peek.*`` and the offered ``tls.*`` keys are
+lazy — the first node that reads one peeks (MSG_PEEK, bounded in size and time) without
+consuming a byte. After ``upgrade tls`` the context for ``l4+`` carries the decrypted stream
+and the negotiated ``tls.*`` values.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vane.engine.context import Context
+from vane.engine.ids import uuid7
+from vane.engine.kv import KV
+
+from .clienthello import ClientHelloError, needed_bytes, parse_client_hello
+from .peek import classify, classify_datagram, peek
+
+MAX_PEEK = 16 * 1024 + 5      # one TLS record: enough for any ordinary ClientHello
+CLASSIFY_BYTES = 4096
+
+
+class L4Context(Context):
+    __slots__ = ("sock", "stream", "peer", "local", "listener", "record", "services", "datagram",
+                 "udp", "peek_timeout", "_peeked", "_hello_done")
+
+    def __init__(self, sock: Any, peer: tuple, local: tuple, listener: str, proto: str = "tcp",
+                 services: Any = None, peek_timeout: float = 10.0, conn_id: str | None = None,
+                 datagram: bytes | None = None) -> None:
+        conn_id = conn_id or uuid7()
+        kv = KV({
+            "conn.uuid": conn_id, "conn.ip": _ip(peer[0]), "conn.port": str(peer[1]), "conn.proto": proto,
+            "conn.timestamp": str(int(time.time())), "conn.layer": "l4",
+            "listen.ip": _ip(local[0]), "listen.port": str(local[1]),
+        })
+        super().__init__("l4", kv, conn_id)
+        kv.set_lazy(self._lazy)
+        self.sock = sock
+        self.stream = sock            # what upgrade / proxy read from: the socket, or a TLS stream
+        self.peer = peer
+        self.local = local
+        self.listener = listener
+        self.record: Any = None       # connection accounting record
+        self.services = services
+        self.datagram = datagram      # UDP: the first datagram of the session
+        self.udp: Any = None          # UDP: the session the listener feeds
+        self.peek_timeout = peek_timeout
+        self._peeked: bytes | None = None
+        self._hello_done = False
+
+    # -- peeking -------------------------------------------------------------------------------
+
+    def peeked(self) -> bytes:
+        """The first bytes of the stream (or the first datagram), without consuming them."""
+        if self._peeked is None:
+            if self.datagram is not None:
+                self._peeked = self.datagram
+            elif self.layer != "l4":
+                self._peeked = b""  # after TLS the plaintext is not peekable; detect says unknown
+            else:
+                self._peeked = peek(self.sock, CLASSIFY_BYTES, self.peek_timeout)
+        return self._peeked
+
+    def protocol(self) -> str:
+        data = self.peeked()
+        if self.datagram is not None:
+            proto = classify_datagram(data)
+        else:
+            proto = classify(data) or "unknown"
+        kv = self.kv
+        kv.set("peek.protocol", proto)
+        kv.set("peek.len", str(len(data)))
+        kv.set("peek.hex", data[:64].hex())
+        return proto
+
+    def _client_hello(self) -> None:
+        self._hello_done = True
+        kv = self.kv
+        for key in ("tls.sni", "tls.alpn", "tls.version", "tls.cipher"):
+            kv.set(key, "")
+        if self.datagram is not None or self.layer != "l4":
+            return
+        data = self.peeked()
+        if classify(data) != "tls":
+            return
+        if needed_bytes(data) > len(data):
+            data = peek(self.sock, MAX_PEEK, self.peek_timeout,
+                        want=lambda d: needed_bytes(d) <= len(d) or len(d) >= MAX_PEEK)
+            self._peeked = data
+        try:
+            hello = parse_client_hello(data)
+        except ClientHelloError:
+            return
+        if hello is None:
+            return
+        kv.set("tls.sni", hello.sni or "")
+        kv.set("tls.alpn", ",".join(hello.alpn))
+        kv.set("tls.version", hello.version_str)
+
+    def _lazy(self, key: str) -> str | None:
+        if key.startswith("peek."):
+            if key in ("peek.protocol", "peek.len", "peek.hex"):
+                self.protocol()
+                return self.kv._d.get(key)
+            return None
+        if key.startswith("tls.") and not self._hello_done:
+            self._client_hello()
+            return self.kv._d.get(key)
+        return None
+
+    def upgraded(self, stream: Any, layer: str = "l4+") -> "L4Context":
+        """A context for the next layer over ``stream`` (same connection, same KV copy)."""
+        new = L4Context.__new__(L4Context)
+        Context.__init__(new, layer, self.kv.child(), self.conn_id, self.trajectory)
+        for name in ("sock", "peer", "local", "listener", "record", "services", "datagram", "udp",
+                     "peek_timeout"):
+            setattr(new, name, getattr(self, name))
+        new.stream = stream
+        new._peeked = None
+        new._hello_done = True
+        new.rule = self.rule
+        new.on_step = self.on_step
+        new.kv.set("conn.layer", layer)
+        return new
+
+
+def _ip(host: str) -> str:
+    """IPv4-mapped IPv6 peers are shown as IPv4."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host

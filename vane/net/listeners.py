@@ -1,0 +1,220 @@
+"""Listeners (DESIGN.md §7; seed 002): one per (transport, address), each with its own socket.
+
+Bind with ``SO_REUSEADDR`` (never ``SO_REUSEPORT``), IPv6 sockets v6-only, retry with
+exponential backoff up to a number of attempts, then give up alone: siblings go on. A socket
+handed over by systemd (``LISTEN_FDS``) is used as is. TCP listeners spawn one greenlet per
+accepted connection; UDP listeners keep a bounded table of client sessions.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from typing import Any, Callable
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+
+from .udp import MAX_DATAGRAM, UdpSession
+
+log = logging.getLogger("vane.listener")
+
+PERMANENT_BIND_ERRORS = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EACCES, errno.EPROTONOSUPPORT}
+RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+BACKLOG = 1024
+
+Handler = Callable[["Listener", Any, tuple], None]
+
+
+class Listener:
+    """Owns one accept socket and its accept loop. ``addr`` is a compile.ListenAddr."""
+
+    def __init__(self, addr: Any, handler: Handler, settings: Any, inherited: socket.socket | None = None,
+                 max_udp_sessions: int = 4096) -> None:
+        self.addr = addr
+        self.handler = handler
+        self.settings = settings
+        self.sock: Any = inherited
+        self.inherited = inherited is not None
+        self.state = "pending"
+        self.bind_attempts = 0
+        self.last_error: str | None = None
+        self.bound = Event()
+        self.accepted = 0
+        self.sessions: dict[tuple, UdpSession] = {}
+        self.max_udp_sessions = max_udp_sessions
+        self.udp_dropped = 0
+        self._loop: gevent.Greenlet | None = None
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.addr} {self.state}>"
+
+    def to_dict(self) -> dict:
+        return {"address": self.addr.hostport, "transport": self.addr.transport, "state": self.state,
+                "bind_attempts": self.bind_attempts, "last_error": self.last_error,
+                "socket_activated": self.inherited, "accepted": self.accepted,
+                **({"sessions": len(self.sessions)} if self.addr.transport == "udp" else {})}
+
+    def start(self) -> None:
+        self._loop = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop accepting now; connections already accepted are not touched."""
+        self.state = "stopped"
+        sock, self.sock = self.sock, None
+        if self._loop is not None and not self._loop.dead and self._loop is not gevent.getcurrent():
+            self._loop.kill(block=False)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # -- binding -------------------------------------------------------------------------------
+
+    def _socket(self) -> socket.socket:
+        family = socket.AF_INET6 if self.addr.family == 6 else socket.AF_INET
+        stype = socket.SOCK_DGRAM if self.addr.transport == "udp" else socket.SOCK_STREAM
+        sock = gsocket.socket(family, stype)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((self.addr.ip, self.addr.port))
+            if stype == socket.SOCK_STREAM:
+                sock.listen(BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _bind(self) -> bool:
+        s = self.settings
+        delay = s.bind_backoff_initial_ms / 1000.0
+        self.state = "binding"
+        while self.state == "binding":
+            self.bind_attempts += 1
+            try:
+                self.sock = self._socket()
+                return True
+            except OSError as exc:
+                self.last_error = f"{exc.strerror or exc} (errno {exc.errno})"
+                permanent = exc.errno in PERMANENT_BIND_ERRORS
+                if permanent or self.bind_attempts >= s.bind_max_attempts:
+                    self.state = "failed"
+                    log.warning("listener %s gave up after %d attempt(s): %s", self.addr, self.bind_attempts,
+                                self.last_error, extra={"listener": str(self.addr)})
+                    return False
+                log.info("listener %s: bind failed (%s); retry in %.2fs", self.addr, self.last_error, delay,
+                         extra={"listener": str(self.addr)})
+                gevent.sleep(delay)
+                delay = min(delay * 2, s.bind_backoff_max_ms / 1000.0)
+        return False
+
+    def _run(self) -> None:
+        if self.sock is None and not self._bind():
+            return
+        if self.state == "stopped":
+            self.stop()
+            return
+        self.state = "listening"
+        self.last_error = None
+        self.bound.set()
+        log.info("listening on %s%s", self.addr, " (socket activation)" if self.inherited else "",
+                 extra={"listener": str(self.addr)})
+        try:
+            if self.addr.transport == "udp":
+                self._udp_loop()
+            else:
+                self._tcp_loop()
+        except gevent.GreenletExit:
+            pass
+
+    # -- accept loops --------------------------------------------------------------------------
+
+    def _tcp_loop(self) -> None:
+        spawn = gevent.spawn
+        handler = self.handler
+        while self.state == "listening":
+            sock = self.sock
+            if sock is None:
+                return
+            try:
+                conn, peer = sock.accept()
+            except OSError as exc:
+                if self.state != "listening":
+                    return
+                if exc.errno in RESOURCE_ERRORS:
+                    self.last_error = f"accept: {exc.strerror}"
+                    log.error("listener %s: accept failed: %s", self.addr, exc.strerror)
+                    gevent.sleep(0.1)
+                continue
+            self.accepted += 1
+            spawn(handler, self, conn, peer)
+
+    def _udp_loop(self) -> None:
+        sessions = self.sessions
+        while self.state == "listening":
+            sock = self.sock
+            if sock is None:
+                return
+            try:
+                data, client = sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:
+                if self.state != "listening":
+                    return
+                if exc.errno in RESOURCE_ERRORS:
+                    gevent.sleep(0.1)
+                continue
+            session = sessions.get(client)
+            if session is not None and not session.closed:
+                session.feed(data)
+                continue
+            if len(sessions) >= self.max_udp_sessions:
+                self.udp_dropped += 1
+                continue
+            session = sessions[client] = UdpSession(client, sock, data)
+            self.accepted += 1
+            gevent.spawn(self._udp_session, session)
+
+    def _udp_session(self, session: UdpSession) -> None:
+        try:
+            self.handler(self, session, session.client)
+        finally:
+            session.closed = True
+            if self.sessions.get(session.client) is session:
+                del self.sessions[session.client]
+
+
+# -- systemd socket activation ------------------------------------------------------------------
+
+def activated_sockets(environ: dict | None = None) -> list[socket.socket]:
+    """Sockets passed by systemd (LISTEN_FDS, from fd 3), if meant for this process."""
+    env = os.environ if environ is None else environ
+    try:
+        count = int(env.get("LISTEN_FDS", "0"))
+        pid = int(env.get("LISTEN_PID", str(os.getpid())))
+    except ValueError:
+        return []
+    if count <= 0 or pid != os.getpid():
+        return []
+    out = []
+    for fd in range(3, 3 + count):
+        try:
+            out.append(gsocket.socket(fileno=fd))
+        except OSError as exc:
+            log.warning("LISTEN_FDS: fd %d is not a socket: %s", fd, exc)
+    return out
+
+
+def socket_key(sock: socket.socket) -> tuple[str, str, int] | None:
+    """(transport, ip, port) of a bound socket, to match it with a listen address."""
+    try:
+        host, port = sock.getsockname()[:2]
+    except OSError:
+        return None
+    transport = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"
+    return transport, host, port

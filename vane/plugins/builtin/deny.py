@@ -1,0 +1,34 @@
+"""``deny`` (DESIGN.md §6): at L4 close with a reset (SO_LINGER 0); at L7 answer ``status``
+(default 403) with an optional ``body`` and ``headers``."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from vane.engine.outcome import FINISHED
+from vane.plugins.base import Terminator
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def reset(sock) -> None:
+    """Close so the peer sees RST, not FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class Deny(Terminator):
+    def terminate(self, ctx, args):
+        if ctx.layer != "l7":
+            if getattr(ctx, "udp", None) is not None:
+                return FINISHED  # UDP: the session is simply not created
+            reset(ctx.sock)
+            return FINISHED
+        return ctx.respond_status(int(args.get("status", 403)), args.get("body"), args.get("headers"))

@@ -1,0 +1,13 @@
+"""``detect``: classify the first bytes without consuming them (DESIGN.md §5, §6).
+
+Branch = ``peek.protocol``: tls, http, h2c, ssh, dns, quic or unknown.
+"""
+
+from __future__ import annotations
+
+from vane.plugins.base import Middleware
+
+
+class Detect(Middleware):
+    def run(self, ctx, args):
+        return ctx.protocol(), None

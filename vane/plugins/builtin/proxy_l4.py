@@ -1,0 +1,111 @@
+"""``proxy`` at L4 (DESIGN.md §6): forward the byte stream (or UDP datagrams) to a target.
+
+Targets are ``host:port`` (a list balances: round_robin, random, least_conn, hash on
+``hash_key``); a target that fails to connect is marked down for a while and the next one is
+tried. Optionally a PROXY protocol v1/v2 header goes first. The tunnel is ``vane.net.tunnel``
+(splice zero-copy between plain sockets) with an idle timeout; half-close is propagated.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import OrderedDict
+
+from gevent import socket as gsocket
+
+from vane.engine.outcome import FINISHED
+from vane.net.balance import Balancer
+from vane.net.proxy_protocol import header_v1, header_v2
+from vane.net.tunnel import relay
+from vane.net.udp import relay_session
+from vane.plugins.base import LinkEnv, Terminator
+
+log = logging.getLogger("vane.proxy")
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_IDLE_TIMEOUT = 300.0
+MAX_BALANCERS = 256
+
+
+def split_target(target: str) -> tuple[str, int]:
+    host, _, port = target.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"bad target {target!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+def connect(target: str, timeout: float, proto: str = "tcp") -> socket.socket:
+    host, port = split_target(target)
+    if proto == "udp":
+        infos = gsocket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+        family, stype, _, _, addr = infos[0]
+        sock = gsocket.socket(family, stype)
+        sock.connect(addr)
+        return sock
+    sock = gsocket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    return sock
+
+
+class L4Proxy(Terminator):
+    def __init__(self, node, env: LinkEnv) -> None:
+        super().__init__(node, env)
+        self._balancers: OrderedDict[tuple, Balancer] = OrderedDict()
+
+    def balancer(self, targets: tuple[str, ...], strategy: str) -> Balancer:
+        key = (targets, strategy)
+        bal = self._balancers.get(key)
+        if bal is None:
+            bal = self._balancers[key] = Balancer(strategy, targets)
+            if len(self._balancers) > MAX_BALANCERS:  # targets come from templates: bound them
+                self._balancers.popitem(last=False)
+        return bal
+
+    def terminate(self, ctx, args):
+        target = args["target"]
+        targets = tuple(target) if isinstance(target, list) else (target,)
+        bal = self.balancer(targets, args.get("balance", "round_robin"))
+        connect_timeout = float(args.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT)
+        idle = float(args.get("idle_timeout") or DEFAULT_IDLE_TIMEOUT)
+        proto = "udp" if ctx.udp is not None else "tcp"
+        upstream = chosen = None
+        errors = []
+        for candidate in bal.order(args.get("hash_key") or ctx.kv.get("conn.ip")):
+            try:
+                upstream = connect(candidate, connect_timeout, proto)
+                chosen = candidate
+                bal.mark_ok(candidate)
+                break
+            except (OSError, ValueError) as exc:
+                bal.mark_failed(candidate)
+                errors.append(f"{candidate}: {exc}")
+        if upstream is None:
+            ctx.trajectory.note_error("no target reachable: " + "; ".join(errors))
+            log.warning("no target reachable: %s", "; ".join(errors), extra=ctx.log_extra())
+            if proto == "tcp":
+                from .deny import reset
+                reset(ctx.sock)
+            return FINISHED
+        ctx.kv.set("plugin.proxy.target", chosen)
+        if ctx.record is not None:
+            ctx.record.upstream = chosen
+        bal.acquire(chosen)
+        try:
+            if proto == "udp":
+                relay_session(ctx.udp, upstream, idle)
+                return FINISHED
+            prefix = b""
+            pp = args.get("proxy_protocol")
+            if pp:
+                src, dst = ctx.peer[:2], ctx.local[:2]
+                prefix = header_v1(src, dst) if pp == "v1" else header_v2(src, dst)
+            counters = ctx.record.counters if ctx.record is not None else None
+            relay(ctx.stream, upstream, idle, counters, upstream_prefix=prefix)
+        finally:
+            bal.release(chosen)
+        return FINISHED
+
+    def describe(self) -> dict:
+        return {"balancers": [b.snapshot() for b in self._balancers.values()]}

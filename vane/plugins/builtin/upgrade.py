@@ -1,0 +1,60 @@
+"""``upgrade`` (DESIGN.md §6): a layer transition; the walk goes on at ``output.next``.
+
+``tls``: terminate TLS with the node's certificates (contexts built when the graph is linked,
+taken from the daemon-scoped cache so session tickets survive reloads); the next layer is
+``l4+`` with the negotiated ``tls.*`` keys. ``http``: serve HTTP/1.1 or HTTP/2 on the stream;
+every request walks ``next`` with its own L7 context.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vane.engine.outcome import FINISHED, Upgrade as UpgradeOutcome
+from vane.plugins.base import LinkEnv, Terminator
+
+from .deny import reset
+
+log = logging.getLogger("vane.tls")
+
+
+class Upgrade(Terminator):
+    def __init__(self, node, env: LinkEnv) -> None:
+        super().__init__(node, env)
+        raw = node.input.raw
+        self.protocol = raw["protocol"]
+        self.tls = None
+        if self.protocol == "tls":
+            from vane.net.tls import ServerTLS
+            services = env.services
+            certs = [(c["cert"], c["key"]) for c in raw["certs"]]
+            self.tls = ServerTLS(certs, tuple(raw.get("alpn") or ("h2", "http/1.1")),
+                                 cache=services.tls_cache if services is not None else None,
+                                 handshake_timeout=env.settings.sec_handshake_timeout)
+
+    def terminate(self, ctx, args):
+        if self.protocol == "http":
+            from vane.net.http.serve import serve_http
+            serve_http(ctx, self.node.next, self.env)
+            return FINISHED
+        services = self.env.services
+        floor = services.floor if services is not None else None
+        if floor is not None and not floor.allow_handshake(ctx.kv.get("conn.ip")):
+            reset(ctx.sock)
+            return FINISHED
+        try:
+            stream = self.tls.accept(ctx.sock)
+        except OSError as exc:
+            ctx.trajectory.note_error(f"tls: {exc}")
+            log.info("TLS handshake failed: %s", exc, extra=ctx.log_extra())
+            return FINISHED
+        new = ctx.upgraded(stream)
+        kv = new.kv
+        kv.set("tls.version", stream.version or "")
+        kv.set("tls.cipher", stream.cipher or "")
+        kv.set("tls.alpn", stream.alpn or "")
+        kv.set("tls.sni", stream.sni or "")
+        return UpgradeOutcome(new)
+
+    def describe(self) -> dict:
+        return {"certs": self.tls.certs_info()} if self.tls is not None else {}
