@@ -98,12 +98,14 @@ class Subscription:
             if item is not None:
                 yield item
 
-    def close(self, reason: str = "closed") -> None:
-        """Stop receiving; a blocked reader wakes up. Queued items are discarded."""
+    def close(self, reason: str = "closed", drain: bool = False) -> None:
+        """Stop receiving; a blocked reader wakes up. Queued items are discarded unless
+        ``drain``, in which case the reader gets them before Closed."""
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        self._queue.clear()
+        if not drain:
+            self._queue.clear()
         if self._hub is not None:
             self._hub._remove(self)
         self._ready.set()
@@ -141,9 +143,9 @@ class Hub:
         return sub
 
     def close(self, reason: str = "shutdown") -> None:
-        """Close every subscription (their readers see Closed(reason))."""
+        """Close every subscription; readers get what is queued, then Closed(reason)."""
         for sub in list(self._subs):
-            sub.close(reason)
+            sub.close(reason, drain=True)
 
     def _remove(self, sub: Subscription) -> None:
         self._subs = [s for s in self._subs if s is not sub]

@@ -47,12 +47,11 @@ class StreamBody(Body):
     __slots__ = ("pending", "done", "received", "_source")
 
     def __init__(self, source: BodySource, length: int | None) -> None:
-        # Body.__init__ is bypassed on purpose: it allocates an iterator we never use.
-        self._chunks = None
+        # Body.__init__ is bypassed on purpose (hot path); _chunks and _close are never read
+        # because __iter__ and close are overridden.
         self.length = length
         self.trailers = None
         self._buffered = None
-        self._close = None
         self.pending: list[bytes] = []
         self.done = False
         self.received = 0
@@ -90,6 +89,24 @@ class StreamBody(Body):
         if source is not None:
             self.pending = []
             source._body_end(self, self.done)
+
+
+class _NoBody(Body):
+    """The empty body shared by every request without one; read-only so sharing is safe."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("the shared empty body is read-only; assign a new Body instead")
+
+    def close(self) -> None:
+        pass
+
+
+NO_BODY: Body = _NoBody.__new__(_NoBody)
+for _name, _value in (("_chunks", None), ("length", 0), ("trailers", None), ("_buffered", b""),
+                      ("_close", None)):
+    object.__setattr__(NO_BODY, _name, _value)
 
 
 def _status_line(code: int, reason: str) -> bytes:

@@ -19,7 +19,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from vane.net.http.errors import ClientDisconnected, HttpError
 from vane.net.http.h1common import (
-    COALESCE_LIMIT, CRLF, RECV_SIZE, LAST_CHUNK, StreamBody, frame_chunk, frame_chunks, head_is_clean,
+    COALESCE_LIMIT, CRLF, LAST_CHUNK, NO_BODY, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
     http_date, recv_buffer, recv_view, status_line,
 )
 from vane.net.http.message import Body, Headers, Request, Response
@@ -111,29 +111,29 @@ class H1ServerConnection:
         Raises ``HttpError`` on malformed input or breached limits; the connection is then
         not reusable (answer with ``write_error`` and close).
         """
+        body = self._body
+        if body is not None:
+            if not body.done and self._keep:
+                self._drain()
+            self._body = None
         if not self._keep:
             return None
-        if self._body is not None and not self._body.done:
-            self._drain()
-            if not self._keep:
-                return None
-        self._body = None
-        if self._flags & _F_UPGRADE:    # an upgrade request that was not taken
-            self._keep = False
-            return None
-        if not self._ready:
+        ready = self._ready
+        if not ready:
             self._read_head()
-            if not self._ready:
+            if not ready:
                 return None
-        req, flags = self._ready.popleft()
+        req, flags = ready.popleft()
         self._flags = flags
+        self.requests += 1
+        if flags & _F_UPGRADE:      # unless the handler detaches, close after the response
+            self._keep = False
         body = req.body
-        if body.__class__ is StreamBody:
+        if body is NO_BODY:
+            self._continue_due = False
+        else:
             self._body = body
             self._continue_due = bool(flags & _F_EXPECT) and not body.done and not body.pending
-        else:
-            self._continue_due = False
-        self.requests += 1
         return req
 
     def write_response(self, resp: Response, request: Request | None) -> int:
@@ -252,7 +252,6 @@ class H1ServerConnection:
                 return
         limits = self.limits
         stream = self.stream
-        parser = self._parser
         deadline = 0.0
         in_head = self._in_head     # bytes of the next head arrived with the last body
         while True:
@@ -263,10 +262,12 @@ class H1ServerConnection:
                     self._head_spanned = True
                 elif now >= deadline:
                     raise self._fail(HttpError(408))
-                self._set_timeout(deadline - now)
+                timeout = deadline - now
             else:
-                self._set_timeout(limits.keepalive_timeout if self.requests
-                                  else limits.header_timeout)
+                timeout = limits.keepalive_timeout if self.requests else limits.header_timeout
+            if timeout != self._timeout:
+                stream.settimeout(timeout)
+                self._timeout = timeout
             try:
                 n = stream.recv_into(recv_buffer)
             except TimeoutError:
@@ -282,7 +283,7 @@ class H1ServerConnection:
             self._feed_len = n
             data = recv_view[:n] if n < RECV_SIZE else recv_view
             try:
-                parser.feed_data(data)
+                self._parser.feed_data(data)
             except HttpParserUpgrade as exc:
                 self._upgraded(bytes(data[exc.args[0]:]))
             except HttpParserError as exc:
@@ -372,8 +373,6 @@ class H1ServerConnection:
     def _may_keep(self, status: int) -> bool:
         flags = self._flags
         if not flags & _F_KEEP:
-            return False
-        if flags & _F_UPGRADE and status != 101:
             return False
         body = self._body
         if body is not None and not body.done:
@@ -493,7 +492,7 @@ class H1ServerConnection:
         elif self._cl is not None and self._cl != b"0":
             body = self._cur = StreamBody(self, int(self._cl))
         else:
-            body = Body.empty()
+            body = NO_BODY
         if self._expect:
             flags |= _F_EXPECT
         if (self._upgrade or method == "CONNECT") and parser.should_upgrade():

@@ -1,0 +1,165 @@
+"""Serving HTTP on an upgraded stream (DESIGN.md §6 ``upgrade http``).
+
+HTTP/2 when ALPN chose ``h2`` or the client opens with the h2c preface (prior knowledge),
+HTTP/1.1 otherwise. Every request (HTTP/1 keep-alive and pipelining in order; every HTTP/2
+stream in its own greenlet) walks the L7 tree with its own context; the response the
+terminator left in the context is written here. Drain: HTTP/1 answers with
+``Connection: close``; HTTP/2 sends GOAWAY and lets open streams finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gevent
+
+from vane.engine.executor import walk
+from vane.engine.node import Node
+from vane.engine.outcome import ERROR, TIMEOUT
+
+from ..peek import H2_PREFACE
+from .context import L7Context, simple_response
+from .errors import HttpError
+from .h1server import H1Limits, H1ServerConnection
+from .message import Request, Response
+
+log = logging.getLogger("vane.http")
+
+
+def serve_http(ctx: Any, root: Node, env: Any) -> None:
+    settings = env.settings
+    scheme = "https" if ctx.layer == "l4+" else "http"
+    if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
+        serve_h2(ctx, root, env, scheme)
+        return
+    limits = H1Limits(settings.sec_max_header_bytes, settings.sec_max_header_count, settings.sec_header_timeout,
+                      settings.sec_body_idle_timeout, settings.sec_keepalive_timeout)
+    conn = H1ServerConnection(ctx.stream, limits, scheme)
+    services = env.services
+    draining = services.draining if services is not None else None
+    record = ctx.record
+    timeout = settings.flow_execution_timeout
+    try:
+        while True:
+            try:
+                req = conn.next_request()
+            except HttpError as exc:
+                _write_error(conn, exc.status, ctx)
+                return
+            if req is None:
+                return
+            rctx = L7Context(ctx, req, services, settings)
+            rctx.h1 = conn
+            if record is not None:
+                record.ctx = rctx
+                record.requests += 1
+            outcome = walk(root, rctx, timeout)
+            if rctx.hijack is not None:
+                return
+            resp = rctx.response
+            if resp is None or outcome is ERROR or outcome is TIMEOUT:
+                resp = failure_response(rctx, outcome)
+                conn.close_after()
+            if draining is not None and draining.is_set():
+                conn.close_after()
+            try:
+                sent = conn.write_response(resp, req)
+            except OSError:
+                finish_request(rctx, resp, 0, aborted=True)
+                return
+            finish_request(rctx, resp, sent)
+            if not conn.keep_alive:
+                return
+    finally:
+        if record is not None:
+            record.ctx = ctx
+            record.counters.up += conn.bytes_in
+            record.counters.down += conn.bytes_out
+
+
+def _h2c_preface(ctx: Any) -> bool:
+    """Cleartext HTTP/2 with prior knowledge: the stream opens with the client preface."""
+    return ctx.layer == "l4" and ctx.peeked().startswith(H2_PREFACE)
+
+
+def serve_h2(ctx: Any, root: Node, env: Any, scheme: str) -> None:
+    from .h2server import H2Limits, H2ServerConnection
+
+    settings = env.settings
+    services = env.services
+    timeout = settings.flow_execution_timeout
+    record = ctx.record
+
+    def handle(req: Request) -> Response:
+        rctx = L7Context(ctx, req, services, settings)
+        if record is not None:
+            record.requests += 1
+        outcome = walk(root, rctx, timeout)
+        resp = rctx.response
+        if resp is None or outcome is ERROR or outcome is TIMEOUT:
+            resp = failure_response(rctx, outcome)
+        finish_request(rctx, resp, resp.body.length or 0)
+        return resp
+
+    limits = H2Limits(max_concurrent_streams=settings.sec_h2_max_streams,
+                      max_header_list_size=settings.sec_max_header_bytes,
+                      header_timeout=settings.sec_header_timeout,
+                      body_idle_timeout=settings.sec_body_idle_timeout)
+    conn = H2ServerConnection(ctx.stream, handle, limits, scheme)
+    watcher = None
+    if services is not None:
+        watcher = gevent.spawn(_goaway_on_drain, services.draining, conn)
+    try:
+        conn.serve()
+    finally:
+        if watcher is not None:
+            watcher.kill(block=False)
+        if record is not None:
+            record.counters.up += getattr(conn, "bytes_in", 0)
+            record.counters.down += getattr(conn, "bytes_out", 0)
+
+
+def _goaway_on_drain(draining: Any, conn: Any) -> None:
+    draining.wait()
+    conn.goaway()
+
+
+def failure_response(rctx: L7Context, outcome: Any) -> Response:
+    """What a request gets when its flow did not produce a response."""
+    if rctx.fail_status is not None:
+        status = rctx.fail_status
+    elif outcome is TIMEOUT:
+        status = 504
+    else:
+        status = 500
+    return simple_response(status)
+
+
+def _write_error(conn: H1ServerConnection, status: int, ctx: Any) -> None:
+    try:
+        conn.write_error(status)
+    except OSError:
+        pass
+    ctx.trajectory.note_error(f"http: {status}")
+
+
+def finish_request(rctx: L7Context, resp: Response, sent: int, aborted: bool = False) -> None:
+    """Metrics and the flow-log trajectory of one request."""
+    seconds = time.perf_counter() - rctx.started
+    services = rctx.services
+    if services is None:
+        return
+    services.metrics.request(rctx.rule, resp.status, seconds)
+    traj = rctx.trajectory
+    req = rctx.request
+    entry = traj.to_dict()
+    conn = rctx.conn
+    entry.update({"ts": time.time(), "conn": rctx.conn_id, "listener": conn.listener, "layer": "l7",
+                  "status": resp.status, "method": req.method, "host": req.host, "path": req.path,
+                  "version": req.version, "remote": f"{conn.peer[0]}:{conn.peer[1]}",
+                  "bytes_in": req.body.length or 0, "bytes_out": sent,
+                  "outcome": "aborted" if aborted else (traj.outcome or "finished"),
+                  "ms": round(seconds * 1000.0, 3)})
+    services.flow_log.record(entry)

@@ -1,0 +1,18 @@
+"""``redirect`` (DESIGN.md §6): answer ``status`` (301 302 303 307 308; default 302) with
+``Location`` set to the templated ``location``."""
+
+from __future__ import annotations
+
+from vane.engine.outcome import FINISHED
+from vane.net.http.context import simple_response
+from vane.plugins.base import Terminator
+
+
+class Redirect(Terminator):
+    def terminate(self, ctx, args):
+        status = int(args.get("status", 302))
+        location = args["location"]
+        if any(c in location for c in "\r\n\0"):
+            raise ValueError("redirect location contains a control character")
+        ctx.response = simple_response(status, f"{status} redirect to {location}\n", {"location": location})
+        return FINISHED

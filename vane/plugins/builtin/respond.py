@@ -1,0 +1,40 @@
+"""``respond`` (DESIGN.md §6): answer with ``status``, ``headers``, ``body`` (text) or
+``body_base64``; with none of them, flush the response container a ``fetch`` or ``static``
+filled (optionally overriding status and headers)."""
+
+from __future__ import annotations
+
+import base64
+
+from vane.engine.outcome import FINISHED
+from vane.net.http.context import simple_response
+from vane.net.http.message import Body
+from vane.plugins.base import LinkEnv, Terminator
+
+
+class Respond(Terminator):
+    def __init__(self, node, env: LinkEnv) -> None:
+        super().__init__(node, env)
+        raw = node.input.raw
+        self.flush = not any(k in raw for k in ("body", "body_base64")) and "status" not in raw
+        self.static_body = None
+        if "body_base64" in raw and "{{" not in raw["body_base64"]:
+            self.static_body = base64.b64decode(raw["body_base64"])
+
+    def terminate(self, ctx, args):
+        if self.flush and ctx.response is not None:
+            resp = ctx.response
+            for k, v in (args.get("headers") or {}).items():
+                resp.headers.set(k, str(v))
+            return FINISHED
+        status = int(args.get("status", 200))
+        if "body_base64" in args:
+            body = self.static_body if self.static_body is not None else base64.b64decode(args["body_base64"])
+        else:
+            body = args.get("body", "")
+        resp = simple_response(status, body, args.get("headers"),
+                               args.get("content_type") or "text/plain; charset=utf-8")
+        if not body and status not in (204, 304):
+            resp.body = Body.from_bytes(b"")
+        ctx.response = resp
+        return FINISHED
