@@ -10,7 +10,7 @@ import pytest
 import trustme
 from gevent.pool import Pool
 
-from tests.integration.test_h2server import BLOB, BLOB_SHA, H2TestServer, app, wait_until
+from tests.integration.test_h2server import BLOB, BLOB_SHA, H2TestServer, wait_until
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from vane.net.http.h2client import H2ClientConnection
 from vane.net.http.h2server import H2Limits
@@ -229,9 +229,6 @@ def test_goaway_finishes_inflight_and_blocks_new(pki, backend):
 
 
 def test_server_close_fails_inflight(pki):
-    def dies(req):
-        raise SystemExit  # not an Exception: the stream greenlet dies without answering
-
     server = H2TestServer(ServerTLS([(pki["cert"], pki["key"])], alpn=("h2",)))
     conn = connect(pki, server.port)
     try:

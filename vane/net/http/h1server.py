@@ -20,7 +20,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from vane.net.http.errors import ClientDisconnected, HttpError
 from vane.net.http.h1common import (
     COALESCE_LIMIT, CRLF, LAST_CHUNK, NO_BODY, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
-    http_date, recv_buffer, recv_view, status_line,
+    http_date, recv_buffer, recv_view, status_line, STATUS_LINES,
 )
 from vane.net.http.message import Body, Headers, Request, Response
 
@@ -139,24 +139,26 @@ class H1ServerConnection:
     def write_response(self, resp: Response, request: Request | None) -> int:
         """Send ``resp`` with HTTP/1 framing; returns the bytes written.
 
-        Framing and connection headers in ``resp.headers`` are replaced by the codec's own;
-        trailers are not sent. Raises OSError if the client is gone; an exception from the
-        body iterator aborts the response (the connection must then be closed).
+        Framing and connection headers in ``resp.headers`` are replaced by the codec's own
+        (Content-Length from ``body.length``, else chunked for HTTP/1.1, else close-delimited);
+        HEAD, 1xx, 204 and 304 answers carry no body; trailers are not sent. Raises OSError if
+        the client is gone; an exception from the body iterator aborts the response (the
+        connection must then be closed).
         """
         status = resp.status
-        headers = resp.headers.items_
         body = resp.body
-        v10 = request is not None and request.version == "1.0"
-        head_req = request is not None and request.method == "HEAD"
         if request is None:
-            self._keep = False
-        elif self._keep:
-            self._keep = self._may_keep(status)
+            self._keep = v10 = head_req = False
+        else:
+            v10 = request.version == "1.0"
+            head_req = request.method == "HEAD"
+            if self._keep:
+                self._keep = self._may_keep()
 
-        parts = [status_line(status, resp.reason)]
+        parts = [STATUS_LINES.get(status) or status_line(status, resp.reason)]
         content_length = None
         has_date = False
-        for k, v in headers:
+        for k, v in resp.headers.items_:
             kind = _RESP_SPECIAL.get(k)
             if kind is None:
                 parts += (k, b": ", v, CRLF)
@@ -165,23 +167,23 @@ class H1ServerConnection:
             elif kind == _OUT_DATE:
                 has_date = True
                 parts += (k, b": ", v, CRLF)
-        lines = 1 + (len(parts) - 1) // 4
+        lines = 2 + (len(parts) - 1) // 4      # status line, fields, blank line
 
-        chunked = False
-        send_body = False
+        chunked = send_body = False
+        length = body.length
         if status < 200 or status == 204:
             pass
         elif head_req or status == 304:
             if content_length is not None:
                 parts.append(b"content-length: %b\r\n" % content_length)
                 lines += 1
-            elif head_req and status != 304 and body.length is not None:
-                parts.append(b"content-length: %d\r\n" % body.length)
+            elif head_req and status != 304 and length is not None:
+                parts.append(b"content-length: %d\r\n" % length)
                 lines += 1
-        elif body.length is not None:
-            parts.append(b"content-length: %d\r\n" % body.length)
+        elif length is not None:
+            parts.append(b"content-length: %d\r\n" % length)
             lines += 1
-            send_body = body.length > 0
+            send_body = length > 0
         elif not v10:
             parts.append(b"transfer-encoding: chunked\r\n")
             lines += 1
@@ -204,21 +206,26 @@ class H1ServerConnection:
                 lines += 1
         parts.append(CRLF)
         head = b"".join(parts)
-        if not head_is_clean(head, lines + 1):
-            resp.headers.items_ = [(k, v) for k, v in headers if _clean(k) and _clean(v)]
+        if head.count(b"\n") != lines or head.count(b"\r") != lines:
+            # a CR or LF inside a name or value (set by a plugin): drop those fields
+            resp.headers.items_ = [(k, v) for k, v in resp.headers.items_
+                                   if _clean(k) and _clean(v)]
             return self.write_response(resp, request)
 
         if not send_body:
             body.close()
-            self._send(head)
+            self.stream.sendall(head)
+            self.bytes_out += len(head)
             return len(head)
         try:
-            return self._send_body(head, body, chunked)
+            sent = self._send_body(head, body, chunked)
         except BaseException:
             self._keep = False
             raise
         finally:
             body.close()
+        self.bytes_out += sent
+        return sent
 
     def write_error(self, status: int, body: str = "") -> int:
         """Answer ``status`` with a short text body and ``Connection: close``."""
@@ -237,11 +244,6 @@ class H1ServerConnection:
         return stream, rest
 
     # ------------------------------------------------------------------ reading
-
-    def _set_timeout(self, timeout: float) -> None:
-        if timeout != self._timeout:
-            self.stream.settimeout(timeout)
-            self._timeout = timeout
 
     def _read_head(self) -> None:
         """Read until a request head is complete (or EOF / idle timeout before one)."""
@@ -339,7 +341,8 @@ class H1ServerConnection:
         """Read more of ``body`` (called by its iterator)."""
         if self._continue_due and body is self._body:
             self._continue_due = False
-            self._send(_CONTINUE)
+            self.stream.sendall(_CONTINUE)
+            self.bytes_out += len(_CONTINUE)
         self._read_body_bytes()
 
     def _read_body_bytes(self) -> None:
@@ -347,7 +350,10 @@ class H1ServerConnection:
             rest, self._rest = self._rest, b""
             self._feed(rest, len(rest))
             return
-        self._set_timeout(self.limits.body_idle_timeout)
+        timeout = self.limits.body_idle_timeout
+        if timeout != self._timeout:
+            self.stream.settimeout(timeout)
+            self._timeout = timeout
         try:
             n = self.stream.recv_into(recv_buffer)
         except TimeoutError:
@@ -370,7 +376,7 @@ class H1ServerConnection:
     def _body_end(self, body: StreamBody, complete: bool) -> None:
         pass
 
-    def _may_keep(self, status: int) -> bool:
+    def _may_keep(self) -> bool:
         flags = self._flags
         if not flags & _F_KEEP:
             return False
@@ -529,50 +535,48 @@ class H1ServerConnection:
 
     # ------------------------------------------------------------------ writing
 
-    def _send(self, data: bytes) -> None:
-        self.stream.sendall(data)
-        self.bytes_out += len(data)
-
     def _send_body(self, head: bytes, body: Body, chunked: bool) -> int:
+        sendall = self.stream.sendall
         if body.is_buffered:
             data = body.read_all(body.length or 0)
             if len(data) <= COALESCE_LIMIT:
-                self._send(head + data)
+                sendall(head + data)
             else:
-                self._send(head)
-                self._send(data)
+                sendall(head)
+                sendall(data)
             return len(head) + len(data)
         sent = 0
         if body.__class__ is StreamBody:
+            # what the parser already holds goes out with the head when small
             ready = body.take_ready()
-            if ready:       # parsed already: goes out with the head when small
-                if chunked:
-                    first = frame_chunks(ready)
-                    if body.done:
-                        first += LAST_CHUNK
-                        chunked = False
-                        for _ in body:      # ends the body (releases its source)
-                            pass
-                else:
-                    first = ready[0] if len(ready) == 1 else b"".join(ready)
-                if len(first) <= COALESCE_LIMIT:
-                    head += first
-                else:
-                    self._send(head)
-                    sent += len(head)
-                    head = first
-        self._send(head)
+            done = body.done
+            if chunked:
+                first = frame_chunks(ready) if ready else b""
+                if done:
+                    first += LAST_CHUNK
+            else:
+                first = ready[0] if len(ready) == 1 else b"".join(ready)
+            if len(first) <= COALESCE_LIMIT:
+                head += first
+            else:
+                sendall(head)
+                sent += len(head)
+                head = first
+            if done:
+                sendall(head)
+                return sent + len(head)
+        sendall(head)
         sent += len(head)
         if chunked:
             for chunk in body:
                 data = frame_chunk(chunk)
-                self._send(data)
+                sendall(data)
                 sent += len(data)
-            self._send(LAST_CHUNK)
+            sendall(LAST_CHUNK)
             sent += len(LAST_CHUNK)
         else:
             for chunk in body:
-                self._send(chunk)
+                sendall(chunk)
                 sent += len(chunk)
             if body.length is None:     # close-delimited (HTTP/1.0): the end is the close
                 self._keep = False

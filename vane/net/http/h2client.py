@@ -25,7 +25,7 @@ from h2.errors import ErrorCodes
 
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from vane.net.http.h2server import (RECV_SIZE, GoawayFilter, H2Output, StreamGone, goaway_frame,
-                                    trailer_block, write_data)
+                                    set_nodelay, trailer_block, write_data)
 from vane.net.http.message import HOP_BY_HOP, Body, Headers, HeaderList, Request, Response
 
 __all__ = ["H2ClientConnection"]
@@ -95,6 +95,7 @@ class H2ClientConnection:
                  max_header_list_size: int = 65536,
                  spawn: Callable[..., Any] = gevent.spawn) -> None:
         self._stream = stream
+        set_nodelay(stream)
         self._max_streams = max_streams
         self._io_timeout = io_timeout
         self._spawn = spawn

@@ -41,7 +41,7 @@ from vane.net.http.errors import HttpError
 from vane.net.http.message import HOP_BY_HOP, Body, Headers, HeaderList, Request, Response
 
 __all__ = ["H2Limits", "H2ServerConnection", "H2Output", "GoawayFilter", "goaway_frame",
-           "response_header_block", "trailer_block", "write_data", "StreamGone"]
+           "response_header_block", "set_nodelay", "trailer_block", "write_data", "StreamGone"]
 
 log = logging.getLogger("vane.net.h2")
 
@@ -216,6 +216,16 @@ class GoawayFilter:
         return b"".join(out), found
 
 
+def set_nodelay(stream: Any) -> None:
+    """Disable Nagle on the TCP socket under ``stream``: HTTP/2 writes many small frames
+    (WINDOW_UPDATE, HEADERS) whose delay would stall the peer's flow control."""
+    sock = getattr(stream, "socket", stream)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError, TypeError):
+        pass  # not TCP (unix socket) or not a socket at all
+
+
 def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
     return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()
 
@@ -321,6 +331,7 @@ class H2ServerConnection:
                  limits: H2Limits = H2Limits(), scheme: str = "https",
                  spawn: Callable[..., Any] = gevent.spawn) -> None:
         self._stream = stream
+        set_nodelay(stream)
         self._handler = handler
         self._limits = limits
         self._scheme = scheme
