@@ -34,7 +34,11 @@ define DEB_LINT
 	rm -rf $(DEB_BUILD_DIR)/root; dpkg-deb -x $(DEB_BUILD_DIR)/$(DEB_FILE) $(DEB_BUILD_DIR)/root; \
 	echo "deb: systemd-analyze verify vaned.service (and the example vaned.socket)"; \
 	r=$(DEB_BUILD_DIR)/root; cp $$r/usr/share/doc/vane/examples/vaned.socket $$r/lib/systemd/system/; \
-	cp -an /lib/systemd/system/. $$r/lib/systemd/system/; mkdir -p $$r/bin; cp /bin/chgrp $$r/bin/; \
+	cp -an /lib/systemd/system/. $$r/lib/systemd/system/; \
+	for c in $$(sed -n 's/^Exec[A-Za-z]*=[-+@!:]*\([^ ]*\).*/\1/p' $$r/lib/systemd/system/vaned.service); do \
+	  case $$c in /*) p=$$c;; *) p=$$(command -v $$c) || continue;; esac; \
+	  [ -e $$r$$p ] || [ -L $$r$$p ] || install -D $$p $$r$$p; \
+	done; \
 	out=$$(systemd-analyze verify --man=no --root=$$r \
 	  /lib/systemd/system/vaned.service /lib/systemd/system/vaned.socket 2>&1) || { echo "$$out" >&2; exit 1; }; \
 	[ -z "$$out" ] || { echo "$$out" >&2; echo "deb: systemd-analyze verify complained" >&2; exit 1; }; \

@@ -6,6 +6,7 @@ import hashlib
 import socket
 
 import gevent
+import h2.settings
 import pytest
 import trustme
 from gevent.pool import Pool
@@ -34,6 +35,13 @@ def pki(tmp_path_factory):
 @pytest.fixture
 def backend(pki):
     server = H2TestServer(ServerTLS([(pki["cert"], pki["key"])], alpn=("h2",)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def h2c_backend():
+    server = H2TestServer(None)
     yield server
     server.stop()
 
@@ -186,7 +194,8 @@ def test_refused_stream_is_retryable(pki):
                           H2Limits(max_concurrent_streams=1))
     conn = connect(pki, server.port, max_streams=10)
     try:
-        # Before the server's SETTINGS arrive our limit is 10: the server refuses the second stream.
+        # Make the client believe the server allows more streams than it does (as a client
+        # that has not yet seen the server's SETTINGS would): the server refuses the extra one.
         results: list = []
 
         def one(path: str) -> None:
@@ -196,9 +205,8 @@ def test_refused_stream_is_retryable(pki):
                 results.append(exc)
 
         slow = gevent.spawn(one, "/slow?0.3")
-        gevent.sleep(0.05)
         wait_until(lambda: server.connections and server.connections[0].open_streams == 1)
-        conn._h2.remote_settings[3] = 10  # pretend the server still allowed more streams
+        conn._h2.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 10
         conn._h2.remote_settings.acknowledge()
         one("/echo")
         slow.get(timeout=5)
@@ -235,7 +243,7 @@ def test_server_close_fails_inflight(pki):
         pending = gevent.spawn(lambda: conn.request(get("/slow?5"), Headers(), timeout=10))
         wait_until(lambda: server.connections and server.connections[0].open_streams == 1)
         server.server.stop(timeout=0)
-        server.connections[0]._stream.close()
+        server.streams[0].close()  # the backend goes away mid-request
         with pytest.raises(UpstreamProtocolError):
             pending.get(timeout=5)
         wait_until(lambda: conn.closed)
@@ -250,3 +258,15 @@ def test_not_available_raises_connect_error(pki, backend):
     with pytest.raises(UpstreamConnectError) as err:
         conn.request(get("/echo"), Headers(), timeout=1)
     assert not err.value.request_sent
+
+
+def test_h2c_prior_knowledge_upstream(h2c_backend):
+    sock = socket.create_connection(("127.0.0.1", h2c_backend.port), timeout=5)
+    conn = H2ClientConnection(sock)
+    try:
+        req = Request("POST", "/echo", "", "2", Headers(), Body.from_bytes(b"plain"), "http", "127.0.0.1")
+        resp = conn.request(req, Headers([(b"te", b"trailers")]), timeout=5)
+        assert resp.status == 200 and resp.headers.get("x-scheme") == "http"
+        assert b"".join(resp.body) == b"plain"
+    finally:
+        conn.close()

@@ -96,6 +96,7 @@ class H2TestServer:
         self.limits = limits
         self.handler = handler
         self.connections: list[H2ServerConnection] = []
+        self.streams: list = []
         self.finished: list[H2ServerConnection] = []
         self.server = StreamServer(("127.0.0.1", 0), self._handle)
         self.server.start()
@@ -103,6 +104,7 @@ class H2TestServer:
 
     def _handle(self, sock: socket.socket, addr) -> None:
         stream = self.tls.accept(sock) if self.tls else sock
+        self.streams.append(stream)
         conn = H2ServerConnection(stream, self.handler, self.limits,
                                   scheme="https" if self.tls else "http")
         self.connections.append(conn)
@@ -409,7 +411,7 @@ def test_goaway_with_curl_inflight(pki, tls_server):
     wait_until(lambda: conn in tls_server.finished)
 
 
-def test_idle_connection_closed(pki):
+def test_idle_connection_closed():
     server = H2TestServer(None, H2Limits(idle_timeout=0.3, header_timeout=0.3, body_idle_timeout=0.3))
     raw = RawClient(server.port)
     try:
@@ -451,3 +453,27 @@ def test_goaway_filter_splits_frames_across_reads():
             found += g
         assert found == [(7, 0), (9, 2)]
         assert kept == stream[:24] + b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+
+
+def test_oversized_header_list_closes_connection_only():
+    server = H2TestServer(None, H2Limits(max_header_list_size=4096))
+    raw = RawClient(server.port)
+    try:
+        sid = raw.conn.get_next_available_stream_id()
+        raw.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                                    (b":authority", b"localhost"), (b":path", b"/echo"),
+                                    (b"x-big", b"v" * 8000)], end_stream=True)
+        raw.flush()
+        raw.pump_until(lambda: raw.goaways, timeout=5)
+        assert raw.goaways[0][1] != 0  # an error code, not a graceful GOAWAY
+        wait_until(lambda: server.finished)
+    finally:
+        raw.close()
+    # The server goes on accepting connections.
+    raw = RawClient(server.port)
+    try:
+        sid = raw.request("/echo")
+        raw.pump_until(lambda: raw.of(h2.events.StreamEnded, sid))
+    finally:
+        raw.close()
+        server.stop()

@@ -16,8 +16,14 @@ import trustme
 from cryptography import x509
 from gevent.server import StreamServer
 
-from vane.net.tls import (ContextCache, ServerTLS, TLSConfigError, TLSHandshakeError,
-                          TLSHandshakeTimeout, TLSStream)
+from vane.net.tls import (
+    ContextCache,
+    ServerTLS,
+    TLSConfigError,
+    TLSHandshakeError,
+    TLSHandshakeTimeout,
+    TLSStream,
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +160,7 @@ def test_alpn_http11_only_listener(ca, certs):
         server.stop()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_tls11_client_is_refused(ca, two_cert_server):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -284,29 +291,36 @@ def test_close_wakes_blocked_reader(ca, certs):
         server.stop()
 
 
-def test_session_resumes_across_reload(ca, certs):
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("host", ["a.test", "b.test"])
+def test_session_resumes_across_reload(ca, certs, version, host):
     cache = ContextCache()
-    ctx = client_ctx(ca, maximum=ssl.TLSVersion.TLSv1_2)
+    ctx = client_ctx(ca, maximum=version)
+    ctx.minimum_version = version
+
+    def handshake(server: TLSServer, session=None) -> tuple[ssl.SSLSession, bool]:
+        with connect(server.port, ctx, host, session=session) as s:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"  # TLS 1.3 tickets arrive after the handshake
+            reused = s.session_reused
+            return s.session, reused
 
     first = TLSServer(ServerTLS([certs["a"], certs["b"]], cache=cache), echo)
-    with connect(first.port, ctx, "a.test") as s:
-        session = s.session
-        assert not s.session_reused
+    session, reused = handshake(first)
+    assert not reused
     first.stop()
 
     # A reload builds a new ServerTLS (here on a new listener) from the same cache.
     second = TLSServer(ServerTLS([certs["a"], certs["b"]], cache=cache), echo)
     try:
-        with connect(second.port, ctx, "a.test", session=session) as s:
-            assert s.session_reused
+        assert handshake(second, session)[1]
     finally:
         second.stop()
 
     # Without the shared cache the ticket keys differ and the session cannot resume.
     third = TLSServer(ServerTLS([certs["a"], certs["b"]], cache=ContextCache()), echo)
     try:
-        with connect(third.port, ctx, "a.test", session=session) as s:
-            assert not s.session_reused
+        assert not handshake(third, session)[1]
     finally:
         third.stop()
 

@@ -216,6 +216,8 @@ class Daemon:
         if udp:
             session.counters = record.counters
         ctx.record = record
+        if self.flow_log.debug:
+            ctx.on_step = self._on_step
         record.ctx = ctx
         self.conns.add(record)
         label = str(listener.addr)
@@ -234,6 +236,11 @@ class Daemon:
             self.conns.remove(record)
             self.metrics.conn_closed(label)
             self._record_l4(ctx, record, outcome)
+
+    def _on_step(self, ctx: Any, node: Any, branch: str) -> None:
+        """Debug flow log: one event per step."""
+        self.flow_log.record({"ts": time.time(), "event": "step", "conn": ctx.conn_id, "layer": ctx.layer,
+                              "rule": ctx.rule, "node": node.id, "plugin": node.plugin, "branch": branch})
 
     def _record_l4(self, ctx: L4Context, record: ConnRecord, outcome: str) -> None:
         traj = ctx.trajectory

@@ -26,6 +26,7 @@ from .outcome import ERROR, FINISHED, TIMEOUT, Outcome, Upgrade
 log = logging.getLogger("vane.flow")
 
 FAILURE = "failure"
+_IDLE = Timeout._start_new_or_dummy(None)  # the dummy timer: close() is a no-op
 
 
 class FlowError(Exception):
@@ -36,7 +37,8 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
     """Run the tree from ``root``; return how it ended. Never raises (but BaseException)."""
     node = root
     traj = ctx.trajectory
-    timer = Timeout._start_new_or_dummy(timeout)
+    started = perf_counter()
+    timer = _IDLE  # armed lazily: a walk of pure nodes (route, match, respond) cannot block
     try:
         while True:
             ctx.node = node.id
@@ -44,6 +46,8 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
                 ctx.rule = traj.rule = node.rule
             impl = node.impl
             t0 = perf_counter()
+            if node.blocking and timer is _IDLE and timeout is not None:
+                timer = Timeout._start_new_or_dummy(max(timeout - (t0 - started), 0.000001))
             try:
                 args = node.input.resolve(ctx.kv, traj.note_missing) if impl.resolve_input else None
                 if node.terminal:
@@ -57,7 +61,8 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
                         ctx = outcome.ctx
                         traj = ctx.trajectory
                         node = node.next
-                        timer = Timeout._start_new_or_dummy(timeout)
+                        timer = _IDLE
+                        started = perf_counter()
                         continue
                     traj.outcome = outcome.name
                     return outcome

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 class Node:
     __slots__ = ("id", "plugin", "spec", "layer", "input", "branches", "default", "next", "scope",
-                 "rule", "synthetic", "impl", "terminal", "external", "source")
+                 "rule", "synthetic", "impl", "terminal", "external", "blocking", "source")
 
     def __init__(self, id: str, spec: "PluginSpec", layer: str, input: CompiledInput,
                  scope: str, rule: str | None, synthetic: bool = False) -> None:
@@ -29,6 +29,7 @@ class Node:
         self.synthetic = synthetic    # inserted by the compiler (rule matching, upgrades, fallbacks)
         self.terminal = spec.is_terminator
         self.external = spec.external
+        self.blocking = spec.blocking and not spec.is_terminator
         self.impl: Plugin | None = None
         self.source: Any = None       # the operator's JSON for this node (serialisation)
 

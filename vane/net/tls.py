@@ -25,7 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 from gevent import get_hub
-from gevent.socket import wait as wait_watcher, wait_read, wait_write
+from gevent.socket import wait as wait_watcher
+from gevent.socket import wait_read, wait_write
 from OpenSSL import SSL
 
 __all__ = [
@@ -154,7 +155,7 @@ def _build_context(cert_pem: bytes, key_pem: bytes, cert_path: str, key_path: st
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
         raise TLSConfigError(key_path, "the private key is encrypted; vaned needs it unencrypted") from None
-    except (ValueError, Exception) as exc:  # cryptography raises ValueError/UnsupportedAlgorithm
+    except Exception as exc:  # ValueError, UnsupportedAlgorithm
         raise TLSConfigError(key_path, f"no PEM private key could be read ({exc})") from None
 
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)

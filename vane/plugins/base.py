@@ -54,6 +54,7 @@ class PluginSpec:
     external: bool = False
     has_next: bool = False              # a terminator that hands over to output "next" (upgrade)
     dynamic_branches: bool = False      # branches named by the input (route: one per route)
+    blocking: bool = True               # may wait on I/O: the flow timer must be armed around it
     driver: str | None = None           # external driver: wasm | http | unix | command
     options: Mapping[str, Any] = field(default_factory=dict)  # external plugin declaration
 

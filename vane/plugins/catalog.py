@@ -50,6 +50,11 @@ _HEADER_OPS = {
 }
 
 
+# Pure computation: the executor arms the flow timer only when a walk reaches a plugin that can wait.
+NON_BLOCKING = frozenset({"match", "route", "set", "ratelimit", "headers", "rewrite", "respond", "redirect",
+                          "deny"})
+
+
 def _obj(props: dict, required: tuple[str, ...] = (), **extra) -> dict:
     schema = {"type": "object", "additionalProperties": False, "properties": props}
     if required:
@@ -62,7 +67,7 @@ def _spec(name: str, kind: Kind, layers: frozenset[str], branches: tuple[str, ..
           schema: dict, outputs: tuple[str, ...] | None = ()) -> PluginSpec:
     return PluginSpec(name=name, kind=kind, layers=layers, branches=branches,
                       impl=f"vane.plugins.builtin.{impl}", input_schema=schema, outputs=outputs,
-                      has_next=name == "upgrade")
+                      has_next=name == "upgrade", blocking=name not in NON_BLOCKING)
 
 
 BUILTINS: tuple[PluginSpec, ...] = (
@@ -74,7 +79,7 @@ BUILTINS: tuple[PluginSpec, ...] = (
                    "type": "array", "items": _obj({"name": {"type": "string", "pattern": r"^[^{}*]+$"},
                                                    "match": {"type": "object", "minProperties": 1}},
                                                   ("name", "match"))}}, ("routes",)),
-               outputs=(), dynamic_branches=True),
+               outputs=(), dynamic_branches=True, blocking=False),
     _spec("ratelimit", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("allow", "deny"), "ratelimit:RateLimit",
           _obj({"key": _STR, "rate": _NUM, "burst": _INT, "max_keys": {"type": "integer", "minimum": 1}},
                ("key", "rate")), outputs=("remaining",)),

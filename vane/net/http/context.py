@@ -21,12 +21,13 @@ MAX_PARSED_ITEMS = 256  # cookies / query args parsed per request
 
 class L7Context(Context):
     __slots__ = ("conn", "request", "response", "services", "settings", "started", "hijack", "fail_status",
-                 "_cookies", "_args", "h1")
+                 "response_edits", "_cookies", "_args", "h1")
 
     def __init__(self, conn: Any, request: Request, services: Any, settings: Any) -> None:
         kv = conn.kv.child(self._lazy)
         kv._d["conn.layer"] = "l7"
         super().__init__("l7", kv, conn.conn_id)
+        self.on_step = conn.on_step
         self.conn = conn                  # the L4 context (socket, peer, record)
         self.request = request
         self.response: Response | None = None
@@ -35,6 +36,7 @@ class L7Context(Context):
         self.started = time.perf_counter()
         self.hijack: Any = None           # set by a terminator that took the stream over (WebSocket)
         self.fail_status: int | None = None
+        self.response_edits: list[dict] | None = None  # `headers` response edits made before a response existed
         self.h1: Any = None               # the HTTP/1 connection, for upgrades
         self._cookies: dict[str, str] | None = None
         self._args: dict[str, str] | None = None
@@ -103,6 +105,15 @@ class L7Context(Context):
             raise HttpError(413, "body larger than VANE_MAX_BODY_SIZE") from None
 
     # -- answering -------------------------------------------------------------------------------
+
+    def final_response(self) -> Response | None:
+        """The response to send, with pending ``headers`` edits applied."""
+        resp = self.response
+        if resp is not None and self.response_edits:
+            for ops in self.response_edits:
+                resp.headers.apply(ops)
+            self.response_edits = None
+        return resp
 
     def respond_status(self, status: int, body: str | None = None, headers: dict | None = None) -> Any:
         from vane.engine.outcome import FINISHED

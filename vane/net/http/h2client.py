@@ -24,9 +24,17 @@ from gevent.event import Event
 from h2.errors import ErrorCodes
 
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from vane.net.http.h2server import (RECV_SIZE, GoawayFilter, H2Output, StreamGone, goaway_frame,
-                                    set_nodelay, trailer_block, write_data)
-from vane.net.http.message import HOP_BY_HOP, Body, Headers, HeaderList, Request, Response
+from vane.net.http.h2server import (
+    RECV_SIZE,
+    GoawayFilter,
+    H2Output,
+    StreamGone,
+    goaway_frame,
+    set_nodelay,
+    trailer_block,
+    write_data,
+)
+from vane.net.http.message import HOP_BY_HOP, Body, HeaderList, Headers, Request, Response
 
 __all__ = ["H2ClientConnection"]
 
@@ -99,7 +107,9 @@ class H2ClientConnection:
         self._max_streams = max_streams
         self._io_timeout = io_timeout
         self._spawn = spawn
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # _request_block applies h2's outbound header rules itself (see h2server).
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                           validate_outbound_headers=False)
         conn = h2.connection.H2Connection(config=config)
         conn.local_settings = h2.settings.Settings(client=True, initial_values={
             _SETTING.ENABLE_PUSH: 0,
@@ -153,17 +163,28 @@ class H2ClientConnection:
         """
         if not self.is_available():
             raise UpstreamConnectError("HTTP/2 upstream connection not available")
+        if not (req.authority or headers.getb(b"host")):
+            raise UpstreamProtocolError("HTTP/2 request without an authority")
         conn = self._h2
         body = req.body
-        no_body = body.length == 0 and (body.is_buffered or req.method in ("GET", "HEAD"))
-        sid = conn.get_next_available_stream_id()
+        no_body = body.length == 0
+        try:
+            sid = conn.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self._goaway = True  # stream ids used up: let the pool open a fresh connection
+            raise UpstreamConnectError("HTTP/2 stream ids exhausted") from None
         st = _ClientStream(sid)
         try:
             conn.send_headers(sid, _request_block(req, headers), end_stream=no_body)
         except h2.exceptions.TooManyStreamsError:
             raise UpstreamConnectError("HTTP/2 upstream stream limit reached") from None
         except h2.exceptions.ProtocolError as exc:
-            raise UpstreamConnectError(f"HTTP/2 request rejected locally: {exc}") from None
+            # h2 may have failed part-way through HPACK encoding: the backend's decoder is
+            # now out of step with ours, so no further header block may go out here.
+            self._goaway = True
+            if not self._streams:
+                self.close()
+            raise UpstreamProtocolError(f"HTTP/2 request header block rejected: {exc}") from None
         self._streams[sid] = st
         self.requests += 1
         self.last_used = time.monotonic()

@@ -63,6 +63,15 @@ class Headers:
         if drop:
             self.items_ = [(k, v) for k, v in self.items_ if k not in drop]
 
+    def apply(self, ops: dict) -> None:
+        """The ``headers`` plugin's edits: ``remove`` names, then ``set``, then ``add``."""
+        for name in ops.get("remove") or ():
+            self.remove(name)
+        for name, value in (ops.get("set") or {}).items():
+            self.set(name, _header_value(value))
+        for name, value in (ops.get("add") or {}).items():
+            self.add(name, _header_value(value))
+
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self.items_)
 
@@ -74,6 +83,13 @@ class Headers:
 
     def __repr__(self) -> str:
         return f"Headers({self.items_!r})"
+
+
+def _header_value(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise ValueError("header value contains a control character")
+    return text
 
 
 class Body:

@@ -58,7 +58,7 @@ def serve_http(ctx: Any, root: Node, env: Any) -> None:
             outcome = walk(root, rctx, timeout)
             if rctx.hijack is not None:
                 return
-            resp = rctx.response
+            resp = rctx.final_response()
             if resp is None or outcome is ERROR or outcome is TIMEOUT:
                 resp = failure_response(rctx, outcome)
                 conn.close_after()
@@ -97,7 +97,7 @@ def serve_h2(ctx: Any, root: Node, env: Any, scheme: str) -> None:
         if record is not None:
             record.requests += 1
         outcome = walk(root, rctx, timeout)
-        resp = rctx.response
+        resp = rctx.final_response()
         if resp is None or outcome is ERROR or outcome is TIMEOUT:
             resp = failure_response(rctx, outcome)
         finish_request(rctx, resp, resp.body.length or 0)
