@@ -76,6 +76,7 @@ class LinkEnv:
         self.config_dir = config_dir
         self.services = services
         self.clock = clock
+        self.breakers: dict = {}  # graph-scoped circuit breakers of external plugins, by name
 
 
 class Plugin:

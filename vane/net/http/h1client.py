@@ -18,7 +18,7 @@ from vane.net.http.errors import (
 )
 from vane.net.http.h1common import (
     COALESCE_LIMIT, CRLF, LAST_CHUNK, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
-    head_is_clean, recv_buffer, recv_view,
+    IoTimers, head_is_clean, recv_buffer, recv_view, sendall_timed,
 )
 from vane.net.http.message import Headers, Request, Response
 
@@ -53,7 +53,8 @@ class H1ClientConnection:
         self.bytes_received = 0     # bytes of the current response read from the socket
         self.requests = 0
         self._parser = HttpResponseParser(self)
-        self._timeout: float | None = -1.0
+        self._timers = IoTimers()
+        stream.settimeout(None)     # every blocking call is bounded by self._timers instead
         self._callbacks: list[Callable[["H1ClientConnection"], None]] = []
         self._rest = b""
         self._broken = False        # framing no longer trustworthy: never reuse
@@ -142,11 +143,10 @@ class H1ClientConnection:
                 if remaining <= 0:
                     raise self._fail(UpstreamTimeout("response head timeout", True,
                                                      self.bytes_received > 0))
-                self._set_timeout(remaining)
+                n = self._recv("response head", remaining, False)
             else:
                 deadline = monotonic() + limit
-                self._set_timeout(limit)
-            n = self._recv("response head")
+                n = self._recv("response head", limit, True)
             if not n:
                 raise self._fail(UpstreamProtocolError(
                     "connection closed before a response", self.bytes_sent > 0,
@@ -180,7 +180,7 @@ class H1ClientConnection:
 
     def _send(self, data: bytes) -> None:
         try:
-            self.stream.sendall(data)
+            sendall_timed(self.stream, data, self._timers, self.idle_timeout)
         except TimeoutError:
             raise self._fail(UpstreamTimeout("send timeout", True)) from None
         except OSError as exc:
@@ -189,7 +189,6 @@ class H1ClientConnection:
         self.bytes_sent += len(data)
 
     def _send_body(self, head: bytes, body, chunked: bool) -> None:
-        self._set_timeout(self.idle_timeout)
         if body.is_buffered:
             data = body.read_all(body.length or 0)
             if len(data) <= COALESCE_LIMIT:
@@ -221,17 +220,13 @@ class H1ClientConnection:
 
     # ------------------------------------------------------------------ receiving
 
-    def _set_timeout(self, timeout: float) -> None:
-        if timeout != self._timeout:
-            self.stream.settimeout(timeout)
-            self._timeout = timeout
-
     def _fail(self, exc: UpstreamError) -> UpstreamError:
         self._broken = True
         return exc
 
-    def _recv(self, what: str) -> int:
+    def _recv(self, what: str, timeout: float, keep_timer: bool = True) -> int:
         """Read once and feed the parser; returns the byte count (0 at EOF)."""
+        timer = self._timers.start(timeout, keep_timer)
         try:
             n = self.stream.recv_into(recv_buffer)
         except TimeoutError:
@@ -240,6 +235,8 @@ class H1ClientConnection:
         except OSError as exc:
             raise self._fail(UpstreamConnectError(
                 f"{what}: {exc}", self.bytes_sent > 0, self.bytes_received > 0)) from None
+        finally:
+            timer.stop()
         if n:
             self.bytes_received += n
             data = recv_view[:n] if n < RECV_SIZE else recv_view
@@ -260,8 +257,7 @@ class H1ClientConnection:
 
     def _fill(self, body: StreamBody) -> None:
         """Read more of the response body (called by its iterator)."""
-        self._set_timeout(self.idle_timeout)
-        if not self._recv("response body"):
+        if not self._recv("response body", self.idle_timeout):
             if self._eof_body:
                 body.done = True
                 self._keep = False
