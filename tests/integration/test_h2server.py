@@ -22,7 +22,8 @@ import trustme
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from vane.net.http.h2server import GoawayFilter, H2Limits, H2ServerConnection, goaway_frame
+from vane.net.http.h2common import GoawayFilter, goaway_frame
+from vane.net.http.h2server import H2Limits, H2ServerConnection
 from vane.net.http.message import Body, Headers, Request, Response
 from vane.net.tls import ServerTLS
 

@@ -24,7 +24,7 @@ from gevent.event import Event
 from h2.errors import ErrorCodes
 
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from vane.net.http.h2server import (
+from vane.net.http.h2common import (
     RECV_SIZE,
     GoawayFilter,
     H2Output,

@@ -5,16 +5,7 @@ stream into a ``Request`` whose body streams the DATA frames; ``handler(request)
 own greenlet and its ``Response`` is written back under the peer's flow control. Inbound flow
 control is credited only as the handler consumes the body, so a slow consumer slows the
 client down instead of filling memory.
-
-Also here, because the client codec (``h2client``) shares them:
-
-- ``H2Output``: the one path to the socket. Any greenlet may queue frames in the h2
-  connection and call ``flush``; one of them at a time writes, the others leave their bytes
-  to it, and producers wait while the backlog is above a high-water mark.
-- ``GoawayFilter``: h2 closes its state machine on a GOAWAY in either direction, which rules
-  out the graceful shutdown HTTP/2 allows (in-flight streams finish after a GOAWAY). The
-  filter takes inbound GOAWAY frames out of the byte stream before h2 sees them, and outbound
-  GOAWAYs are written as raw frames, so h2 keeps serving the streams already open.
+The plumbing shared with the client codec is in ``h2common``.
 """
 
 from __future__ import annotations
@@ -35,21 +26,26 @@ import h2.settings
 from gevent import get_hub, getcurrent
 from gevent.event import Event
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
 
 from vane.net.http.errors import HttpError
-from vane.net.http.message import HOP_BY_HOP, Body, HeaderList, Headers, Request, Response
+from vane.net.http.h2common import (
+    _PREFACE_LEN,
+    RECV_SIZE,
+    GoawayFilter,
+    H2Output,
+    StreamGone,
+    goaway_frame,
+    response_header_block,
+    set_nodelay,
+    trailer_block,
+    write_data,
+)
+from vane.net.http.message import Body, HeaderList, Headers, Request, Response
 
-__all__ = ["H2Limits", "H2ServerConnection", "H2Output", "GoawayFilter", "goaway_frame",
-           "response_header_block", "set_nodelay", "trailer_block", "write_data", "StreamGone"]
+__all__ = ["H2Limits", "H2ServerConnection"]
 
 log = logging.getLogger("vane.net.h2")
 
-RECV_SIZE = 65536
-HIGH_WATER = 65536
-_GOAWAY = 0x7
-_MAX_GOAWAY_PAYLOAD = 16384
-_PREFACE_LEN = 24
 _SETTING = h2.settings.SettingCodes
 
 
@@ -64,235 +60,6 @@ class H2Limits:
     body_idle_timeout: float = 30.0    # a body (either way) that does not move for this long
     stream_buffer: int = 65536         # per-stream inbound buffer = advertised stream window
     connection_window: int = 1 << 20   # inbound window shared by all streams of the connection
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared plumbing
-
-class H2Output:
-    """Serialised writes of an h2 connection's pending bytes to its stream.
-
-    ``flush`` never blocks a caller on another greenlet's write: if a write is in progress,
-    the bytes join the backlog and the writing greenlet sends them next. A failed write
-    records ``error`` and calls ``on_error`` once; later flushes are no-ops.
-    """
-
-    __slots__ = ("_h2", "_stream", "_backlog", "_writing", "_drained", "_on_error", "error",
-                 "bytes_out")
-
-    def __init__(self, conn: h2.connection.H2Connection, stream: Any,
-                 on_error: Callable[[BaseException], None]) -> None:
-        self._h2 = conn
-        self._stream = stream
-        self._backlog = bytearray()
-        self._writing = False
-        self._drained = Event()
-        self._on_error = on_error
-        self.error: BaseException | None = None
-        self.bytes_out = 0
-
-    def flush(self) -> None:
-        if self.error is not None:
-            self._h2.data_to_send()  # discard: nothing can be written any more
-            return
-        if self._writing:
-            self._backlog += self._h2.data_to_send()
-            return
-        self._writing = True
-        try:
-            while True:
-                data: Any = self._h2.data_to_send()
-                if self._backlog:
-                    self._backlog += data
-                    data, self._backlog = self._backlog, bytearray()
-                if not data:
-                    break
-                self._stream.sendall(data)
-                self.bytes_out += len(data)
-                self._wake()
-        except BaseException as exc:
-            self._fail(exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._writing = False
-            self._wake()
-
-    def raw(self, frame: bytes) -> None:
-        """Queue bytes that did not come from h2 (keeping order with what h2 queued before)."""
-        self._backlog += self._h2.data_to_send()
-        self._backlog += frame
-        self.flush()
-
-    def wait_room(self, timeout: float | None) -> None:
-        """Block while a write is in progress and the backlog is above the high-water mark."""
-        while self._writing and self.error is None and len(self._backlog) >= HIGH_WATER:
-            if not self._drained.wait(timeout):
-                self._fail(TimeoutError("peer is not reading"))
-                return
-
-    def _wake(self) -> None:
-        drained, self._drained = self._drained, Event()
-        drained.set()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-            self._backlog = bytearray()
-            self._on_error(exc)
-
-
-class GoawayFilter:
-    """Splits inbound bytes at frame boundaries and removes GOAWAY frames (see module doc).
-
-    ``feed`` returns the bytes to hand to h2 and the ``(last_stream_id, error_code)`` of each
-    GOAWAY removed. Malformed GOAWAYs (non-zero stream, bad length) are left for h2 to reject.
-    """
-
-    __slots__ = ("_skip", "_pass", "_head", "_goaway", "_goaway_left")
-
-    def __init__(self, preface: int = 0) -> None:
-        self._skip = preface
-        self._pass = 0
-        self._head = b""
-        self._goaway: bytearray | None = None
-        self._goaway_left = 0
-
-    def feed(self, data: bytes) -> tuple[bytes | bytearray, list[tuple[int, int]]]:
-        n = len(data)
-        mv = memoryview(data)
-        out: list[Any] = []
-        found: list[tuple[int, int]] = []
-        pos = seg = 0
-        while pos < n:
-            if self._skip or self._pass:
-                if self._skip:
-                    take = min(self._skip, n - pos)
-                    self._skip -= take
-                else:
-                    take = min(self._pass, n - pos)
-                    self._pass -= take
-                pos += take
-                continue
-            if self._goaway is not None:
-                take = min(self._goaway_left, n - pos)
-                self._goaway += mv[pos:pos + take]
-                self._goaway_left -= take
-                pos += take
-                seg = pos
-                if not self._goaway_left:
-                    payload, self._goaway = self._goaway, None
-                    found.append((int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF,
-                                  int.from_bytes(payload[4:8], "big")))
-                continue
-            need = 9 - len(self._head)
-            if n - pos < need:  # frame header split across reads: hold it back
-                if pos > seg:
-                    out.append(mv[seg:pos])
-                self._head += data[pos:n]
-                pos = seg = n
-                break
-            held = self._head
-            header = held + data[pos:pos + need] if held else data[pos:pos + 9]
-            self._head = b""
-            length = int.from_bytes(header[0:3], "big")
-            stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
-            if header[3] == _GOAWAY and stream_id == 0 and 8 <= length <= _MAX_GOAWAY_PAYLOAD:
-                if pos > seg:
-                    out.append(mv[seg:pos])
-                pos += need
-                seg = pos
-                self._goaway = bytearray()
-                self._goaway_left = length
-                continue
-            if held:
-                out.append(held)  # pos == seg == 0 here: held bytes only exist at a read's start
-            pos += need
-            self._pass = length
-        if seg == 0 and pos == n and not out:
-            return data, found
-        if pos > seg:
-            out.append(mv[seg:pos])
-        return b"".join(out), found
-
-
-def set_nodelay(stream: Any) -> None:
-    """Disable Nagle on the TCP socket under ``stream``: HTTP/2 writes many small frames
-    (WINDOW_UPDATE, HEADERS) whose delay would stall the peer's flow control."""
-    sock = getattr(stream, "socket", stream)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError, TypeError):
-        pass  # not TCP (unix socket) or not a socket at all
-
-
-def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
-    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()
-
-
-def _connection_tokens(headers: Headers) -> set[bytes] | None:
-    drop = None
-    for k, v in headers.items_:
-        if k == b"connection":
-            drop = drop or set()
-            drop.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    return drop
-
-
-def response_header_block(status: int, headers: Headers) -> HeaderList:
-    """``:status`` plus the headers HTTP/2 may carry (no hop-by-hop, no ``connection`` tokens)."""
-    drop = _connection_tokens(headers)
-    out: HeaderList = [(b":status", b"%d" % status)]
-    for k, v in headers.items_:
-        if k in HOP_BY_HOP or k[:1] == b":" or (drop is not None and k in drop):
-            continue
-        out.append((k, v))
-    return out
-
-
-def trailer_block(trailers: HeaderList) -> HeaderList:
-    return [(k, v) for k, v in trailers if k[:1] != b":" and k not in HOP_BY_HOP]
-
-
-def write_data(conn: h2.connection.H2Connection, out: H2Output, st: Any, data: bytes, end: bool,
-               timeout: float, check: Callable[[Any], None], room_timeout: float) -> bool:
-    """Send ``data`` on stream ``st`` as DATA frames within the peer's flow-control windows.
-
-    ``st`` needs ``id`` and ``win_ev`` (set by the reader on WINDOW_UPDATE / SETTINGS);
-    ``check(st)`` raises when the stream is gone. Returns False if the window stayed shut for
-    ``timeout`` seconds.
-    """
-    view = memoryview(data)
-    total = len(view)
-    off = 0
-    while True:
-        check(st)
-        try:
-            room = min(conn.local_flow_control_window(st.id), total - off)
-            frame = conn.max_outbound_frame_size
-            while room > 0:
-                size = min(room, frame)
-                conn.send_data(st.id, view[off:off + size] if size < total else data,
-                               end_stream=end and off + size == total)
-                off += size
-                room -= size
-        except h2.exceptions.StreamClosedError:
-            raise StreamGone from None
-        out.flush()
-        out.wait_room(room_timeout)
-        if off >= total:
-            return True
-        st.win_ev.clear()
-        try:
-            shut = conn.local_flow_control_window(st.id) <= 0
-        except h2.exceptions.StreamClosedError:
-            raise StreamGone from None
-        if shut and not st.win_ev.wait(timeout):
-            return False
-
-
-class StreamGone(Exception):
-    """The stream was reset or the connection is gone: stop working on it."""
 
 
 class _Wakeup(Exception):
