@@ -6,6 +6,7 @@ import time
 
 import pexpect
 import pytest
+from gevent import monkey
 
 from tests.mgmt_helpers import FakeDaemon, flow_entry, short_tmpdir, sock_in, start_unix, wait_for
 
@@ -19,8 +20,15 @@ class Shell:
     def __init__(self, sock, home):
         env = {"HOME": str(home), "TERM": "xterm", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "PYTHONPATH": ROOT, "LANG": "C.UTF-8"}
-        self.p = pexpect.spawn(sys.executable, ["-m", "vane.cli.main", "--socket", sock, "shell"],
-                               cwd=ROOT, env=env, encoding="utf-8", timeout=10, dimensions=(30, 160))
+        # gevent's patched forkpty leaves ptyprocess's exec-error pipe open in the parent, so its
+        # spawn blocks forever; the child execs at once and needs no gevent re-init.
+        patched = os.forkpty
+        os.forkpty = monkey.get_original("os", "forkpty")
+        try:
+            self.p = pexpect.spawn(sys.executable, ["-m", "vane.cli.main", "--socket", sock, "shell"],
+                                   cwd=ROOT, env=env, encoding="utf-8", timeout=10, dimensions=(30, 160))
+        finally:
+            os.forkpty = patched
 
     def expect(self, pattern):
         while True:

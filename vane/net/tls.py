@@ -459,6 +459,10 @@ class TLSStream:
                 pass
         self._release()
 
+    def abort(self) -> None:
+        """Close without close_notify: the peer must not take a cut-off stream as complete."""
+        self._release()
+
     def _release(self) -> None:
         if self._closed:
             return

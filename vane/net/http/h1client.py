@@ -18,7 +18,7 @@ from vane.net.http.errors import (
 )
 from vane.net.http.h1common import (
     COALESCE_LIMIT, CRLF, LAST_CHUNK, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
-    IoTimers, head_is_clean, recv_buffer, recv_view, sendall_timed,
+    StreamIO, head_is_clean, recv_buffer, recv_view,
 )
 from vane.net.http.message import Headers, Request, Response
 
@@ -53,8 +53,7 @@ class H1ClientConnection:
         self.bytes_received = 0     # bytes of the current response read from the socket
         self.requests = 0
         self._parser = HttpResponseParser(self)
-        self._timers = IoTimers()
-        stream.settimeout(None)     # every blocking call is bounded by self._timers instead
+        self._io = StreamIO(stream)
         self._callbacks: list[Callable[["H1ClientConnection"], None]] = []
         self._rest = b""
         self._broken = False        # framing no longer trustworthy: never reuse
@@ -146,7 +145,7 @@ class H1ClientConnection:
                 n = self._recv("response head", remaining, False)
             else:
                 deadline = monotonic() + limit
-                n = self._recv("response head", limit, True)
+                n = self._recv("response head", limit, True, True)
             if not n:
                 raise self._fail(UpstreamProtocolError(
                     "connection closed before a response", self.bytes_sent > 0,
@@ -180,7 +179,7 @@ class H1ClientConnection:
 
     def _send(self, data: bytes) -> None:
         try:
-            sendall_timed(self.stream, data, self._timers, self.idle_timeout)
+            self._io.sendall(data, self.idle_timeout)
         except TimeoutError:
             raise self._fail(UpstreamTimeout("send timeout", True)) from None
         except OSError as exc:
@@ -224,19 +223,17 @@ class H1ClientConnection:
         self._broken = True
         return exc
 
-    def _recv(self, what: str, timeout: float, keep_timer: bool = True) -> int:
+    def _recv(self, what: str, timeout: float, keep_timer: bool = True,
+              wait_first: bool = False) -> int:
         """Read once and feed the parser; returns the byte count (0 at EOF)."""
-        timer = self._timers.start(timeout, keep_timer)
         try:
-            n = self.stream.recv_into(recv_buffer)
+            n = self._io.recv_into(recv_buffer, timeout, keep_timer, wait_first)
         except TimeoutError:
             raise self._fail(UpstreamTimeout(f"{what} timeout", True,
                                              self.bytes_received > 0)) from None
         except OSError as exc:
             raise self._fail(UpstreamConnectError(
                 f"{what}: {exc}", self.bytes_sent > 0, self.bytes_received > 0)) from None
-        finally:
-            timer.stop()
         if n:
             self.bytes_received += n
             data = recv_view[:n] if n < RECV_SIZE else recv_view

@@ -20,7 +20,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from vane.net.http.errors import ClientDisconnected, HttpError
 from vane.net.http.h1common import (
     COALESCE_LIMIT, CRLF, LAST_CHUNK, NO_BODY, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
-    IoTimers, http_date, recv_buffer, recv_view, sendall_timed, status_line, STATUS_LINES,
+    StreamIO, http_date, recv_buffer, recv_view, status_line, STATUS_LINES,
 )
 from vane.net.http.message import Body, Headers, Request, Response
 
@@ -69,8 +69,7 @@ class H1ServerConnection:
         self.bytes_in = 0
         self.bytes_out = 0
         self._parser = HttpRequestParser(self)
-        self._timers = IoTimers()
-        stream.settimeout(None)     # every blocking call is bounded by self._timers instead
+        self._io = StreamIO(stream)
         self._ready: deque[tuple[Request, int]] = deque()
         self._rest = b""            # raw bytes left unparsed after an upgrade request
         self._keep = True           # may carry another request
@@ -215,7 +214,7 @@ class H1ServerConnection:
 
         if not send_body:
             body.close()
-            sendall_timed(self.stream, head, self._timers, self.limits.body_idle_timeout)
+            self._io.sendall(head, self.limits.body_idle_timeout)
             self.bytes_out += len(head)
             return len(head)
         try:
@@ -254,7 +253,7 @@ class H1ServerConnection:
             if self._ready:
                 return
         limits = self.limits
-        stream = self.stream
+        io = self._io
         deadline = 0.0
         in_head = self._in_head     # bytes of the next head arrived with the last body
         while True:
@@ -268,17 +267,14 @@ class H1ServerConnection:
                 timeout = deadline - now
             else:
                 timeout = limits.keepalive_timeout if self.requests else limits.header_timeout
-            timer = self._timers.start(timeout, not deadline)
             try:
-                n = stream.recv_into(recv_buffer)
+                n = io.recv_into(recv_buffer, timeout, not deadline)
             except TimeoutError:
                 if in_head:
                     raise self._fail(HttpError(408)) from None
                 n = 0
             except OSError:
                 n = 0
-            finally:
-                timer.stop()
             if not n:
                 self._keep = False
                 return
@@ -342,7 +338,7 @@ class H1ServerConnection:
         """Read more of ``body`` (called by its iterator)."""
         if self._continue_due and body is self._body:
             self._continue_due = False
-            sendall_timed(self.stream, _CONTINUE, self._timers, self.limits.body_idle_timeout)
+            self._io.sendall(_CONTINUE, self.limits.body_idle_timeout)
             self.bytes_out += len(_CONTINUE)
         self._read_body_bytes()
 
@@ -351,15 +347,12 @@ class H1ServerConnection:
             rest, self._rest = self._rest, b""
             self._feed(rest, len(rest))
             return
-        timer = self._timers.start(self.limits.body_idle_timeout)
         try:
-            n = self.stream.recv_into(recv_buffer)
+            n = self._io.recv_into(recv_buffer, self.limits.body_idle_timeout)
         except TimeoutError:
             raise self._fail(HttpError(408, "request body timeout")) from None
         except OSError as exc:
             raise self._fail(ClientDisconnected(str(exc))) from None
-        finally:
-            timer.stop()
         if not n:
             raise self._fail(ClientDisconnected())
         self.bytes_in += n
@@ -536,7 +529,7 @@ class H1ServerConnection:
     # ------------------------------------------------------------------ writing
 
     def _sendall(self, data: bytes) -> None:
-        sendall_timed(self.stream, data, self._timers, self.limits.body_idle_timeout)
+        self._io.sendall(data, self.limits.body_idle_timeout)
 
     def _send_body(self, head: bytes, body: Body, chunked: bool) -> int:
         sendall = self._sendall
