@@ -175,6 +175,9 @@ class Settings:
                 errors.append(ConfigError(".env", "", f"{source}: {exc}"))
         if errors:
             raise CompileFailed(errors)
+        if values.get("mgmt_http_public") and not values.get("mgmt_http_token"):
+            raise CompileFailed([ConfigError(".env", "", "VANE_MGMT_HTTP_PUBLIC=1 needs VANE_MGMT_HTTP_TOKEN: "
+                                             "management over a public address without a token is refused")])
         if values.get("bind_backoff_max_ms", cls.bind_backoff_max_ms) < values.get(
                 "bind_backoff_initial_ms", cls.bind_backoff_initial_ms):
             raise CompileFailed([ConfigError(".env", "", "VANE_BIND_BACKOFF_MAX_MS: must be >= "

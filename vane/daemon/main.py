@@ -87,6 +87,9 @@ def run(config_dir: str, check: bool = False) -> int:
         for err in exc.errors:
             logging.getLogger("vane.daemon").error("config error: %s", err)
         return 1
+    except RuntimeError as exc:  # the management socket belongs to a running daemon
+        logging.getLogger("vane.daemon").error("%s", exc)
+        return 1
     return daemon.run()
 
 

@@ -47,8 +47,7 @@ class MgmtStartError(RuntimeError):
     """The management server cannot start (socket in use, bad group, unsafe HTTP settings)."""
 
 
-class _TooLarge(Exception):
-    pass
+_TOO_LARGE = b"<too large>"  # identity-compared marker returned by _read_line
 
 
 def _clear_stale(path: str) -> None:
@@ -73,7 +72,7 @@ def _clear_stale(path: str) -> None:
         raise MgmtStartError(f"cannot check the existing socket {path}: {e}") from None
     finally:
         probe.close()
-    raise MgmtStartError(f"another vaned is already running: it answers on {path}")
+    raise AlreadyRunning(f"another vaned is already running: it answers on {path}")
 
 
 def bind_unix(path: str, group: str | None = None, mode: int = 0o660, backlog: int = 64) -> socket.socket:
@@ -130,6 +129,7 @@ class UnixMgmtServer:
         self._server: StreamServer | None = None
         self._inode: int | None = None
         self._streams: set[Subscription] = set()
+        self._idle: set[gevent.Greenlet] = set()  # handlers waiting for the next request
 
     @property
     def address(self) -> str:
@@ -152,8 +152,12 @@ class UnixMgmtServer:
         for sub in list(self._streams):
             sub.close("shutdown")
         if self._server is not None:
-            self._server.stop(timeout=timeout)
+            self._server.close()
             self._server = None
+            for g in list(self._idle):  # waiting for a request: nothing to finish
+                g.kill(block=False)
+            self._pool.join(timeout=timeout)
+            self._pool.kill(block=True, timeout=1)
         try:
             if self._inode is not None and os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
@@ -164,12 +168,16 @@ class UnixMgmtServer:
     # connection ---------------------------------------------------------------------
     def _handle(self, sock: socket.socket, _addr: Any) -> None:
         buf = bytearray()
+        me = gevent.getcurrent()
         try:
             while True:
                 sock.settimeout(self.idle_timeout)
+                self._idle.add(me)
                 try:
                     line = self._read_line(sock, buf)
-                except _TooLarge:
+                finally:
+                    self._idle.discard(me)
+                if line is _TOO_LARGE:
                     err = MgmtError(TOO_LARGE, f"request line longer than {self.max_line} bytes")
                     self._send(sock, error_frame(None, err))
                     return
@@ -194,12 +202,12 @@ class UnixMgmtServer:
             i = buf.find(b"\n", scanned)
             if i >= 0:
                 if i > self.max_line:
-                    raise _TooLarge()
+                    return _TOO_LARGE
                 line = bytes(buf[:i])
                 del buf[: i + 1]
                 return line
             if len(buf) > self.max_line:
-                raise _TooLarge()
+                return _TOO_LARGE
             scanned = len(buf)
             chunk = sock.recv(65536)
             if not chunk:

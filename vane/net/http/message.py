@@ -141,6 +141,8 @@ class Body:
     def read_all(self, limit: int) -> bytes:
         """Buffer the whole body (at most ``limit`` bytes) and keep it for re-reading."""
         if self._buffered is not None:
+            if len(self._buffered) > limit:
+                raise BodyTooLarge(len(self._buffered))
             return self._buffered
         if self.length is not None and self.length > limit:
             self.close()
