@@ -30,7 +30,8 @@ def test_seed_aliases_and_vane_name_wins():
 
 
 def test_mgmt_port_empty_disables_and_bools():
-    s = Settings.from_env({"VANE_MGMT_HTTP_PORT": "", "VANE_BIND_IPV6": "0", "VANE_MGMT_HTTP_PUBLIC": "1"})
+    s = Settings.from_env({"VANE_MGMT_HTTP_PORT": "", "VANE_BIND_IPV6": "0", "VANE_MGMT_HTTP_PUBLIC": "1",
+                           "VANE_MGMT_HTTP_TOKEN": "t"})
     assert s.mgmt_http_port is None and s.bind_ipv6 is False and s.mgmt_http_public is True
     with pytest.raises(CompileFailed, match="VANE_BIND_IPV4"):
         Settings.from_env({"VANE_BIND_IPV4": "maybe"})
@@ -41,3 +42,8 @@ def test_dotenv_loaded_and_os_env_wins(tmp_path):
     s = load_settings(str(tmp_path), {"VANE_LOG_LEVEL": "warning"})
     assert s.drain_timeout == 12.0
     assert s.log_level == "warning"
+
+
+def test_public_management_without_token_refused():
+    with pytest.raises(CompileFailed, match="VANE_MGMT_HTTP_TOKEN"):
+        Settings.from_env({"VANE_MGMT_HTTP_PUBLIC": "1"})
