@@ -41,6 +41,7 @@ def test_cardinality_is_capped():
     for i in range(50):
         m.request(f"rule{i}", 200, 0.01)
         m.upstream_error(f"up{i}", "timeout")
+    m.flush()
     assert len(m.requests_total) == 11  # 10 + "other"
     fams = families(m)
     rules = {s.labels["rule"] for s in fams["vane_requests"].samples if s.name == "vane_requests_total"}

@@ -47,6 +47,10 @@ class MgmtStartError(RuntimeError):
     """The management server cannot start (socket in use, bad group, unsafe HTTP settings)."""
 
 
+class AlreadyRunning(MgmtStartError):
+    """A live daemon answers on the socket path: a second one must not start."""
+
+
 _TOO_LARGE = b"<too large>"  # identity-compared marker returned by _read_line
 
 

@@ -18,6 +18,7 @@ __all__ = ["CONTENT_TYPE", "Metrics", "OTHER"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OTHER = "other"
+REQUEST_BATCH = 512  # request observations folded in at once
 
 
 class _Family:
@@ -62,6 +63,7 @@ class Metrics:
 
     def __init__(self, max_series: int = 1000, buckets: Sequence[float] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._batch: list[tuple[str | None, int | None, float]] = []
         r = self.registry
         cap = max_series
 
@@ -100,10 +102,27 @@ class Metrics:
         self.connections_active.child(listener).dec()
 
     def request(self, rule: str | None, status: int | None, seconds: float) -> None:
-        """One finished HTTP request; ``rule`` None means no rule matched."""
-        name = rule or "none"
-        self.requests_total.child(name, status_class(status)).inc()
-        self.request_duration.child(name).observe(seconds)
+        """One finished HTTP request; ``rule`` None means no rule matched.
+
+        The hot path only appends to a batch (no locks, no label lookups); the batch is folded
+        into the prometheus families when it fills up or when metrics are read.
+        """
+        batch = self._batch
+        batch.append((rule, status, seconds))
+        if len(batch) >= REQUEST_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold batched request observations into the metric families."""
+        batch, self._batch = self._batch, []
+        counts: dict[tuple[str, str], int] = {}
+        for rule, status, seconds in batch:
+            name = rule or "none"
+            key = (name, status_class(status))
+            counts[key] = counts.get(key, 0) + 1
+            self.request_duration.child(name).observe(seconds)
+        for key, n in counts.items():
+            self.requests_total.child(*key).inc(n)
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         """``kind``: e.g. "connect", "timeout", "reset", "protocol", "tls"."""
@@ -125,10 +144,12 @@ class Metrics:
     # exposition ------------------------------------------------------------------
     def render_prometheus(self) -> bytes:
         """The text exposition format (``CONTENT_TYPE``)."""
+        self.flush()
         return generate_latest(self.registry)
 
     def as_json(self) -> dict:
         """``{"families": [{"name", "type", "help", "samples": [{"name", "labels", "value"}]}]}``."""
+        self.flush()
         families = []
         for fam in self.registry.collect():
             samples = [
