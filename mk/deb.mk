@@ -7,7 +7,7 @@
 #                   (build/deb-test-root) and check install, service account, daemon,
 #                   management socket, conffiles, remove and purge; DEB=path skips the build
 #   make deb-lint   lintian and systemd-analyze on an already built package
-#   make deb-clean  remove the build and test directories
+#   make deb-clean  remove the build and test directories (the cached chroots too)
 #
 # The build runs in a copy of the tree under build/deb/, so the working tree (and its
 # .venv) is never touched by debian/rules. systemd-analyze verify runs against the
@@ -85,6 +85,8 @@ deb-test: $(if $(DEB),,deb)
 	@$(DEB_SUDO) packaging/deb-test $(or $(DEB),./$(DEB_FILE))
 
 deb-clean:
-	rm -rf $(DEB_BUILD_DIR) build/deb-test-root build/deb-test-base ./vane_*.deb
+	@if findmnt -rn -o TARGET | grep -q "^$(CURDIR)/build/deb-test-"; then \
+	  echo "deb-clean: a deb-test is running (something is mounted below build/deb-test-*)" >&2; exit 1; fi
+	$(DEB_SUDO) rm -rf --one-file-system $(DEB_BUILD_DIR) build/deb-test-* ./vane_*.deb
 
 .DEFAULT_GOAL := $(_deb_saved_goal)

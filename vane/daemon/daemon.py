@@ -77,6 +77,7 @@ class Daemon:
         self.conns = ConnTable()
         self.services = Services(settings, self.metrics, self.flow_log, self.conns)
         self.graph: FlowGraph | None = None
+        self.acknowledged: str | None = None  # the hash the last `reload` verb reported
         self.listeners: dict[Any, Listener] = {}
         self.retired: list[Listener] = []
         self.last_reload: dict = {"time": None, "result": None, "error": None}
@@ -110,6 +111,7 @@ class Daemon:
         graph = self.compile()
         self.link(graph)
         self.graph = graph
+        self.acknowledged = graph.hash
         self.last_reload = {"time": time.time(), "result": "boot", "error": None}
         for sock in activated_sockets():
             key = socket_key(sock)
@@ -130,9 +132,12 @@ class Daemon:
         log.info("vaned %s serving graph %s (%d listeners)", __version__, graph.hash[:12], len(self.listeners))
 
     def _start_management(self) -> None:
+        from vane.mgmt.server_unix import AlreadyRunning
+        from vane.mgmt.service import start_management
         try:
-            from vane.mgmt.service import start_management
             self.management = start_management(self)
+        except AlreadyRunning:
+            raise
         except Exception as exc:  # noqa: BLE001 - the proxy serves even when management cannot start
             log.warning("management interface not started: %s (set VANE_MGMT_UNIX to a writable path)", exc)
 
@@ -223,12 +228,16 @@ class Daemon:
         label = str(listener.addr)
         self.metrics.conn_opened(label)
         outcome = "aborted"
+        aborted = False
         try:
             outcome = walk(plan.root, ctx, self.settings.flow_execution_timeout).name
         except gevent.GreenletExit:
+            aborted = True
             ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
         finally:
-            if not udp:
+            if aborted and not udp:
+                reset(sock)  # cut short: the client must not mistake it for a complete reply
+            elif not udp:
                 try:
                     sock.close()
                 except OSError:
@@ -255,7 +264,21 @@ class Daemon:
     # -- reload --------------------------------------------------------------------------------
 
     def reload(self) -> dict:
-        """Compile and swap; {"status": "reloaded"|"unchanged", "hash"}; raises CompileFailed."""
+        """The ``reload`` verb: compile and swap; raises CompileFailed.
+
+        ``reloaded`` means the graph now serving differs from the one the previous ``reload``
+        verb reported (or from boot) — also when the file watcher already loaded it a moment
+        before — so ``vane reload`` after a config change says ``reloaded`` for Ansible and
+        cron; ``unchanged`` means nothing changed since.
+        """
+        result = self.reload_now()
+        if result["status"] == "unchanged" and result["hash"] != self.acknowledged:
+            result = {"status": "reloaded", "hash": result["hash"]}
+        self.acknowledged = result["hash"]
+        return result
+
+    def reload_now(self) -> dict:
+        """Compile and swap (watcher, SIGHUP, verb); {"status", "hash"}; raises CompileFailed."""
         with self._reload_lock:
             sdnotify.notify("RELOADING=1")
             try:
@@ -287,7 +310,7 @@ class Daemon:
 
     def _reload_quietly(self) -> None:
         try:
-            self.reload()
+            self.reload_now()
         except CompileFailed:
             pass  # logged and kept in last_reload
 
@@ -311,10 +334,7 @@ class Daemon:
         left = list(self.conns)
         if left:
             log.warning("drain budget exhausted: aborting %d connection(s)", len(left))
-            for rec in left:
-                if rec.greenlet is not None:
-                    rec.greenlet.kill(block=False)
-            gevent.sleep(0)
+            self._abort(left)
         self._finish()
 
     def close_now(self) -> None:
@@ -323,10 +343,16 @@ class Daemon:
         self.services.draining.set()
         for lst in self.listeners.values():
             lst.stop()
-        for rec in list(self.conns):
-            if rec.greenlet is not None:
-                rec.greenlet.kill(block=False)
+        self._abort(list(self.conns))
         self._finish()
+
+    @staticmethod
+    def _abort(records: list[ConnRecord]) -> None:
+        """Kill connection greenlets and let them close their sockets (RST) before we go on:
+        the process exits right after, and an unfinished close would look like a clean end."""
+        greenlets = [rec.greenlet for rec in records if rec.greenlet is not None]
+        if greenlets:
+            gevent.killall(greenlets, block=True, timeout=1.0)
 
     def _finish(self) -> None:
         if self.watcher is not None:
