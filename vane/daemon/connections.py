@@ -15,7 +15,7 @@ from vane.net.tunnel import Counters
 
 class ConnRecord:
     __slots__ = ("id", "remote", "local", "listener", "proto", "started", "counters", "ctx", "greenlet",
-                 "upstream", "requests")
+                 "upstream", "requests", "parked", "finish")
 
     def __init__(self, conn_id: str, remote: tuple, local: tuple, listener: Any, proto: str) -> None:
         self.id = conn_id
@@ -29,6 +29,15 @@ class ConnRecord:
         self.greenlet: Any = None
         self.upstream: str | None = None
         self.requests = 0
+        self.parked: Any = None       # an idle keep-alive connection waiting without a greenlet
+        self.finish: Any = None       # ends the connection: close, accounting, flow log
+
+    def abort(self) -> None:
+        """End the connection now (drain budget exhausted, shutdown)."""
+        if self.parked is not None:
+            self.parked.close()
+        elif self.greenlet is not None:
+            self.greenlet.kill(block=False)
 
     def to_dict(self) -> dict:
         ctx = self.ctx
@@ -39,7 +48,7 @@ class ConnRecord:
             "rule": ctx.rule if ctx is not None else None,
             "node": ctx.node if ctx is not None else "",
             "layer": ctx.layer if ctx is not None else "l4",
-            "upstream": self.upstream, "requests": self.requests,
+            "upstream": self.upstream, "requests": self.requests, "idle": self.parked is not None,
             "bytes_in": self.counters.up, "bytes_out": self.counters.down,
             "age_secs": round(time.monotonic() - self.started, 3),
         }

@@ -29,6 +29,7 @@ from vane.engine.executor import walk
 from vane.engine.ids import uuid7
 from vane.net.l4context import L4Context
 from vane.net.listeners import Listener, activated_sockets, socket_key
+from vane.net.parking import Parking
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub
 from vane.observe.metrics import Metrics
@@ -54,6 +55,7 @@ class Services:
         self.conns = conns
         self.floor = Floor(settings, conns, metrics)
         self.tls_cache = ContextCache()
+        self.parking = Parking()
         self.draining = Event()
         self._pool = None
 
@@ -178,8 +180,7 @@ class Daemon:
             while self.conns.of_listener(lst) and time.monotonic() < deadline:
                 gevent.sleep(0.1)
             for rec in self.conns.of_listener(lst):
-                if rec.greenlet is not None:
-                    rec.greenlet.kill(block=False)
+                rec.abort()
             if lst in self.retired:
                 self.retired.remove(lst)
 
@@ -227,17 +228,9 @@ class Daemon:
         self.conns.add(record)
         label = str(listener.addr)
         self.metrics.conn_opened(label)
-        outcome = "aborted"
-        aborted = False
-        try:
-            outcome = walk(plan.root, ctx, self.settings.flow_execution_timeout).name
-        except gevent.GreenletExit:
-            aborted = True
-            ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
-        finally:
-            if aborted and not udp:
-                reset(sock)  # cut short: the client must not mistake it for a complete reply
-            elif not udp:
+
+        def finish(outcome: str) -> None:
+            if not udp:
                 try:
                     sock.close()
                 except OSError:
@@ -245,6 +238,16 @@ class Daemon:
             self.conns.remove(record)
             self.metrics.conn_closed(label)
             self._record_l4(ctx, record, outcome)
+
+        record.finish = finish
+        outcome = "aborted"
+        try:
+            outcome = walk(plan.root, ctx, self.settings.flow_execution_timeout).name
+        except gevent.GreenletExit:
+            ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
+        finally:
+            if record.parked is None:  # a parked connection is finished by the greenlet that resumes it
+                finish(outcome)
 
     def _on_step(self, ctx: Any, node: Any, branch: str) -> None:
         """Debug flow log: one event per step."""
@@ -328,6 +331,7 @@ class Daemon:
             lst.stop()
         if self.watcher is not None:
             self.watcher.stop()
+        self.services.parking.close_all()  # idle keep-alive connections end now
         deadline = time.monotonic() + self.settings.drain_timeout
         while len(self.conns) and time.monotonic() < deadline:
             gevent.sleep(0.05)
@@ -350,6 +354,9 @@ class Daemon:
     def _abort(records: list[ConnRecord]) -> None:
         """Kill connection greenlets and let them close their sockets (RST) before we go on:
         the process exits right after, and an unfinished close would look like a clean end."""
+        for rec in records:
+            if rec.parked is not None:
+                rec.parked.close()
         greenlets = [rec.greenlet for rec in records if rec.greenlet is not None]
         if greenlets:
             gevent.killall(greenlets, block=True, timeout=1.0)

@@ -459,6 +459,10 @@ class TLSStream:
                 pass
         self._release()
 
+    def pending(self) -> int:
+        """Decrypted bytes buffered inside the TLS object (invisible to a read watcher)."""
+        return self._conn.pending()
+
     def abort(self) -> None:
         """Close without close_notify: the peer must not take a cut-off stream as complete."""
         self._release()

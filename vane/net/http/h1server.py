@@ -19,8 +19,21 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from vane.net.http.errors import ClientDisconnected, HttpError
 from vane.net.http.h1common import (
-    COALESCE_LIMIT, CRLF, LAST_CHUNK, NO_BODY, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
-    StreamIO, http_date, recv_buffer, recv_view, status_line, STATUS_LINES,
+    COALESCE_LIMIT,
+    CRLF,
+    LAST_CHUNK,
+    NO_BODY,
+    RECV_SIZE,
+    STATUS_LINES,
+    Stream,
+    StreamBody,
+    StreamIO,
+    frame_chunk,
+    frame_chunks,
+    http_date,
+    recv_buffer,
+    recv_view,
+    status_line,
 )
 from vane.net.http.message import Body, Headers, Request, Response
 
@@ -61,7 +74,8 @@ class H1Limits:
 class H1ServerConnection:
     """One client connection speaking HTTP/1.0 or 1.1."""
 
-    def __init__(self, stream, limits: H1Limits | None = None, scheme: str = "http") -> None:
+    def __init__(self, stream: Stream, limits: H1Limits | None = None,
+                 scheme: str = "http") -> None:
         self.stream = stream
         self.limits = limits or H1Limits()
         self.scheme = scheme
@@ -100,6 +114,13 @@ class H1ServerConnection:
     def keep_alive(self) -> bool:
         """Whether the connection may carry another request after the current one."""
         return self._keep
+
+    def idle(self) -> bool:
+        """Between requests with nothing buffered or half-read: the next request may be waited
+        for elsewhere (the connection can be parked without its greenlet)."""
+        body = self._body
+        return (self._keep and not self._ready and not self._rest and not self._in_head
+                and (body is None or body.done) and not self._flags & _F_UPGRADE)
 
     def close_after(self) -> None:
         """Ask for ``Connection: close`` on the next response and no further requests."""
@@ -235,8 +256,12 @@ class H1ServerConnection:
                         Body.from_bytes(data))
         return self.write_response(resp, None)
 
-    def detach(self) -> tuple[object, bytes]:
-        """Hand the raw stream and the bytes already read past the head to a tunnel."""
+    def detach(self) -> tuple[Stream, bytes]:
+        """Hand the raw stream and the bytes already read past the head to a tunnel.
+
+        The stream has no socket timeout (the codec bounds its own calls with timers); the
+        tunnel sets whatever it needs.
+        """
         stream, rest = self.stream, self._rest
         self._rest = b""
         self._keep = False
@@ -528,51 +553,48 @@ class H1ServerConnection:
 
     # ------------------------------------------------------------------ writing
 
-    def _sendall(self, data: bytes) -> None:
-        self._io.sendall(data, self.limits.body_idle_timeout)
-
     def _send_body(self, head: bytes, body: Body, chunked: bool) -> int:
-        sendall = self._sendall
+        sendall = self._io.sendall
+        timeout = self.limits.body_idle_timeout
         if body.is_buffered:
             data = body.read_all(body.length or 0)
             if len(data) <= COALESCE_LIMIT:
-                sendall(head + data)
+                sendall(head + data, timeout)
             else:
-                sendall(head)
-                sendall(data)
+                sendall(head, timeout)
+                sendall(data, timeout)
             return len(head) + len(data)
         sent = 0
         if body.__class__ is StreamBody:
             # what the parser already holds goes out with the head when small
             ready = body.take_ready()
-            done = body.done
             if chunked:
                 first = frame_chunks(ready) if ready else b""
-                if done:
+                if body.done:
                     first += LAST_CHUNK
             else:
                 first = ready[0] if len(ready) == 1 else b"".join(ready)
             if len(first) <= COALESCE_LIMIT:
                 head += first
             else:
-                sendall(head)
+                sendall(head, timeout)
                 sent += len(head)
                 head = first
-            if done:
-                sendall(head)
+            if body.done:
+                sendall(head, timeout)
                 return sent + len(head)
-        sendall(head)
+        sendall(head, timeout)
         sent += len(head)
         if chunked:
             for chunk in body:
                 data = frame_chunk(chunk)
-                sendall(data)
+                sendall(data, timeout)
                 sent += len(data)
-            sendall(LAST_CHUNK)
+            sendall(LAST_CHUNK, timeout)
             sent += len(LAST_CHUNK)
         else:
             for chunk in body:
-                sendall(chunk)
+                sendall(chunk, timeout)
                 sent += len(chunk)
             if body.length is None:     # close-delimited (HTTP/1.0): the end is the close
                 self._keep = False

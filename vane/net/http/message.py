@@ -221,11 +221,20 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
 
 def strip_hop_by_hop(headers: Headers) -> None:
     """Remove hop-by-hop headers: the static set plus every name listed in ``Connection``."""
-    drop = set(HOP_BY_HOP)
-    for k, v in headers.items_:
-        if k == b"connection":
-            for token in v.split(b","):
-                token = token.strip().lower()
-                if token:
-                    drop.add(token)
-    headers.remove_many(drop)
+    items = headers.items_
+    listed: set[bytes] | None = None
+    found = False
+    for k, v in items:
+        if k in HOP_BY_HOP:
+            found = True
+            if k == b"connection":
+                for token in v.split(b","):
+                    token = token.strip().lower()
+                    if token:
+                        if listed is None:
+                            listed = set()
+                        listed.add(token)
+    if not found:
+        return  # the common case: nothing to strip, nothing rebuilt
+    drop = HOP_BY_HOP | listed if listed else HOP_BY_HOP
+    headers.items_ = [(k, v) for k, v in items if k not in drop]

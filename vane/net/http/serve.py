@@ -34,49 +34,110 @@ def serve_http(ctx: Any, root: Node, env: Any) -> None:
     if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
         serve_h2(ctx, root, env, scheme)
         return
-    limits = H1Limits(settings.sec_max_header_bytes, settings.sec_max_header_count, settings.sec_header_timeout,
-                      settings.sec_body_idle_timeout, settings.sec_keepalive_timeout)
-    conn = H1ServerConnection(ctx.stream, limits, scheme)
-    services = env.services
-    draining = services.draining if services is not None else None
-    record = ctx.record
-    timeout = settings.flow_execution_timeout
-    try:
-        while True:
-            try:
-                req = conn.next_request()
-            except HttpError as exc:
-                _write_error(conn, exc.status, ctx)
-                return
-            if req is None:
-                return
-            rctx = L7Context(ctx, req, services, settings)
-            rctx.h1 = conn
+    H1Session(ctx, root, env, scheme).run()
+
+
+class H1Session:
+    """One HTTP/1 connection's request loop; between requests it may park (vane.net.parking)."""
+
+    __slots__ = ("ctx", "root", "env", "conn", "services", "timeout")
+
+    def __init__(self, ctx: Any, root: Node, env: Any, scheme: str) -> None:
+        s = env.settings
+        limits = H1Limits(s.sec_max_header_bytes, s.sec_max_header_count, s.sec_header_timeout,
+                          s.sec_body_idle_timeout, s.sec_keepalive_timeout)
+        self.ctx = ctx
+        self.root = root
+        self.env = env
+        self.conn = H1ServerConnection(ctx.stream, limits, scheme)
+        self.services = env.services
+        self.timeout = s.flow_execution_timeout
+
+    def run(self) -> None:
+        """Serve requests until the connection ends or is parked."""
+        conn = self.conn
+        try:
+            while self._serve_one():
+                if conn.idle() and self._park():
+                    return
+        finally:
+            record = self.ctx.record
             if record is not None:
-                record.ctx = rctx
-                record.requests += 1
-            outcome = walk(root, rctx, timeout)
-            if rctx.hijack is not None:
-                return
-            resp = rctx.final_response()
-            if resp is None or outcome is ERROR or outcome is TIMEOUT:
-                resp = failure_response(rctx, outcome)
-                conn.close_after()
-            if draining is not None and draining.is_set():
-                conn.close_after()
-            try:
-                sent = conn.write_response(resp, req)
-            except OSError:
-                finish_request(rctx, resp, 0, aborted=True)
-                return
-            finish_request(rctx, resp, sent)
-            if not conn.keep_alive:
-                return
-    finally:
+                record.counters.up += conn.bytes_in
+                record.counters.down += conn.bytes_out
+                conn.bytes_in = conn.bytes_out = 0
+                record.ctx = self.ctx
+
+    def _serve_one(self) -> bool:
+        """One request; False when the connection must end."""
+        conn = self.conn
+        ctx = self.ctx
+        try:
+            req = conn.next_request()
+        except HttpError as exc:
+            _write_error(conn, exc.status, ctx)
+            return False
+        if req is None:
+            return False
+        services = self.services
+        rctx = L7Context(ctx, req, services, self.env.settings)
+        rctx.h1 = conn
+        record = ctx.record
         if record is not None:
-            record.ctx = ctx
-            record.counters.up += conn.bytes_in
-            record.counters.down += conn.bytes_out
+            record.ctx = rctx
+            record.requests += 1
+        outcome = walk(self.root, rctx, self.timeout)
+        if rctx.hijack is not None:
+            return False
+        resp = rctx.final_response()
+        if resp is None or outcome is ERROR or outcome is TIMEOUT:
+            resp = failure_response(rctx, outcome)
+            conn.close_after()
+        if services is not None and services.draining.is_set():
+            conn.close_after()
+        try:
+            sent = conn.write_response(resp, req)
+        except OSError:
+            finish_request(rctx, resp, 0, aborted=True)
+            return False
+        finish_request(rctx, resp, sent)
+        return conn.keep_alive
+
+    # -- parking ---------------------------------------------------------------------------------
+
+    def _park(self) -> bool:
+        ctx = self.ctx
+        record = ctx.record
+        services = self.services
+        if record is None or services is None or record.finish is None or services.draining.is_set():
+            return False
+        stream = ctx.stream
+        pending = getattr(stream, "pending", None)
+        if pending is not None and pending():
+            return False
+        record.parked = services.parking.park(record.id, stream.fileno(), self.conn.limits.keepalive_timeout,
+                                              self._resume, self._expire)
+        record.greenlet = None
+        return True
+
+    def _resume(self) -> None:
+        record = self.ctx.record
+        record.parked = None
+        record.greenlet = gevent.getcurrent()
+        try:
+            self.run()
+        except gevent.GreenletExit:
+            self.ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
+        except Exception:  # noqa: BLE001 - never let a connection greenlet die silently
+            log.exception("HTTP connection failed", extra=self.ctx.log_extra())
+        finally:
+            if record.parked is None:
+                record.finish("finished")
+
+    def _expire(self) -> None:
+        record = self.ctx.record
+        record.parked = None
+        record.finish("finished")
 
 
 def _h2c_preface(ctx: Any) -> bool:
