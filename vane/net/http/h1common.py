@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from email.utils import formatdate
 from errno import EBADF
+from socket import MSG_PEEK
 from http import HTTPStatus
 from time import time
 from typing import Any, Iterator, Protocol
 
 from gevent import get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
+from gevent.socket import wait_read
 
 from vane.net.http.message import Body
 
@@ -36,6 +38,18 @@ SEND_SLICE = 1 << 20
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Stream(Protocol):
+    """A plain gevent socket or a TLS stream with the same calls."""
+
+    def recv_into(self, buf: bytearray) -> int: ...
+
+    def sendall(self, data: bytes) -> None: ...
+
+    def settimeout(self, timeout: float | None) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class IoTimeout(TimeoutError):
@@ -98,8 +112,8 @@ class StreamIO:
 
     __slots__ = ("stream", "timers", "_plain")
 
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
+    def __init__(self, stream: Stream) -> None:
+        self.stream: Any = stream
         self.timers = IoTimers()
         self._plain = type(stream) is GeventSocket
         stream.settimeout(None)     # every blocking call is bounded by self.timers instead
@@ -130,6 +144,37 @@ class StreamIO:
         timer = self.timers.start(seconds, keep)
         try:
             return stream.recv_into(buf)
+        finally:
+            timer.stop()
+
+    def wait_readable(self, seconds: float) -> bool:
+        """True once input is waiting (or the peer closed); False after ``seconds`` of silence."""
+        stream = self.stream
+        pending = getattr(stream, "pending", None)
+        if pending is not None and pending():
+            return True
+        raw = stream._sock if self._plain else getattr(getattr(stream, "socket", None), "_sock", None)
+        if raw is None:
+            return True  # no way to look without reading: treat as busy
+        try:
+            raw.recv(1, MSG_PEEK)  # the OS socket under gevent is non-blocking
+            return True
+        except BlockingIOError:
+            pass
+        except OSError:
+            return True  # let the read report the error
+        timer = self.timers.start(seconds)
+        try:
+            if self._plain:
+                event = stream._read_event
+                if event is None:
+                    return True
+                stream._wait(event)  # the socket's own watcher: no new watcher per wait
+            else:
+                wait_read(stream.fileno())
+            return True
+        except IoTimeout:
+            return False
         finally:
             timer.stop()
 
@@ -228,7 +273,7 @@ for _name, _value in (("_chunks", None), ("length", 0), ("trailers", None), ("_b
 
 
 def _status_line(code: int, reason: str) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (code, reason.encode("latin-1"))
+    return b"HTTP/1.1 %d %s\r\n" % (code, reason.encode("latin-1", "replace"))
 
 
 STATUS_LINES: dict[int, bytes] = {int(s): _status_line(int(s), s.phrase) for s in HTTPStatus}

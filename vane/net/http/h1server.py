@@ -122,6 +122,10 @@ class H1ServerConnection:
         return (self._keep and not self._ready and not self._rest and not self._in_head
                 and (body is None or body.done) and not self._flags & _F_UPGRADE)
 
+    def wait_next(self, seconds: float) -> bool:
+        """Whether input for the next request arrives within ``seconds`` (call when ``idle``)."""
+        return self._io.wait_readable(seconds)
+
     def close_after(self) -> None:
         """Ask for ``Connection: close`` on the next response and no further requests."""
         self._keep = False

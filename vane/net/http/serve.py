@@ -27,6 +27,8 @@ from .message import Request, Response
 
 log = logging.getLogger("vane.http")
 
+PARK_AFTER = 1.0  # seconds a keep-alive connection waits with its greenlet before it is parked
+
 
 def serve_http(ctx: Any, root: Node, env: Any) -> None:
     settings = env.settings
@@ -57,9 +59,12 @@ class H1Session:
         """Serve requests until the connection ends or is parked."""
         conn = self.conn
         try:
+            draining = self.services.draining if self.services is not None else None
             while self._serve_one():
-                if conn.idle() and self._park():
-                    return
+                if not conn.idle() or conn.wait_next(PARK_AFTER):
+                    continue
+                if (draining is not None and draining.is_set()) or self._park():
+                    return  # idle while draining: close; otherwise parked
         finally:
             record = self.ctx.record
             if record is not None:
