@@ -94,7 +94,7 @@ class Procs:
                 _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
-        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        out = open(log, "ab") if log else subprocess.DEVNULL
         try:
             popen = subprocess.Popen(argv, env=env, stdin=stdin,
                                      stdout=stdout if stdout is not None else out,

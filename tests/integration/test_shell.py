@@ -20,15 +20,16 @@ class Shell:
     def __init__(self, sock, home):
         env = {"HOME": str(home), "TERM": "xterm", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "PYTHONPATH": ROOT, "LANG": "C.UTF-8"}
-        # gevent's patched forkpty leaves ptyprocess's exec-error pipe open in the parent, so its
-        # spawn blocks forever; the child execs at once and needs no gevent re-init.
-        patched = os.forkpty
-        os.forkpty = monkey.get_original("os", "forkpty")
+        # gevent defers os.close() to its loop; ptyprocess closes its exec-error pipe and then
+        # blocks reading it, so with the patched close the spawn never returns. (The patched
+        # forkpty stays: it registers the child with gevent, which reaps children.)
+        patched = os.close
+        os.close = monkey.get_original("os", "close")
         try:
             self.p = pexpect.spawn(sys.executable, ["-m", "vane.cli.main", "--socket", sock, "shell"],
                                    cwd=ROOT, env=env, encoding="utf-8", timeout=10, dimensions=(30, 160))
         finally:
-            os.forkpty = patched
+            os.close = patched
 
     def expect(self, pattern):
         while True:

@@ -6,7 +6,8 @@ import pytest
 
 from tests.mgmt_helpers import flow_entry
 from vane.cli import render
-from vane.cli.main import USAGE, UsageError, main, parse
+from vane.cli.args import USAGE, UsageError, parse
+from vane.cli.main import main
 
 
 def test_table_plain_is_tab_separated():
@@ -38,6 +39,9 @@ def test_flow_line_l7_and_l4():
     assert "(no rule) l4 tcp 0.0.0.0:8080 in=310 out=5120 error" in l4
     assert 'errors=["proxy: connect refused"]' in l4 and "missing=tls.sni" in l4
     assert "5 entries dropped" in render.flow_line({"dropped": 5})
+    step = {"ts": ts, "event": "step", "conn": "x-12345678", "layer": "l7", "rule": "blog",
+            "node": "/match", "plugin": "match", "branch": "true"}
+    assert render.flow_line(step) == "03:04:05.250 12345678 blog step /match match -> true"
 
 
 def test_log_line():

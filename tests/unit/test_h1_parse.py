@@ -531,3 +531,63 @@ def test_large_body_sent_separately_and_counted(pair):
     data = reader.get(timeout=5)
     assert data.endswith(b"\r\n\r\n" + payload)
     assert sent == len(data) == conn.bytes_out
+
+
+# ---------------------------------------------------------------- timeouts on writes, other streams
+
+
+def test_write_to_a_client_that_never_reads_times_out(pair):
+    server, client = pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn = H1ServerConnection(server, H1Limits(body_idle_timeout=0.3))
+    client.sendall(GET)
+    req = conn.next_request()
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        conn.write_response(Response(200, body=Body([b"x" * 65536] * 200)), req)
+    assert time.monotonic() - start < 2
+    assert not conn.keep_alive
+
+
+class WrappedStream:
+    """A stream that is not a plain gevent socket (as a TLS stream is)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def recv_into(self, buf):
+        return self.sock.recv_into(buf)
+
+    def recv(self, n):
+        return self.sock.recv(n)
+
+    def sendall(self, data):
+        self.sock.sendall(data)
+
+    def settimeout(self, timeout):
+        self.sock.settimeout(timeout)
+
+    def shutdown_write(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self):
+        self.sock.close()
+
+    def fileno(self):
+        return self.sock.fileno()
+
+
+def test_generic_stream_request_response_and_timeout(pair):
+    server, client = pair
+    conn = H1ServerConnection(WrappedStream(server), H1Limits(header_timeout=0.3,
+                                                              keepalive_timeout=0.3))
+    client.sendall(b"POST /w HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+    req = conn.next_request()
+    assert b"".join(req.body) == b"abc"
+    conn.write_response(Response(200, body=Body.from_bytes(b"ok")), req)
+    assert read_until(client, b"ok").endswith(b"\r\n\r\nok")
+    client.sendall(b"GET / HTTP/1.1\r\nHo")
+    with pytest.raises(HttpError) as info:
+        conn.next_request()
+    assert status_of(info) == 408

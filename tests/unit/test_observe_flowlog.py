@@ -87,3 +87,26 @@ def test_file_writer_drops_when_behind(tmp_path):
     fl.close()
     assert len(path.read_text().splitlines()) == 10
     assert fl.stats()["file_dropped"] == 90
+
+
+def test_file_writer_follows_logrotate(tmp_path):
+    path = tmp_path / "flow.ndjson"
+    fl = FlowLog(file_path=str(path))
+    fl.record(entry(1, 1.0))
+    assert wait_lines(path, 1)
+    path.rename(tmp_path / "flow.ndjson.1")
+    fl.record(entry(2, 1.0))
+    fl.close()
+    assert json.loads(path.read_text())["conn"] == "c2"
+    assert json.loads((tmp_path / "flow.ndjson.1").read_text())["conn"] == "c1"
+
+
+def wait_lines(path, n, timeout=2.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return True
+        gevent.sleep(0.01)
+    return False

@@ -157,8 +157,14 @@ def cmd_compile(args: dict, ctx: Context) -> int:
             ctx.print(f"ok {result.get('hash')}")
             for listener in result.get("listeners") or []:
                 ctx.print(f"listener {render.cell(listener)}")
-            for name, tree in (result.get("trees") or {}).items():
-                ctx.print(f"{name}:\n{render.to_json(tree)}")
+            trees = result.get("trees") or []
+            if isinstance(trees, dict):
+                trees = [{"listen": k, "tree": v} for k, v in trees.items()]
+            for t in trees:
+                name = t.get("listen", "?") if isinstance(t, dict) else "?"
+                rules = t.get("rules") if isinstance(t, dict) else None
+                ctx.print(f"{name}" + (f"  rules: {render.cell(rules)}" if rules else "") + ":")
+                ctx.print(render.to_json(t.get("tree", t) if isinstance(t, dict) else t))
         return EXIT_OK
     return _compile_offline(path, args.get("--config"), ctx)
 
@@ -238,6 +244,8 @@ def cmd_tail(args: dict, ctx: Context) -> int:
         for data in reader:
             ctx.print(render.to_json(data, lines=True) if ctx.json else line(data, ctx.tty))
     except KeyboardInterrupt:
+        ctx.err.write("\n")  # end the "^C" line the terminal echoed
+        ctx.err.flush()
         return EXIT_OK
     finally:
         reader.close()

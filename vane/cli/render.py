@@ -116,11 +116,16 @@ def flow_line(entry: dict, tty: bool = False) -> str:
     if "dropped" in entry and len(entry) == 1:
         return f"-- {entry['dropped']} entries dropped (this reader was too slow) --"
     rule = entry.get("rule") or "(no rule)"
+    if entry.get("event") == "step":  # debug level: one event per executor step
+        return (f"{clock(entry.get('ts'))} {short_id(entry.get('conn'))} {rule} step {entry.get('node', '-')} "
+                f"{entry.get('plugin', '-')} -> {entry.get('branch') or '-'}")
     if entry.get("layer") == "l7" or entry.get("method"):
         what = f"{entry.get('method', '-')} {entry.get('host') or ''}{entry.get('path') or ''}"
         what += f" -> {_status(entry.get('status'), tty)}"
     else:
         what = f"{entry.get('layer', 'l4')} {entry.get('listener', '-')}"
+        if entry.get("remote"):
+            what += f" from {entry['remote']}"
         what += f" in={entry.get('bytes_in', 0)} out={entry.get('bytes_out', 0)}"
     outcome = str(entry.get("outcome", "-"))
     if tty and outcome in ("error", "timeout"):

@@ -22,6 +22,7 @@ from prompt_toolkit.history import FileHistory, InMemoryHistory
 
 import vane
 from vane.cli import render
+from vane.cli.args import USAGE, UsageError, make_client, parse
 from vane.cli.commands import EXIT_OK, GET_TARGETS, Context, run
 from vane.mgmt.client import Client, DaemonError, Unreachable
 
@@ -118,8 +119,6 @@ def _history() -> Any:
 
 def run_shell(args: dict[str, Any]) -> int:
     """The REPL; returns 0 when the operator leaves."""
-    from vane.cli.main import USAGE, UsageError, make_client, parse
-
     poller = StatusPoller(make_client(args))
     session: PromptSession = PromptSession(
         history=_history(), completer=completer(), complete_while_typing=True,

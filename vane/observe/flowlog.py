@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import deque
 from typing import Any, Callable
@@ -150,9 +151,8 @@ class FlowLog:
         queue = self._file_queue
         assert queue is not None
         pool = gevent.get_hub().threadpool
-        fh = None
+        out = _NdjsonFile(path)
         try:
-            fh = open(path, "a", encoding="utf-8")
             while True:
                 item = queue.get()
                 batch = []
@@ -162,17 +162,39 @@ class FlowLog:
                         break
                     item = queue.get_nowait()
                 if batch:
-                    data = "\n".join(batch) + "\n"
-                    pool.apply(_write_flush, (fh, data))
+                    pool.apply(out.write, ("\n".join(batch) + "\n",))
                 if item is StopIteration:
                     return
         except Exception:
             log.exception("flow log writer stopped", extra={"file": path})
         finally:
-            if fh is not None:
-                fh.close()
+            out.close()
 
 
-def _write_flush(fh: Any, data: str) -> None:
-    fh.write(data)
-    fh.flush()
+class _NdjsonFile:
+    """An append-only file that follows logrotate: reopened when the path's inode changes.
+
+    Runs in the hub's thread pool, never on the event loop.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fh: Any = None
+        self._ino: int | None = None
+
+    def write(self, data: str) -> None:
+        try:
+            ino: int | None = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            ino = None
+        if self._fh is None or ino != self._ino:
+            self.close()
+            self._fh = open(self.path, "a", encoding="utf-8")
+            self._ino = os.fstat(self._fh.fileno()).st_ino
+        self._fh.write(data)
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

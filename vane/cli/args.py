@@ -1,0 +1,77 @@
+"""The vane command line: usage text (the §10 contract), parsing, and the client it selects.
+
+Shared by ``vane`` (main.py) and ``vane shell``, which parses each line with the same usage.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from docopt import DocoptExit, docopt
+
+from vane.mgmt.client import Client
+
+__all__ = ["USAGE", "UsageError", "make_client", "parse"]
+
+USAGE = """\
+vane - steer a running vaned.
+
+Usage:
+  vane [options] (ping | stats | reload | shutdown)
+  vane [options] compile <path> [--config DIR] [--daemon]
+  vane [options] get (config | listeners | connections | metrics | plugins | upstreams | certs)
+  vane [options] tail (flow | log)
+  vane [options] shell
+  vane (-h | --help)
+  vane --version
+
+Commands:
+  ping                 Check that vaned answers.
+  stats                Uptime, graph hash, last reload, listener and connection counts.
+  reload               Recompile the config and swap it in; prints "reloaded HASH" or
+                       "unchanged HASH", or the compile errors (exit 1).
+  shutdown             Drain and stop vaned (as SIGTERM).
+  compile <path>       Compile a config directory or one rule file offline and print the
+                       flow trees; --daemon asks the running vaned instead.
+  get ...              Show daemon state.
+  tail (flow | log)    Follow flow trajectories or the daemon log until Ctrl-C.
+  shell                Interactive shell with completion, history and a status bar.
+
+Options:
+  --socket PATH        Management socket (default: $VANE_MGMT_UNIX, then
+                       $XDG_RUNTIME_DIR/vaned.sock, /run/vaned/vaned.sock, /var/run/vaned.sock).
+  --http URL           Talk HTTP to the management endpoint, e.g. http://127.0.0.1:3333.
+  --token-env VAR      Environment variable holding the bearer token for --http
+                       [default: VANE_MGMT_HTTP_TOKEN].
+  --json               Machine-readable JSON output (NDJSON for tail).
+  --config DIR         Config directory whose plugins a single rule file is compiled with.
+  --daemon             Compile with the running daemon (compile_dry_run).
+  -h --help            Show this help.
+  --version            Show the version.
+
+Exit codes: 0 ok, 1 the daemon answered with an error, 2 the daemon could not be reached, 64 usage.
+"""
+
+
+class UsageError(Exception):
+    """Bad command line; the message is the short usage."""
+
+
+def parse(argv: Sequence[str]) -> dict[str, Any]:
+    """docopt over ``argv``; raises UsageError (never exits)."""
+    try:
+        args = docopt(USAGE, list(argv), default_help=False, version=None)
+    except DocoptExit as e:
+        raise UsageError(str(e.code or "")) from None
+    if args.get("--socket") and args.get("--http"):
+        raise UsageError("--socket and --http are mutually exclusive")
+    return dict(args)
+
+
+def make_client(args: dict[str, Any]) -> Client:
+    """The management client chosen by --socket / --http / --token-env."""
+    if args.get("--http"):
+        token = os.environ.get(args.get("--token-env") or "VANE_MGMT_HTTP_TOKEN") or None
+        return Client(http_url=args["--http"], token=token)
+    return Client(socket_path=args.get("--socket") or None)
