@@ -37,7 +37,7 @@ from vane.mgmt.protocol import (
     response_frame,
 )
 from vane.mgmt.server_unix import MgmtStartError
-from vane.mgmt.streams import stream_frames
+from vane.mgmt.streams import stream_frames, watch_eof
 from vane.mgmt.verbs import Stream, dispatch
 from vane.observe.hub import Subscription
 from vane.observe.metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
@@ -227,7 +227,7 @@ class HttpMgmtServer:
         sub = stream.subscription
         self._streams.add(sub)
         sock = environ.get("vane.socket")
-        watcher = gevent.spawn(_watch_eof, sock, sub) if sock is not None else None
+        watcher = gevent.spawn(watch_eof, sock, sub) if sock is not None else None
         start_response("200 OK", [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-store"),
                                   ("Connection", "close")])
 
@@ -243,18 +243,3 @@ class HttpMgmtServer:
                 self._streams.discard(sub)
 
         return frames()
-
-
-def _watch_eof(sock: socket.socket, sub: Subscription) -> None:
-    """End the stream when the client disconnects (the request body was already read)."""
-    try:
-        while not sub.closed:
-            try:
-                if not sock.recv(4096):
-                    break
-            except TimeoutError:
-                continue
-    except OSError:
-        pass
-    sub.close("closed")
-

@@ -34,7 +34,7 @@ from vane.mgmt.protocol import (
     parse_request,
     response_frame,
 )
-from vane.mgmt.streams import stream_frames
+from vane.mgmt.streams import stream_frames, watch_eof
 from vane.mgmt.verbs import Stream, dispatch
 from vane.observe.hub import Subscription
 
@@ -253,7 +253,7 @@ class UnixMgmtServer:
     def _serve_stream(self, sock: socket.socket, request_id: Any, stream: Stream) -> None:
         sub = stream.subscription
         self._streams.add(sub)
-        watcher = gevent.spawn(self._watch_eof, sock, sub)
+        watcher = gevent.spawn(watch_eof, sock, sub)
         try:
             for frame in stream_frames(stream, request_id):
                 self._send(sock, frame)
@@ -264,15 +264,3 @@ class UnixMgmtServer:
             sub.close()
             self._streams.discard(sub)
 
-    def _watch_eof(self, sock: socket.socket, sub: Subscription) -> None:
-        """Cancel the stream when the client closes; input during a stream is discarded."""
-        try:
-            while not sub.closed:
-                try:
-                    if not sock.recv(4096):
-                        break
-                except TimeoutError:
-                    continue
-        except OSError:
-            pass
-        sub.close("closed")

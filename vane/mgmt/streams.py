@@ -7,13 +7,14 @@ shutdown closes the hub, which ends every stream with reason "shutdown".
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Iterator
 
 from vane.mgmt.protocol import stream_data_frame, stream_end_frame
 from vane.mgmt.verbs import Stream
-from vane.observe.hub import Closed
+from vane.observe.hub import Closed, Subscription
 
-__all__ = ["stream_frames"]
+__all__ = ["stream_frames", "watch_eof"]
 
 POLL_SECS = 1.0
 
@@ -50,3 +51,17 @@ def stream_frames(
                     yield None
     finally:
         sub.close()
+
+
+def watch_eof(sock: socket.socket, sub: Subscription) -> None:
+    """Cancel a stream when its client disconnects; input during a stream is discarded."""
+    try:
+        while not sub.closed:
+            try:
+                if not sock.recv(4096):
+                    break
+            except TimeoutError:
+                continue
+    except OSError:
+        pass
+    sub.close("closed")
