@@ -274,6 +274,9 @@ class Daemon:
         before — so ``vane reload`` after a config change says ``reloaded`` for Ansible and
         cron; ``unchanged`` means nothing changed since.
         """
+        if self.draining:
+            from vane.mgmt.protocol import UNAVAILABLE, MgmtError
+            raise MgmtError(UNAVAILABLE, "vaned is shutting down; reload refused")
         result = self.reload_now()
         if result["status"] == "unchanged" and result["hash"] != self.acknowledged:
             result = {"status": "reloaded", "hash": result["hash"]}
@@ -312,6 +315,9 @@ class Daemon:
         return {"status": "reloaded", "hash": graph.hash}
 
     def _reload_quietly(self) -> None:
+        if self.draining:  # SIGHUP after SIGTERM: no new listeners while shutting down
+            log.info("reload ignored: vaned is shutting down")
+            return
         try:
             self.reload_now()
         except CompileFailed:

@@ -22,7 +22,7 @@ from .udp import MAX_DATAGRAM, UdpSession
 
 log = logging.getLogger("vane.listener")
 
-PERMANENT_BIND_ERRORS = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EACCES, errno.EPROTONOSUPPORT}
+PERMANENT_BIND_ERRORS = {errno.EAFNOSUPPORT, errno.EACCES, errno.EPROTONOSUPPORT}  # no address yet (EADDRNOTAVAIL) retries
 RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 BACKLOG = 1024
 
@@ -72,6 +72,8 @@ class Listener:
                 sock.close()
             except OSError:
                 pass
+        for session in list(self.sessions.values()):
+            session.end()  # replies went out through the closed socket: nothing left to relay
 
     # -- binding -------------------------------------------------------------------------------
 

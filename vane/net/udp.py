@@ -40,23 +40,34 @@ class UdpSession:
         except Full:
             self.dropped += 1
 
+    def end(self) -> None:
+        """The listener stopped: no datagram comes in and no reply can go out, so the relay ends now."""
+        self.closed = True
+        try:
+            self.queue.put_nowait(None)
+        except Full:
+            pass  # the relay sees ``closed`` after the next queued datagram
+
 
 def relay_session(session: UdpSession, upstream: Any, idle: float) -> None:
     """Relay datagrams both ways until ``idle`` seconds pass with no traffic."""
     counters = session.counters
 
     def downstream() -> None:
-        while True:
-            data = upstream.recv(MAX_DATAGRAM)
-            session.last = time.monotonic()
-            counters.down += len(data)
-            session.sock.sendto(data, session.client)
+        try:
+            while True:
+                data = upstream.recv(MAX_DATAGRAM)
+                session.last = time.monotonic()
+                counters.down += len(data)
+                session.sock.sendto(data, session.client)
+        except OSError:
+            pass  # the upstream refused (ICMP unreachable) or the listener's socket closed: the session ends
 
     reader = gevent.spawn(downstream)
     try:
         upstream.send(session.first)
         counters.up += len(session.first)
-        while not reader.dead:
+        while not reader.dead and not session.closed:
             wait = session.last + idle - time.monotonic()
             if wait <= 0:
                 break
@@ -64,6 +75,8 @@ def relay_session(session: UdpSession, upstream: Any, idle: float) -> None:
                 data = session.queue.get(timeout=min(wait, 1.0))
             except Empty:
                 continue
+            if data is None:  # end() by the listener
+                break
             session.last = time.monotonic()
             counters.up += len(data)
             upstream.send(data)

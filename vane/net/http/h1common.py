@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from email.utils import formatdate
 from errno import EBADF
-from socket import MSG_PEEK
 from http import HTTPStatus
+from socket import MSG_PEEK
 from time import time
 from typing import Any, Iterator, Protocol
 

@@ -31,7 +31,6 @@ PARK_AFTER = 1.0  # seconds a keep-alive connection waits with its greenlet befo
 
 
 def serve_http(ctx: Any, root: Node, env: Any) -> None:
-    settings = env.settings
     scheme = "https" if ctx.layer == "l4+" else "http"
     if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
         serve_h2(ctx, root, env, scheme)

@@ -35,15 +35,37 @@ def split_target(target: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def ip_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 for an IP literal, None for a name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return family
+        except OSError:
+            pass
+    return None
+
+
 def connect(target: str, timeout: float, proto: str = "tcp") -> socket.socket:
     host, port = split_target(target)
+    family = ip_family(host)
     if proto == "udp":
-        infos = gsocket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
-        family, stype, _, _, addr = infos[0]
-        sock = gsocket.socket(family, stype)
+        addr: tuple = (host, port)
+        if family is None:
+            family, _, _, _, addr = gsocket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+        sock = gsocket.socket(family, socket.SOCK_DGRAM)
         sock.connect(addr)
         return sock
-    sock = gsocket.create_connection((host, port), timeout=timeout)
+    if family is None:
+        sock = gsocket.create_connection((host, port), timeout=timeout)
+    else:  # an IP literal: no resolver round trip (gevent's resolves in a thread pool)
+        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)
     return sock

@@ -1,0 +1,235 @@
+"""vaned forwarding at L4 over real loopback sockets: TCP integrity and half-close, UDP sessions,
+balancing, dead targets, PROXY protocol headers. One daemon serves every rule of this module."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from types import SimpleNamespace
+from typing import Iterator
+
+import gevent
+import pytest
+
+from tests.daemon_helpers import (
+    Lab,
+    echo,
+    free_port,
+    free_ports,
+    new_lab,
+    proxy,
+    recorder,
+    recv_all,
+    recv_line,
+    rule,
+    tagged,
+)
+from vane.net.proxy_protocol import parse
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    yield from new_lab()
+
+
+SIZE = 10 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[SimpleNamespace]:
+    for lab in new_lab():
+        backend = lab.tcp(echo)
+        a, b = lab.tcp(tagged(b"A")), lab.tcp(tagged(b"B"))
+        live = lab.tcp(tagged(b"LIVE"))
+        pp1, pp2 = lab.tcp(recorder), lab.tcp(recorder)
+        udp_backend = lab.udp_echo()
+        dual_backend = lab.tcp(recorder)
+        dead = free_port()
+        v6_backend = lab.tcp(tagged(b"V6"), host="::1")
+        fwd, rr, skip, v1, v2, dual, idle, nowhere, to_v6, by_name = free_ports(10)
+        dns, dns_dead, udp_nobody = free_ports(3, "udp")
+        d = lab.vaned({
+            "10-fwd.json": rule("fwd", f"127.0.0.1:{fwd}", proxy(backend.target)),
+            "20-rr.json": rule("rr", f"127.0.0.1:{rr}", proxy([a.target, b.target], balance="round_robin")),
+            "30-skip.json": rule("skip", f"127.0.0.1:{skip}", proxy([f"127.0.0.1:{dead}", live.target],
+                                                                   connect_timeout=1)),
+            "40-pp.json": [rule("pp1", f"127.0.0.1:{v1}", proxy(pp1.target, proxy_protocol="v1")),
+                           rule("pp2", f"127.0.0.1:{v2}", proxy(pp2.target, proxy_protocol="v2"))],
+            "50-udp.json": [rule("dns", f"udp:127.0.0.1:{dns}", proxy(udp_backend.target, idle_timeout=2)),
+                            rule("dns-dead", f"udp:127.0.0.1:{dns_dead}",
+                                 proxy(f"127.0.0.1:{udp_nobody}", idle_timeout=2))],
+            "60-dual.json": rule("dual", f":{dual}", proxy(dual_backend.target, proxy_protocol="v1")),
+            "70-idle.json": rule("idle", f"127.0.0.1:{idle}", proxy(backend.target, idle_timeout=0.5)),
+            "80-nowhere.json": rule("nowhere", f"127.0.0.1:{nowhere}",
+                                    proxy([f"127.0.0.1:{dead}", f"127.0.0.1:{free_port()}"])),
+            "90-targets.json": [rule("to-v6", f"127.0.0.1:{to_v6}", proxy(v6_backend.target)),
+                                rule("by-name", f"127.0.0.1:{by_name}", proxy(f"localhost:{live.port}"))],
+        })
+        for port in (fwd, rr, skip, v1, v2, idle, nowhere, to_v6, by_name):
+            d.wait_listening(port)
+        d.wait_listening(dns, "udp")
+        d.wait_listening(dns_dead, "udp")
+        d.wait_log(rf"listening on tcp 0\.0\.0\.0:{dual}\b")
+        d.wait_log(rf"listening on tcp \[::\]:{dual}\b")
+        yield SimpleNamespace(lab=lab, d=d, fwd=fwd, rr=rr, skip=skip, v1=v1, v2=v2, dns=dns, a=a, b=b,
+                              live=live, pp1=pp1, pp2=pp2, udp_backend=udp_backend, dead=dead,
+                              dns_dead=dns_dead, dual=dual, dual_backend=dual_backend, idle=idle,
+                              nowhere=nowhere, to_v6=to_v6, by_name=by_name)
+
+
+def conn(port: int, timeout: float = 5.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def test_tcp_forward_10mib_both_ways_intact(env):
+    payload = os.urandom(SIZE)
+    with conn(env.fwd, timeout=10) as s:
+        def send() -> None:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+
+        sender = gevent.spawn(send)
+        got = recv_all(s)
+        sender.get(timeout=10)
+    assert len(got) == SIZE
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+def test_tcp_half_close_still_receives_the_echo(env):
+    with conn(env.fwd) as s:
+        s.sendall(b"first part ")
+        s.sendall(b"and the rest")
+        s.shutdown(socket.SHUT_WR)  # the client is done talking, not listening
+        assert recv_all(s) == b"first part and the rest"
+
+
+def test_many_concurrent_tcp_connections(env):
+    def one(i: int) -> bytes:
+        with conn(env.fwd) as s:
+            msg = f"conn {i}\n".encode() * 100
+            s.sendall(msg)
+            s.shutdown(socket.SHUT_WR)
+            return recv_all(s) == msg
+
+    jobs = [gevent.spawn(one, i) for i in range(50)]
+    gevent.joinall(jobs, timeout=10, raise_error=True)
+    assert all(j.value for j in jobs)
+
+
+def test_udp_round_trips_and_clients_get_their_own_replies(env):
+    c1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with c1, c2:
+        for c in (c1, c2):
+            c.settimeout(3)
+            c.bind(("127.0.0.1", 0))
+        for i in range(5):  # interleaved, so both sessions are open at once
+            c1.sendto(b"one-%d" % i, ("127.0.0.1", env.dns))
+            c2.sendto(b"two-%d" % i, ("127.0.0.1", env.dns))
+            assert c1.recvfrom(2048) == (b"echo:one-%d" % i, ("127.0.0.1", env.dns))
+            assert c2.recvfrom(2048) == (b"echo:two-%d" % i, ("127.0.0.1", env.dns))
+    # one upstream socket per client session, reused for all its datagrams
+    sources = env.udp_backend.sources[-10:]
+    assert len(set(sources)) == 2
+
+
+def test_round_robin_spreads_across_two_backends(env):
+    seen = []
+    for _ in range(6):
+        with conn(env.rr) as s:
+            seen.append(recv_line(s).strip())
+    assert sorted(seen) == [b"A"] * 3 + [b"B"] * 3
+    assert all(x != y for x, y in zip(seen, seen[1:], strict=False))  # strictly alternating
+
+
+def test_dead_target_is_skipped_and_the_live_one_serves(env):
+    for i in range(4):
+        with conn(env.skip) as s:
+            assert recv_line(s) == b"LIVE\r\n"
+            s.sendall(b"ping %d" % i)
+            s.shutdown(socket.SHUT_WR)
+            assert recv_all(s) == b"ping %d" % i
+    assert env.live.accepted >= 4
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_protocol_header_carries_the_client_address(env, version):
+    port, backend = (env.v1, env.pp1) if version == "v1" else (env.v2, env.pp2)
+    before = len(backend.received)
+    with conn(port) as s:
+        client = s.getsockname()
+        s.sendall(b"hello")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == b"ok"
+    data = backend.received[before]
+    if version == "v1":
+        assert data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d\r\n" % (client[1], port))
+    else:
+        assert data.startswith(b"\r\n\r\n\x00\r\nQUIT\n")
+    length, src, dst = parse(data)
+    assert src == ("127.0.0.1", client[1])
+    assert dst == ("127.0.0.1", port)
+    assert data[length:] == b"hello"
+
+
+def test_udp_to_a_dead_backend_ends_the_session_quietly(env):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(0.5)
+        for i in range(3):
+            c.sendto(b"anyone? %d" % i, ("127.0.0.1", env.dns_dead))
+            with pytest.raises(socket.timeout):
+                c.recvfrom(2048)
+    gevent.sleep(0.1)
+    assert "Traceback" not in env.d.stderr, env.d.stderr
+    # the listener is unharmed: other clients still get answers
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(3)
+        c.sendto(b"still there", ("127.0.0.1", env.dns))
+        assert c.recvfrom(2048)[0] == b"echo:still there"
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_dual_stack_listen_serves_both_families(env, family):
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    before = len(env.dual_backend.received)
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect((host, env.dual))
+        port = s.getsockname()[1]
+        s.sendall(b"hi")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == b"ok"
+    data = env.dual_backend.received[before]
+    proto = "TCP4" if family == socket.AF_INET else "TCP6"
+    assert data == f"PROXY {proto} {host} {host} {port} {env.dual}\r\n".encode() + b"hi"
+    rows = env.d.listeners()
+    assert rows[f"0.0.0.0:{env.dual}"]["state"] == rows[f"[::]:{env.dual}"]["state"] == "listening"
+
+
+def test_idle_timeout_closes_a_silent_tunnel(env):
+    with conn(env.idle) as s:
+        s.sendall(b"a")
+        assert s.recv(10) == b"a"
+        start = time.monotonic()
+        assert s.recv(10) == b""  # closed by vaned, cleanly
+        assert 0.4 <= time.monotonic() - start < 2.0
+
+
+def test_no_reachable_target_resets_the_client(env):
+    mark = len(env.d.lines)
+    with pytest.raises(ConnectionResetError):
+        with conn(env.nowhere) as s:
+            s.recv(10)
+    env.d.wait_log(r"no target reachable: 127\.0\.0\.1:\d+: .*refused", since=mark)
+
+
+@pytest.mark.parametrize("which, banner", [("to_v6", b"V6\r\n"), ("by_name", b"LIVE\r\n")])
+def test_targets_by_ipv6_literal_and_by_host_name(env, which, banner):
+    with conn(getattr(env, which)) as s:
+        assert recv_line(s) == banner
