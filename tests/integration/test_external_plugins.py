@@ -1,12 +1,10 @@
 """External plugins through the executor: http, unix, command and wasm drivers, real processes."""
 
 import json
-import os
 import stat
 import sys
 import time
 
-import gevent
 import pytest
 import wasmtime
 from gevent.pywsgi import WSGIServer

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import gevent
 
+from vane.engine.context import Context
 from vane.engine.kv import KV
 from vane.engine.outcome import FINISHED, Upgrade
-from vane.engine.context import Context
-from vane.plugins.base import LAYERS_ALL, Kind, Middleware, PluginSpec, Terminator, HttpMiddleware
+from vane.plugins.base import LAYERS_ALL, HttpMiddleware, Kind, Middleware, PluginSpec, Terminator
 
 
 class Branch(Middleware):

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from tests.unit.fakeplugins import TEST_SPECS, External, RecCtx
-from vane.config.errors import ConfigError
 from vane.compile.flows import FlowBuilder
+from vane.config.errors import ConfigError
 from vane.config.settings import Settings
 from vane.engine.breaker import Breaker
 from vane.engine.executor import walk

@@ -102,7 +102,7 @@ def load_rule_file(config_dir: str, rel: str, start_index: int, errors: list[Con
         errors.append(ConfigError(rel, "", "a rule file holds one rule object or a list of rules"))
         return []
     out: list[RuleSource] = []
-    for item, ptr in zip(items, pointers):
+    for item, ptr in zip(items, pointers, strict=True):
         errs = list(schema_errors(RULE_VALIDATOR, item, rel, ptr))
         if errs:
             errors.extend(errs)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from vane.engine.outcome import FINISHED, Upgrade as UpgradeOutcome
+from vane.engine.outcome import FINISHED
+from vane.engine.outcome import Upgrade as UpgradeOutcome
 from vane.plugins.base import LinkEnv, Terminator
 
 from .deny import reset

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 
-from gevent import Timeout
-from gevent import subprocess
+from gevent import Timeout, subprocess
 
 from .base import MAX_REPLY, ExternalError, ExternalPlugin
 

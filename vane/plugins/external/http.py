@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import urllib.parse
 
-from .base import ExternalError, ExternalPlugin, MAX_REPLY
+from .base import MAX_REPLY, ExternalError, ExternalPlugin
 
 
 class HttpPlugin(ExternalPlugin):
