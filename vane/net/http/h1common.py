@@ -20,7 +20,7 @@ from socket import MSG_PEEK
 from time import time
 from typing import Any, Iterator, Protocol
 
-from gevent import get_hub, getcurrent
+from gevent import Timeout, get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
 from gevent.socket import wait_read
 
@@ -110,12 +110,13 @@ class StreamIO:
     stream (TLS) goes through its own ``recv_into``/``sendall`` under the same timers.
     """
 
-    __slots__ = ("stream", "timers", "_plain")
+    __slots__ = ("stream", "timers", "_plain", "_pending")
 
     def __init__(self, stream: Stream) -> None:
         self.stream: Any = stream
         self.timers = IoTimers()
         self._plain = type(stream) is GeventSocket
+        self._pending = None if self._plain else getattr(stream, "pending", None)
         stream.settimeout(None)     # every blocking call is bounded by self.timers instead
 
     def recv_into(self, buf: bytearray, seconds: float, keep: bool = True,
@@ -150,7 +151,7 @@ class StreamIO:
     def wait_readable(self, seconds: float) -> bool:
         """True once input is waiting (or the peer closed); False after ``seconds`` of silence."""
         stream = self.stream
-        pending = getattr(stream, "pending", None)
+        pending = self._pending
         if pending is not None and pending():
             return True
         raw = stream._sock if self._plain else getattr(getattr(stream, "socket", None), "_sock", None)
@@ -163,20 +164,15 @@ class StreamIO:
             pass
         except OSError:
             return True  # let the read report the error
-        timer = self.timers.start(seconds)
-        try:
+        with Timeout(seconds, False):
             if self._plain:
                 event = stream._read_event
-                if event is None:
-                    return True
-                stream._wait(event)  # the socket's own watcher: no new watcher per wait
+                if event is not None:
+                    stream._wait(event)  # the socket's own watcher: no new watcher per wait
             else:
                 wait_read(stream.fileno())
             return True
-        except IoTimeout:
-            return False
-        finally:
-            timer.stop()
+        return False
 
     def sendall(self, data: bytes, seconds: float) -> None:
         """Send all of ``data``; ``IoTimeout`` if the peer stops reading for ``seconds``."""
