@@ -113,7 +113,7 @@ BUILTINS: tuple[PluginSpec, ...] = (
                 "spa": {"anyOf": [{"type": "boolean"}, _STR]}, "browse": {"type": "boolean"},
                 "precompressed": {"type": "boolean"}, "symlinks": {"type": "boolean"},
                 "strip_prefix": _STR, "cache_control": _STR}, ("root",)),
-          outputs=("file",)),
+          outputs=("file", "error")),
     _spec("respond", Kind.TERMINATOR, LAYERS_L7, (), "respond:Respond",
           _obj({"status": _STATUS, "headers": _STR_MAP, "body": _STR, "body_base64": _STR,
                 "content_type": _STR})),

@@ -14,11 +14,24 @@ from typing import Callable
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from vane.net.http.errors import (
-    UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
 )
 from vane.net.http.h1common import (
-    COALESCE_LIMIT, CRLF, LAST_CHUNK, RECV_SIZE, StreamBody, frame_chunk, frame_chunks,
-    StreamIO, head_is_clean, recv_buffer, recv_view,
+    COALESCE_LIMIT,
+    CRLF,
+    LAST_CHUNK,
+    RECV_SIZE,
+    Stream,
+    StreamBody,
+    StreamIO,
+    frame_chunk,
+    frame_chunks,
+    head_is_clean,
+    recv_buffer,
+    recv_view,
 )
 from vane.net.http.message import Headers, Request, Response
 
@@ -32,6 +45,8 @@ _CL_ZERO = frozenset({"POST", "PUT", "PATCH"})
 _REQ_SKIP = frozenset({b"content-length", b"transfer-encoding", b"expect", b"connection",
                        b"keep-alive"})
 
+_MAX_TRAILERS = 100
+
 _CL, _TE, _CONN = 1, 2, 3
 _RESP_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN}
 
@@ -43,7 +58,7 @@ class _Trailing(Exception):
 class H1ClientConnection:
     """One connection to a backend speaking HTTP/1.1; one request at a time."""
 
-    def __init__(self, stream, response_timeout: float = 60.0,
+    def __init__(self, stream: Stream, response_timeout: float = 60.0,
                  idle_timeout: float = 60.0, max_header_bytes: int = 65536) -> None:
         self.stream = stream
         self.response_timeout = response_timeout
@@ -86,10 +101,11 @@ class H1ClientConnection:
         ``req.path``/``req.query`` form the target. Content-Length is sent when the body length
         is known (and for an empty POST/PUT/PATCH), chunked coding otherwise.
         """
+        if self.requests and not self.reusable:
+            raise UpstreamConnectError("connection not reusable (previous response unfinished)")
         self.bytes_sent = 0
         self.bytes_received = 0
         self._complete = False
-        self._rest = b""
         method = req.method
         target = req.path if not req.query else f"{req.path}?{req.query}"
         if " " in target:
@@ -160,8 +176,12 @@ class H1ClientConnection:
             self._parser = HttpResponseParser(self)
         return resp
 
-    def detach(self) -> tuple[object, bytes]:
-        """Hand the raw stream and any bytes read past a 101 head to a tunnel."""
+    def detach(self) -> tuple[Stream, bytes]:
+        """Hand the raw stream and any bytes read past a 101 head to a tunnel.
+
+        The stream has no socket timeout (the codec bounds its own calls with timers); the
+        tunnel sets whatever it needs.
+        """
         stream, rest = self.stream, self._rest
         self._rest = b""
         self._broken = True
@@ -280,6 +300,8 @@ class H1ClientConnection:
             if body is not None:
                 if body.trailers is None:
                     body.trailers = []
+                elif len(body.trailers) >= _MAX_TRAILERS:
+                    raise UpstreamProtocolError("too many trailer fields", True, True)
                 body.trailers.append((name, value))
             return
         kind = _RESP_SPECIAL.get(name)

@@ -1,0 +1,264 @@
+"""Forwarding one request upstream, shared by ``fetch`` and ``proxy`` (DESIGN.md §6).
+
+- ``upstream_headers``: the client's fields minus hop-by-hop ones (and the names listed in
+  ``Connection``), plus ``Via`` and, with ``forwarded``, X-Forwarded-For/Proto/Host and
+  RFC 7239 ``Forwarded``. Inbound forwarding fields are kept only when the peer is in
+  ``trusted_proxies``; otherwise they are replaced, so a client cannot forge its address.
+- ``exchange``: send through the pool and read the response head. Retries only when safe: a
+  request that never reached the wire; a stale keep-alive connection that failed before any
+  response byte (any method if nothing was written, idempotent methods otherwise); a connect
+  failure for idempotent methods, up to ``retries``. Bodies that were already streamed are
+  never replayed; a request that could not be retried (non-idempotent, or a streamed body)
+  probes a pooled connection for staleness before using it.
+- ``failed``: the 502/504 mapping with the reason noted in the flow log and metrics.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Iterable
+
+from .errors import HttpError, UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from .forward_options import Options
+from .message import HOP_BY_HOP, Body, Headers, Request, Response
+from .pool import PooledH1, UpstreamPool
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+_DROP_PLAIN = HOP_BY_HOP
+_DROP_FORWARDED = HOP_BY_HOP | FORWARDING_FIELDS
+_VIA = {"1.1": (b"via", b"1.1 vane"), "1.0": (b"via", b"1.0 vane"), "2": (b"via", b"2 vane")}
+_FORWARDING_CACHE = 1024
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
+
+# -- request ---------------------------------------------------------------------------------------
+
+def _connection_tokens(items: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Field names listed in ``Connection`` (RFC 9110 §7.6.1); empty for the usual values."""
+    tokens: set[bytes] = set()
+    for k, v in items:
+        if k == b"connection" and v not in _PLAIN_CONNECTION:
+            for token in v.split(b","):
+                token = token.strip().lower()
+                if token:
+                    tokens.add(token)
+    return tokens
+
+
+def peer_ip(ctx: Any) -> str:
+    host = ctx.conn.peer[0] if ctx.conn is not None else ""
+    if not isinstance(host, str):
+        return "unix"
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _trusted(ip: str, nets: list) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in nets)
+
+
+def upstream_headers(ctx: Any, opts: Options, keep_upgrade: bool = False) -> Headers:
+    """The header list sent upstream for ``ctx.request``."""
+    req = ctx.request
+    items = req.headers.items_
+    trusted = False
+    if opts.forwarded:
+        trusted = bool(opts.trusted) and _trusted(peer_ip(ctx), opts.trusted)
+        drop = _DROP_PLAIN if trusted else _DROP_FORWARDED
+    else:
+        drop = _DROP_PLAIN
+    if keep_upgrade:
+        drop = drop - {b"upgrade"}
+    out = [kv for kv in items if kv[0] not in drop]
+    if len(out) != len(items):
+        tokens = _connection_tokens(items)
+        if keep_upgrade:
+            tokens.discard(b"upgrade")
+        if tokens:
+            out = [kv for kv in out if kv[0] not in tokens]
+    if opts.host is not None:
+        out = [kv for kv in out if kv[0] != b"host"]
+        out.append((b"host", opts.host))
+    elif req.version == "2" and req.authority:
+        out = [kv for kv in out if kv[0] != b"host"]
+        out.append((b"host", req.authority.encode("latin-1")))
+    elif not req.authority:                 # an HTTP/1.0 client sent no Host: name the upstream
+        out.append((b"host", opts.upstream.authority.encode("latin-1")))
+    if opts.extra:
+        names = opts.extra_names
+        out = [kv for kv in out if kv[0] not in names]
+        out.extend(opts.extra)
+    out.append(_VIA.get(req.version) or (b"via", f"{req.version} vane".encode("latin-1")))
+    if opts.forwarded:
+        _add_forwarding(out, ctx, trusted)
+    return Headers(out)
+
+
+_fresh_cache: dict[tuple, tuple] = {}
+
+
+def _fresh_forwarding(ip: str, proto: str, host: str) -> tuple:
+    """The four forwarding fields for (peer, scheme, host); memoised, the cache is bounded."""
+    key = (ip, proto, host)
+    fields = _fresh_cache.get(key)
+    if fields is None:
+        items = [(b"x-forwarded-for", ip.encode("latin-1")), (b"x-forwarded-proto", proto.encode("latin-1"))]
+        if host:
+            items.append((b"x-forwarded-host", host.encode("latin-1")))
+        items.append((b"forwarded", _forwarded_element(ip, proto, host)))
+        fields = tuple(items)
+        if len(_fresh_cache) >= _FORWARDING_CACHE:
+            _fresh_cache.clear()
+        _fresh_cache[key] = fields
+    return fields
+
+
+def _add_forwarding(out: list, ctx: Any, trusted: bool) -> None:
+    req = ctx.request
+    ip = peer_ip(ctx)
+    proto = req.scheme or "http"
+    host = req.authority
+    if not trusted:
+        out.extend(_fresh_forwarding(ip, proto, host))
+        return
+    # a trusted proxy in front of us: extend its chains, keep its view of proto and host
+    prior_for = [v for k, v in out if k == b"x-forwarded-for"]
+    prior_fwd = [v for k, v in out if k == b"forwarded"]
+    has_proto = any(k == b"x-forwarded-proto" for k, _ in out)
+    has_host = any(k == b"x-forwarded-host" for k, _ in out)
+    out[:] = [kv for kv in out if kv[0] not in (b"x-forwarded-for", b"forwarded")]
+    out.append((b"x-forwarded-for", b", ".join(prior_for + [ip.encode("latin-1")])))
+    if not has_proto:
+        out.append((b"x-forwarded-proto", proto.encode("latin-1")))
+    if not has_host and host:
+        out.append((b"x-forwarded-host", host.encode("latin-1")))
+    out.append((b"forwarded", b", ".join(prior_fwd + [_forwarded_element(ip, proto, host)])))
+
+
+def _forwarded_element(ip: str, proto: str, host: str) -> bytes:
+    node = f'"[{ip}]"' if ":" in ip else ip
+    text = f"for={node};proto={proto}"
+    if host:
+        safe = host.replace("\\", "\\\\").replace('"', '\\"')
+        text += f';host="{safe}"'
+    return text.encode("latin-1")
+
+
+def upstream_request(req: Request, opts: Options, headers: Headers, h2: bool) -> Request:
+    """The request as the upstream sees it (the client's own object when nothing differs)."""
+    up = opts.upstream
+    if not h2 and not up.base:
+        return req
+    authority = (headers.getb(b"host") or b"").decode("latin-1") or up.authority
+    scheme = "https" if up.tls else "http"
+    return Request(req.method, up.target(req.path), req.query, req.version, headers, req.body, scheme, authority)
+
+
+# -- response --------------------------------------------------------------------------------------
+
+def strip_response(resp: Response, keep_upgrade: bool = False) -> None:
+    """Drop hop-by-hop fields (and those named in ``Connection``) from an upstream response."""
+    items = resp.headers.items_
+    drop = HOP_BY_HOP - {b"upgrade"} if keep_upgrade else HOP_BY_HOP
+    out = [kv for kv in items if kv[0] not in drop]
+    if len(out) != len(items):
+        tokens = _connection_tokens(items)
+        if keep_upgrade:
+            tokens.discard(b"upgrade")
+        if tokens:
+            out = [kv for kv in out if kv[0] not in tokens]
+        resp.headers.items_ = out
+
+
+# -- exchange --------------------------------------------------------------------------------------
+
+def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> tuple[Response, Any]:
+    """Send ``ctx.request`` upstream and return (response with a streaming body, connection).
+
+    Raises ``UpstreamError`` (a subclass tells 502 from 504). On any exception the connection
+    is released; on success an HTTP/1.1 connection returns to the pool when the body ends.
+    """
+    req = ctx.request
+    method = req.method
+    body = req.body
+    idempotent = method in IDEMPOTENT
+    replayable = body.length == 0 or body.is_buffered
+    retries = opts.retries
+    head_only = method == "HEAD"
+    probe = not (idempotent and replayable)   # what cannot be retried checks its connection first
+    ep = pool.endpoint(opts.spec)
+    fresh = False
+    attempts = 0
+    while True:
+        attempts += 1
+        conn = None
+        try:
+            conn = pool.acquire(ep, opts.connect_timeout, fresh=fresh, probe=probe)
+            if conn.__class__ is PooledH1:
+                conn.idle_timeout = opts.read_timeout
+                conn.send_request(upstream_request(req, opts, headers, False), headers)
+                return conn.read_response(head_only, opts.timeout), conn
+            resp = conn.request(upstream_request(req, opts, headers, True), headers, opts.timeout)
+            return resp, conn
+        except UpstreamError as exc:
+            if conn is not None:
+                pool.discard(conn)
+            if not replayable or attempts > retries + 2 or isinstance(exc, UpstreamTimeout) \
+                    or exc.response_started:
+                raise
+            h1 = conn.__class__ is PooledH1
+            if h1 and conn.reused and (not exc.request_sent or idempotent):
+                fresh = True                # a stale keep-alive connection: once more on a new one
+                continue
+            # nothing written: a refused connect (idempotent methods only, up to `retries`), or
+            # an HTTP/2 stream the upstream refused or cut off with GOAWAY (never processed)
+            if not exc.request_sent and retries and (idempotent or (conn is not None and not h1)):
+                retries -= 1
+                continue
+            raise
+        except BaseException:
+            if conn is not None:
+                pool.discard(conn)
+            raise
+
+
+_KINDS = {UpstreamTimeout: "timeout", UpstreamConnectError: "connect", UpstreamProtocolError: "protocol"}
+
+
+def failed(ctx: Any, opts: Options, exc: UpstreamError, what: str = "upstream") -> int:
+    """Note an upstream failure (flow log, metrics); returns the status to answer (502/504)."""
+    status = exc.status
+    kind = _KINDS.get(type(exc), "error")
+    ctx.trajectory.note_error(f"{what} {opts.label}: {exc} -> {status}")
+    services = getattr(ctx, "services", None)
+    metrics = getattr(services, "metrics", None)
+    if metrics is not None:
+        metrics.upstream_error(opts.label, kind)
+    return status
+
+
+def client_failed(ctx: Any, exc: HttpError) -> None:
+    """The client's side broke while its body was being forwarded (400/408/413)."""
+    ctx.fail_status = exc.status
+    ctx.trajectory.note_error(f"client: {exc}")
+
+
+class GuardedBody(Body):
+    """A response body parked in the container (``fetch``): if the flow drops it unread, the
+    upstream stream is released when the last reference goes, not left leased forever."""
+
+    __slots__ = ()
+
+    def __init__(self, inner: Body) -> None:
+        super().__init__(inner, inner.length, inner.close)
+        self.trailers = inner.trailers
+
+    def __del__(self) -> None:
+        if self._close is not None:
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - never raise from a finaliser
+                pass

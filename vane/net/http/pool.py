@@ -1,0 +1,341 @@
+"""The daemon-scoped upstream connection pool (DESIGN.md §1 housekeeping, §7 daemon-scoped state).
+
+One ``Endpoint`` per (address, TLS options, HTTP version). HTTP/1.1 connections are leased
+one request at a time and come back when the response body ends (keep-alive reuse, LIFO, at
+most ``max_idle_per_host`` idle); at most ``max_active_per_host`` are leased at once and
+further callers wait up to the connect timeout. HTTP/2 connections are shared by many
+streams. A reaper greenlet closes connections idle past ``idle_timeout``.
+
+The pool survives reloads; ``configure`` applies config.json's ``upstream_pool`` section.
+Endpoints are keyed by the configured upstream (a templated upstream could make that client
+data), so their number is capped: past ``MAX_ENDPOINTS`` an endpoint is transient (no reuse).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+import gevent
+from gevent.event import Event
+
+from .errors import UpstreamConnectError, UpstreamTimeout
+from .pool_endpoint import Endpoint, EndpointSpec, PooledH1
+from .upstream_conn import connect
+
+__all__ = ["DEFAULTS", "Endpoint", "EndpointSpec", "PooledH1", "UpstreamPool", "pool_for"]
+
+log = logging.getLogger("vane.upstream")
+
+MAX_ENDPOINTS = 1024
+H2_STREAMS_PER_CONN = 100
+_monotonic = time.monotonic
+
+DEFAULTS: dict[str, float] = {"max_idle_per_host": 128, "max_active_per_host": 256, "idle_timeout": 60.0,
+                              "connect_timeout": 5.0}
+
+
+class UpstreamPool:
+    """Keep-alive connections to backends, shared by every graph the daemon serves."""
+
+    def __init__(self, settings: Any = None, metrics: Any = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.max_idle = int(DEFAULTS["max_idle_per_host"])
+        self.max_active = int(DEFAULTS["max_active_per_host"])
+        self.idle_timeout = float(DEFAULTS["idle_timeout"])
+        self.connect_timeout = float(DEFAULTS["connect_timeout"])
+        self.max_header_bytes = getattr(settings, "sec_max_header_bytes", 65536) if settings else 65536
+        self._eps: dict[str, Endpoint] = {}
+        self._reaper: Any = None
+        self._closed = False
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def configure(self, options: Mapping[str, Any] | None) -> None:
+        """Apply config.json ``upstream_pool``; keys left out go back to their defaults."""
+        opts = dict(DEFAULTS)
+        opts.update({k: v for k, v in (options or {}).items() if k in DEFAULTS and v is not None})
+        self.max_idle = max(0, int(opts["max_idle_per_host"]))
+        self.max_active = max(1, int(opts["max_active_per_host"]))
+        self.idle_timeout = max(0.0, float(opts["idle_timeout"]))
+        self.connect_timeout = max(0.001, float(opts["connect_timeout"]))
+        for ep in self._eps.values():
+            while len(ep.idle) > self.max_idle:
+                ep.idle.pop(0).close()
+            self._wake(ep)
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    def endpoint(self, spec: EndpointSpec) -> Endpoint:
+        ep = self._eps.get(spec.key)
+        if ep is not None:
+            return ep
+        if self._closed:
+            return Endpoint(spec, transient=True)
+        if len(self._eps) >= MAX_ENDPOINTS:
+            self._evict()
+            if len(self._eps) >= MAX_ENDPOINTS:
+                return Endpoint(spec, transient=True)
+        ep = self._eps[spec.key] = Endpoint(spec)
+        if self._reaper is None:
+            self._reaper = gevent.spawn(self._reap_loop)
+        return ep
+
+    def _evict(self) -> None:
+        for key, ep in list(self._eps.items()):
+            if ep.empty():
+                del self._eps[key]
+
+    # -- leasing ---------------------------------------------------------------------------------
+
+    def acquire(self, ep: Endpoint, connect_timeout: float | None = None, fresh: bool = False,
+                probe: bool = False) -> Any:
+        """A connection for one request: a leased ``PooledH1`` or a shared H2 connection.
+
+        ``fresh`` skips idle connections (a retry after a stale one). ``probe`` checks an idle
+        connection for staleness first (for requests that must not be retried). Waits for a
+        free slot up to the connect timeout; raises ``UpstreamConnectError`` /
+        ``UpstreamTimeout``.
+        """
+        timeout = connect_timeout if connect_timeout is not None else self.connect_timeout
+        ep.last_used = _monotonic()
+        if ep.proto == "h2":
+            return self._acquire_h2(ep, timeout)
+        if ep.active >= self.max_active:
+            self._wait_slot(ep, timeout)
+            if ep.proto == "h2":            # learnt while waiting
+                return self._acquire_h2(ep, timeout)
+        idle = ep.idle
+        while idle and not fresh:
+            conn = idle.pop()
+            if probe and not conn.alive():
+                conn.close()
+                continue
+            ep.active += 1
+            conn.leased = True
+            conn.reused = True
+            ep.reuses += 1
+            conn.on_done(self._release)
+            return conn
+        learning = None
+        if ep.proto is None:                # https, ALPN not seen yet: one connect finds out
+            if ep.connecting is not None:
+                started = _monotonic()
+                ep.connecting.wait(timeout)
+                return self.acquire(ep, max(timeout - (_monotonic() - started), 0.001), fresh, probe)
+            learning = ep.connecting = Event()
+        ep.active += 1
+        try:
+            stream, alpn = self._connect(ep, timeout)
+        except BaseException:
+            ep.active -= 1
+            self._wake(ep)
+            raise
+        finally:
+            if learning is not None:
+                ep.connecting = None
+                learning.set()
+        if alpn == "h2":
+            ep.active -= 1
+            self._wake(ep)
+            ep.proto = "h2"
+            return self._add_h2(ep, stream)
+        if ep.proto is None:
+            ep.proto = "h1"
+        conn = PooledH1(stream, ep)
+        conn.max_header_bytes = self.max_header_bytes
+        conn.leased = True
+        conn.on_done(self._release)
+        return conn
+
+    def _wait_slot(self, ep: Endpoint, timeout: float) -> None:
+        deadline = _monotonic() + timeout
+        while ep.active >= self.max_active and ep.proto != "h2":
+            remaining = deadline - _monotonic()
+            ev = Event()
+            ep.waiters.append(ev)
+            try:
+                ok = remaining > 0 and ev.wait(remaining)
+            finally:
+                try:
+                    ep.waiters.remove(ev)
+                except ValueError:
+                    pass
+            if not ok and ep.active >= self.max_active:
+                raise UpstreamTimeout(
+                    f"no free connection to {ep.label} within {timeout:g}s "
+                    f"({self.max_active} in use, max_active_per_host)")
+
+    def _release(self, conn: PooledH1) -> None:
+        """A response body ended (or was dropped): keep the connection or close it."""
+        if not conn.leased:
+            return
+        conn.leased = False
+        ep = conn.endpoint
+        ep.active -= 1
+        if conn.reusable and not ep.transient and not self._closed and len(ep.idle) < self.max_idle:
+            conn.idle_since = _monotonic()
+            ep.idle.append(conn)
+        else:
+            conn.close()
+        if ep.waiters:
+            self._wake(ep)
+
+    def discard(self, conn: Any) -> None:
+        """The request failed on ``conn`` (or the stream was taken over): give the slot back."""
+        if isinstance(conn, PooledH1):
+            if conn.leased:
+                conn.leased = False
+                conn.endpoint.active -= 1
+                self._wake(conn.endpoint)
+            conn.close()
+
+    def forget(self, conn: PooledH1) -> None:
+        """Give the slot back without closing: the stream was detached (WebSocket)."""
+        if conn.leased:
+            conn.leased = False
+            conn.endpoint.active -= 1
+            self._wake(conn.endpoint)
+
+    @staticmethod
+    def _wake(ep: Endpoint) -> None:
+        if ep.waiters:
+            ep.waiters[0].set()
+
+    # -- HTTP/2 ----------------------------------------------------------------------------------
+
+    def _acquire_h2(self, ep: Endpoint, timeout: float) -> Any:
+        deadline = _monotonic() + timeout
+        cap = max(1, -(-self.max_active // H2_STREAMS_PER_CONN))
+        while True:
+            live = []
+            for conn in ep.h2:
+                if not conn.closed:
+                    live.append(conn)
+                    if conn.is_available():
+                        if len(live) != len(ep.h2):
+                            ep.h2 = [c for c in ep.h2 if not c.closed]
+                        return conn
+            ep.h2 = live
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeout(f"no HTTP/2 stream available to {ep.label} within {timeout:g}s")
+            if ep.connecting is not None:
+                ep.connecting.wait(remaining)
+                continue
+            if len(live) >= cap:
+                gevent.sleep(0.005)         # every stream slot is busy: poll for one to end
+                continue
+            ev = ep.connecting = Event()
+            try:
+                stream, alpn = self._connect(ep, remaining)
+            finally:
+                ep.connecting = None
+                ev.set()
+            if ep.spec.upstream.tls and alpn != "h2":
+                stream.close()
+                if ep.spec.version == "h2":
+                    raise UpstreamConnectError(f"{ep.label} did not negotiate HTTP/2 (ALPN {alpn!r})")
+                ep.proto = "h1"
+                return self.acquire(ep, remaining)
+            return self._add_h2(ep, stream)
+
+    def _add_h2(self, ep: Endpoint, stream: Any) -> Any:
+        from .h2client import H2ClientConnection
+        try:
+            conn = H2ClientConnection(stream, max_streams=H2_STREAMS_PER_CONN,
+                                      max_header_list_size=self.max_header_bytes)
+        except OSError as exc:
+            stream.close()
+            raise UpstreamConnectError(f"HTTP/2 preface to {ep.label} failed: {exc}") from None
+        if not ep.transient:
+            ep.h2.append(conn)
+        return conn
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    def _connect(self, ep: Endpoint, timeout: float) -> tuple[Any, str | None]:
+        ep.connects += 1
+        return connect(ep.spec, timeout)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def _reap_loop(self) -> None:
+        while not self._closed:
+            gevent.sleep(min(max(self.idle_timeout / 2.0, 0.05), 5.0))
+            try:
+                self.reap()
+            except Exception:  # noqa: BLE001 - housekeeping must never die
+                log.exception("upstream pool reaper failed")
+
+    def reap(self, now: float | None = None) -> int:
+        """Close connections idle past ``idle_timeout``; drop empty endpoints. Returns closures."""
+        now = _monotonic() if now is None else now
+        limit = now - self.idle_timeout
+        closed = 0
+        for key, ep in list(self._eps.items()):
+            if ep.idle:
+                keep = [c for c in ep.idle if c.idle_since > limit]
+                for conn in ep.idle:
+                    if conn.idle_since <= limit:
+                        conn.close()
+                        closed += 1
+                ep.idle = keep
+            if ep.h2:
+                live = []
+                for conn in ep.h2:
+                    if conn.closed:
+                        continue
+                    if conn.active_streams == 0 and conn.last_used <= limit:
+                        conn.close()
+                        closed += 1
+                        continue
+                    live.append(conn)
+                ep.h2 = live
+            if ep.empty() and ep.last_used <= limit:
+                del self._eps[key]
+        return closed
+
+    def snapshot(self) -> list[dict]:
+        """One row per endpoint for ``get_upstreams``."""
+        rows = []
+        for ep in self._eps.values():
+            h2 = [c for c in ep.h2 if not c.closed]
+            streams = sum(c.active_streams for c in h2)
+            rows.append({"upstream": ep.label, "idle": len(ep.idle) + sum(1 for c in h2 if not c.active_streams),
+                         "active": ep.active + streams, "max_idle": self.max_idle,
+                         "max_active": self.max_active, "protocol": ep.proto or "auto",
+                         "h2_connections": len(h2), "waiting": len(ep.waiters),
+                         "connects": ep.connects, "reuses": ep.reuses})
+        return rows
+
+    def close(self) -> None:
+        """Close every idle connection and stop the reaper (daemon shutdown)."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.kill(block=False)
+            self._reaper = None
+        for ep in self._eps.values():
+            for conn in ep.idle:
+                conn.close()
+            ep.idle = []
+            for conn in ep.h2:
+                conn.close()
+            ep.h2 = []
+            for ev in ep.waiters:
+                ev.set()
+
+
+_shared: UpstreamPool | None = None
+
+
+def pool_for(services: Any) -> UpstreamPool:
+    """The daemon's pool, or one process-wide pool when plugins run without a daemon (tests)."""
+    if services is not None:
+        return services.pool
+    global _shared
+    if _shared is None:
+        _shared = UpstreamPool()
+    return _shared

@@ -1,0 +1,110 @@
+"""What the upstream pool keeps per backend (DESIGN.md §6 ``fetch`` / ``proxy``).
+
+``EndpointSpec``: the identity of an endpoint (address, HTTP version, TLS options), built once
+per node. ``Endpoint``: its pooled state (idle HTTP/1.1 connections, leases, waiters, shared
+HTTP/2 connections, the protocol ALPN chose). ``PooledH1``: an HTTP/1.1 connection that knows
+its endpoint and can probe itself for staleness.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+from gevent.event import Event
+
+from .h1client import H1ClientConnection
+from .upstream import Upstream
+
+_monotonic = time.monotonic
+
+
+class EndpointSpec:
+    """What identifies an endpoint; built once per plugin node (or per templated value)."""
+
+    __slots__ = ("upstream", "version", "verify", "ca_file", "sni", "key", "label", "family")
+
+    def __init__(self, upstream: Upstream, version: str = "auto", verify: bool = True,
+                 ca_file: str | None = None, sni: str | None = None) -> None:
+        if upstream.scheme != "https":
+            verify, ca_file, sni = True, None, None
+        self.upstream = upstream
+        self.family = _family(upstream.host) if upstream.scheme != "unix" else socket.AF_UNIX
+        self.version = version
+        self.verify = bool(verify)
+        self.ca_file = ca_file or None
+        self.sni = sni or None
+        base = upstream.name[: len(upstream.name) - len(upstream.base)] if upstream.base else upstream.name
+        extra = []
+        if version != "auto":
+            extra.append(version)
+        if not self.verify:
+            extra.append("verify=off")
+        if self.ca_file:
+            extra.append(f"ca={self.ca_file}")
+        if self.sni:
+            extra.append(f"sni={self.sni}")
+        self.label = base + (f" ({', '.join(extra)})" if extra else "")
+        self.key = self.label
+
+
+def _family(host: str) -> int:
+    """AF_INET / AF_INET6 for an IP literal, 0 for a name to resolve."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return 0
+
+
+class PooledH1(H1ClientConnection):
+    """An HTTP/1.1 upstream connection that knows its endpoint."""
+
+    def __init__(self, stream: Any, endpoint: "Endpoint") -> None:
+        super().__init__(stream)
+        self.endpoint = endpoint
+        self.leased = False
+        self.reused = False
+        self.idle_since = 0.0
+
+    def alive(self) -> bool:
+        """Cheap staleness probe of a plain socket (one non-blocking MSG_PEEK): an idle
+        keep-alive connection has nothing to read; EOF, a reset or stray bytes mean it is
+        unusable. TLS streams are not probed (post-handshake records may be pending)."""
+        raw = getattr(self.stream, "_sock", None)
+        if raw is None or isinstance(self.stream, ssl.SSLSocket):
+            return True
+        try:
+            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+class Endpoint:
+    __slots__ = ("spec", "idle", "active", "waiters", "h2", "connecting", "proto", "last_used",
+                 "transient", "connects", "reuses", "label")
+
+    def __init__(self, spec: EndpointSpec, transient: bool = False) -> None:
+        self.spec = spec
+        self.label = spec.label
+        self.idle: list[PooledH1] = []
+        self.active = 0                     # HTTP/1.1 connections leased or being opened
+        self.waiters: deque[Event] = deque()
+        self.h2: list[Any] = []             # H2ClientConnection
+        self.connecting: Event | None = None
+        # "h2" once a connection negotiated it (or version h2), "h1" once one did not
+        self.proto: str | None = "h2" if spec.version == "h2" else ("h1" if spec.version == "h1" or
+                                                                   spec.upstream.scheme != "https" else None)
+        self.last_used = _monotonic()
+        self.transient = transient
+        self.connects = 0
+        self.reuses = 0
+
+    def empty(self) -> bool:
+        return not (self.idle or self.active or self.waiters or self.h2 or self.connecting)

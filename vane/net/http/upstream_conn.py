@@ -1,0 +1,69 @@
+"""Opening one upstream connection for the pool (DESIGN.md §6 ``fetch`` / ``proxy``).
+
+TCP with TCP_NODELAY (an IP literal skips the resolver), a unix socket, or TLS on top with
+SNI, verification and ALPN as the endpoint asks. Failures become ``UpstreamTimeout`` or
+``UpstreamConnectError`` with the reason an operator needs (refused, certificate, resolve).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Any
+
+from gevent import socket as gsocket
+
+from vane.net import tls_client
+
+from .errors import UpstreamConnectError, UpstreamTimeout
+from .pool_endpoint import EndpointSpec
+
+
+def tcp_connect(host: str, port: int, family: int, timeout: float) -> Any:
+    """Connect with TCP_NODELAY; an IP literal skips the resolver (a thread-pool round trip)."""
+    if not family:
+        sock = gsocket.create_connection((host, port), timeout=timeout)
+    else:
+        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def connect(spec: EndpointSpec, timeout: float) -> tuple[Any, str | None]:
+    """Open a stream to the endpoint; returns (stream, negotiated ALPN protocol or None)."""
+    up = spec.upstream
+    try:
+        if up.scheme == "unix":
+            sock = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(up.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock, None
+        sock = tcp_connect(up.host, up.port, spec.family, timeout)
+        if not up.tls:
+            return sock, None
+        alpn = ("h2", "http/1.1") if spec.version == "auto" else (
+            ("h2",) if spec.version == "h2" else ("http/1.1",))
+        ctx = tls_client.client_context(spec.verify, alpn, spec.ca_file)
+        tls = tls_client.wrap(sock, spec.sni or up.host, ctx, timeout)
+        return tls, tls.selected_alpn_protocol()
+    except (socket.timeout, TimeoutError):
+        raise UpstreamTimeout(f"connect to {spec.label} timed out after {timeout:g}s") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise UpstreamConnectError(
+            f"TLS certificate of {spec.label} rejected: {exc.verify_message or exc}") from None
+    except ssl.SSLError as exc:
+        raise UpstreamConnectError(f"TLS handshake with {spec.label} failed: {exc.reason or exc}") from None
+    except socket.gaierror as exc:
+        raise UpstreamConnectError(f"cannot resolve {up.host}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise UpstreamConnectError(f"connect to {spec.label} failed: {exc.strerror or exc}") from None

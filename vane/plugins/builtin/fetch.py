@@ -1,0 +1,58 @@
+"""``fetch`` (DESIGN.md §6): send the request upstream and put the answer in the response container.
+
+``res.status``, ``res.header.*`` and ``res.body`` then read it, ``headers`` may edit it and a
+later ``respond`` flushes it. Branch ``success`` when a response arrived (any status),
+``failure`` when none did (``error`` says why; 502/504 reasons as for ``proxy``).
+"""
+
+from __future__ import annotations
+
+from vane.net.http.errors import HttpError, UpstreamError
+from vane.net.http.forward import (
+    GuardedBody,
+    client_failed,
+    exchange,
+    failed,
+    strip_response,
+    upstream_headers,
+)
+from vane.net.http.forward_options import OptionsSource
+from vane.net.http.message import Body
+from vane.net.http.pool import pool_for
+from vane.plugins.base import HttpMiddleware, LinkEnv
+
+SUCCESS = ("success", None)
+
+
+class Fetch(HttpMiddleware):
+    def __init__(self, node, env: LinkEnv) -> None:
+        super().__init__(node, env)
+        self.source = OptionsSource(node, env.config_dir, forwarded_default=False)
+        self.static = self.source.static
+        if self.static is not None:
+            self.resolve_input = False
+        self.pool = pool_for(env.services)
+
+    def run(self, ctx, args):
+        opts = self.static or self.source.get(args)
+        if ctx.request.method == "CONNECT":
+            return "failure", {"error": "CONNECT is not forwarded"}
+        try:
+            resp, _ = exchange(self.pool, ctx, opts, upstream_headers(ctx, opts))
+        except UpstreamError as exc:
+            status = failed(ctx, opts, exc, "fetch")
+            return "failure", {"error": f"{status} {exc}"}
+        except HttpError as exc:
+            client_failed(ctx, exc)
+            return "failure", {"error": f"client: {exc}"}
+        strip_response(resp)
+        if resp.body.length == 0:
+            resp.body.close()              # nothing to read: the connection goes back now
+            resp.body = Body.empty()
+        else:
+            resp.body = GuardedBody(resp.body)
+        previous = ctx.response
+        if previous is not None:
+            previous.body.close()
+        ctx.response = resp
+        return SUCCESS

@@ -1,0 +1,57 @@
+"""``proxy`` at L7 (DESIGN.md §6): forward the request to ``upstream`` and stream the answer back.
+
+Bodies stream end to end both ways; nothing is buffered unless a node read ``req.body``.
+Response fields are stripped of hop-by-hop ones. ``Upgrade: websocket`` requests are tunnelled
+when ``websocket`` is on (the default). ``forwarded`` (default on) adds X-Forwarded-* and
+``Forwarded``. Upstream failure answers 502, a timeout 504, the reason in the flow log.
+"""
+
+from __future__ import annotations
+
+from vane.engine.outcome import ERROR, FINISHED
+from vane.net.http.errors import HttpError, UpstreamError
+from vane.net.http.forward import (
+    client_failed,
+    exchange,
+    failed,
+    strip_response,
+    upstream_headers,
+)
+from vane.net.http.forward_options import OptionsSource
+from vane.net.http.pool import pool_for
+from vane.net.http.wsproxy import is_websocket, proxy_websocket
+from vane.plugins.base import LinkEnv, Terminator
+
+
+class L7Proxy(Terminator):
+    def __init__(self, node, env: LinkEnv) -> None:
+        super().__init__(node, env)
+        self.source = OptionsSource(node, env.config_dir, forwarded_default=True)
+        self.static = self.source.static
+        if self.static is not None:
+            self.resolve_input = False     # nothing to resolve per request
+        self.pool = pool_for(env.services)
+
+    def terminate(self, ctx, args):
+        opts = self.static or self.source.get(args)
+        if ctx.request.method == "CONNECT":    # a reverse proxy, not a forward one
+            ctx.trajectory.note_error("proxy: CONNECT is not forwarded")
+            return ctx.respond_status(405)
+        try:
+            if opts.websocket and ctx.h1 is not None and is_websocket(ctx.request):
+                return proxy_websocket(self.pool, ctx, opts)
+            resp, _ = exchange(self.pool, ctx, opts, upstream_headers(ctx, opts))
+        except UpstreamError as exc:
+            return ctx.respond_status(failed(ctx, opts, exc))
+        except HttpError as exc:
+            client_failed(ctx, exc)
+            return ERROR
+        strip_response(resp)
+        ctx.response = resp
+        record = ctx.conn.record
+        if record is not None:
+            record.upstream = opts.label
+        return FINISHED
+
+    def describe(self) -> dict:
+        return {"upstream": self.static.label} if self.static is not None else {}
