@@ -11,6 +11,7 @@ The daemon is also the management layer's ``DaemonAPI``: the verbs read its real
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -58,6 +59,7 @@ class Services:
         self.parking = Parking()
         self.draining = Event()
         self._pool = None
+        self.pool_config: dict | None = None
 
     @property
     def pool(self) -> Any:
@@ -65,7 +67,14 @@ class Services:
         if self._pool is None:
             from vane.net.http.pool import UpstreamPool
             self._pool = UpstreamPool(self.settings, self.metrics)
+            self._pool.configure(self.pool_config)
         return self._pool
+
+    def configure_pool(self, config: dict | None) -> None:
+        """config.json's ``upstream_pool`` (reloadable)."""
+        self.pool_config = config
+        if self._pool is not None:
+            self._pool.configure(config)
 
 
 class Daemon:
@@ -113,6 +122,7 @@ class Daemon:
         graph = self.compile()
         self.link(graph)
         self.graph = graph
+        self.services.configure_pool(graph.sources.config.get("upstream_pool"))
         self.acknowledged = graph.hash
         self.last_reload = {"time": time.time(), "result": "boot", "error": None}
         for sock in activated_sockets():
@@ -130,6 +140,7 @@ class Daemon:
         gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(self.close_now))
         if self.listeners:
             gevent.spawn(self._boot_health)
+        gc.freeze()  # what boot built lives as long as the process: keep it out of every collection
         sdnotify.notify("READY=1")
         log.info("vaned %s serving graph %s (%d listeners)", __version__, graph.hash[:12], len(self.listeners))
 
@@ -238,6 +249,7 @@ class Daemon:
             self.conns.remove(record)
             self.metrics.conn_closed(label)
             self._record_l4(ctx, record, outcome)
+            ctx.kv.set_lazy(None)  # break the context <-> KV cycle
 
         record.finish = finish
         outcome = "aborted"
@@ -308,6 +320,7 @@ class Daemon:
                 log.error("reload failed: %s", err)
             raise
         self.graph = graph
+        self.services.configure_pool(graph.sources.config.get("upstream_pool"))
         added, removed = self._sync_listeners(graph)
         self.last_reload = {"time": now, "result": "reloaded", "error": None}
         self.metrics.reload("reloaded")
@@ -375,6 +388,8 @@ class Daemon:
                 self.management.stop()
             except Exception:  # noqa: BLE001
                 log.debug("management stop failed", exc_info=True)
+        if self.services._pool is not None:
+            self.services._pool.close()
         self.flow_log.close()
         self.stopped.set()
 

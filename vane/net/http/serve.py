@@ -91,7 +91,8 @@ class H1Session:
             record.ctx = rctx
             record.requests += 1
         outcome = walk(self.root, rctx, self.timeout)
-        if rctx.hijack is not None:
+        if rctx.hijack is not None:  # a WebSocket tunnel took the connection over, and has ended
+            finish_request(rctx, rctx.response or simple_response(101), 0)
             return False
         resp = rctx.final_response()
         if resp is None or outcome is ERROR or outcome is TIMEOUT:
@@ -101,7 +102,8 @@ class H1Session:
             conn.close_after()
         try:
             sent = conn.write_response(resp, req)
-        except OSError:
+        except Exception as exc:  # noqa: BLE001 - client gone, or the upstream body failed mid-stream
+            rctx.trajectory.note_error(f"response aborted: {type(exc).__name__}: {exc}")
             finish_request(rctx, resp, 0, aborted=True)
             return False
         finish_request(rctx, resp, sent)
@@ -215,6 +217,7 @@ def finish_request(rctx: L7Context, resp: Response, sent: int, aborted: bool = F
     seconds = time.perf_counter() - rctx.started
     services = rctx.services
     if services is None:
+        rctx.kv.set_lazy(None)
         return
     services.metrics.request(rctx.rule, resp.status, seconds)
     traj = rctx.trajectory
@@ -228,3 +231,4 @@ def finish_request(rctx: L7Context, resp: Response, sent: int, aborted: bool = F
                   "outcome": "aborted" if aborted else (traj.outcome or "finished"),
                   "ms": round(seconds * 1000.0, 3)})
     services.flow_log.record(entry)
+    rctx.kv.set_lazy(None)  # break the context <-> KV cycle: the request is freed at once, not by the GC

@@ -88,6 +88,7 @@ def proxy_websocket(pool: UpstreamPool, ctx: Any, opts: Options) -> Outcome:
         return FINISHED
     client, rest = h1.detach()
     ctx.hijack = True
+    ctx.response = resp                # the 101, for the flow log
     record = getattr(ctx.conn, "record", None)
     for stream in (client, up_stream):
         try:
