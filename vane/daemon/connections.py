@@ -44,7 +44,7 @@ class ConnRecord:
         return {
             "id": self.id,
             "remote": _fmt(self.remote), "local": _fmt(self.local),
-            "listener": str(self.listener.addr), "proto": self.proto,
+            "listener": self.listener.label, "proto": self.proto,
             "rule": ctx.rule if ctx is not None else None,
             "node": ctx.node if ctx is not None else "",
             "layer": ctx.layer if ctx is not None else "l4",

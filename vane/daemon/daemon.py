@@ -49,17 +49,24 @@ class Services:
     """Daemon-scoped state plugins may use; it survives reloads (DESIGN.md §7)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, flow_log: FlowLog, conns: ConnTable) -> None:
-        from vane.net.tls import ContextCache
         self.settings = settings
         self.metrics = metrics
         self.flow_log = flow_log
         self.conns = conns
         self.floor = Floor(settings, conns, metrics)
-        self.tls_cache = ContextCache()
+        self._tls_cache = None
         self.parking = Parking()
         self.draining = Event()
         self._pool = None
         self.pool_config: dict | None = None
+
+    @property
+    def tls_cache(self) -> Any:
+        """Daemon-scoped TLS contexts (session tickets survive reloads); pyOpenSSL loads on first use."""
+        if self._tls_cache is None:
+            from vane.net.tls import ContextCache
+            self._tls_cache = ContextCache()
+        return self._tls_cache
 
     @property
     def pool(self) -> Any:
@@ -226,7 +233,8 @@ class Daemon:
                 return
         record = ConnRecord(uuid7(), peer, local, listener, listener.addr.transport)
         record.greenlet = gevent.getcurrent()
-        ctx = L4Context(raw, peer, local, str(listener.addr), listener.addr.transport, self.services,
+        label = listener.label
+        ctx = L4Context(raw, peer, local, label, listener.addr.transport, self.services,
                         self.settings.sec_handshake_timeout, record.id,
                         datagram=session.first if udp else None)
         ctx.udp = session
@@ -237,7 +245,6 @@ class Daemon:
             ctx.on_step = self._on_step
         record.ctx = ctx
         self.conns.add(record)
-        label = str(listener.addr)
         self.metrics.conn_opened(label)
 
         def finish(outcome: str) -> None:
@@ -269,7 +276,7 @@ class Daemon:
     def _record_l4(self, ctx: L4Context, record: ConnRecord, outcome: str) -> None:
         traj = ctx.trajectory
         entry = traj.to_dict()
-        entry.update({"ts": time.time(), "conn": record.id, "listener": str(record.listener.addr),
+        entry.update({"ts": time.time(), "conn": record.id, "listener": record.listener.label,
                       "layer": "l4", "outcome": traj.outcome or outcome, "status": None,
                       "remote": f"{record.remote[0]}:{record.remote[1]}",
                       "bytes_in": record.counters.up, "bytes_out": record.counters.down,

@@ -35,6 +35,7 @@ class Listener:
     def __init__(self, addr: Any, handler: Handler, settings: Any, inherited: socket.socket | None = None,
                  max_udp_sessions: int = 4096) -> None:
         self.addr = addr
+        self.label = str(addr)       # "tcp 0.0.0.0:443", shared by every connection's records
         self.handler = handler
         self.settings = settings
         self.sock: Any = inherited

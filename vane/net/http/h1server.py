@@ -11,7 +11,6 @@ bad chunk sizes, a missing or repeated Host on HTTP/1.1.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from time import monotonic
 
@@ -74,6 +73,12 @@ class H1Limits:
 class H1ServerConnection:
     """One client connection speaking HTTP/1.0 or 1.1."""
 
+    # slots: ten thousand idle keep-alive connections each keep one of these
+    __slots__ = ("stream", "limits", "scheme", "requests", "bytes_in", "bytes_out", "_parser", "_io", "_ready",
+                 "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
+                 "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_upgrade",
+                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic")
+
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
                  scheme: str = "http") -> None:
         self.stream = stream
@@ -84,7 +89,7 @@ class H1ServerConnection:
         self.bytes_out = 0
         self._parser = HttpRequestParser(self)
         self._io = StreamIO(stream)
-        self._ready: deque[tuple[Request, int]] = deque()
+        self._ready: list[tuple[Request, int]] = []  # pipelined requests parsed ahead, in order
         self._rest = b""            # raw bytes left unparsed after an upgrade request
         self._keep = True           # may carry another request
         self._flags = 0             # flags of the request being handled
@@ -148,7 +153,7 @@ class H1ServerConnection:
             self._read_head()
             if not ready:
                 return None
-        req, flags = ready.popleft()
+        req, flags = ready.pop(0)
         self._flags = flags
         self.requests += 1
         if flags & _F_UPGRADE:      # unless the handler detaches, close after the response

@@ -27,7 +27,7 @@ from .message import Request, Response
 
 log = logging.getLogger("vane.http")
 
-PARK_AFTER = 1.0  # seconds a keep-alive connection waits with its greenlet before it is parked
+PARK_AFTER = 0.2  # seconds a keep-alive connection waits with its greenlet before it is parked
 
 
 def serve_http(ctx: Any, root: Node, env: Any) -> None:
