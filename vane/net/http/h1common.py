@@ -16,13 +16,11 @@ from __future__ import annotations
 from email.utils import formatdate
 from errno import EBADF
 from http import HTTPStatus
-from socket import MSG_PEEK
 from time import time
 from typing import Any, Iterator, Protocol
 
-from gevent import Timeout, get_hub, getcurrent
+from gevent import get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
-from gevent.socket import wait_read
 
 from vane.net.http.message import Body
 
@@ -57,27 +55,25 @@ class IoTimeout(TimeoutError):
 
 
 class IoTimers:
-    """Reusable timers for the blocking calls of one connection.
+    """Timers for the blocking calls of one connection.
 
     ``timer = timers.start(seconds)`` before the call and ``timer.stop()`` in a ``finally``
     after it: if the call is still blocked when the timer fires, ``IoTimeout`` is raised in
     the calling greenlet. A greenlet only waits inside that call while the timer runs, so the
     exception cannot land anywhere else. Streams handled this way run without a socket timeout.
+
+    Every call gets a fresh timer: a reused libev timer whose expiry was already queued can
+    deliver that stale expiry into a later wait, cutting it short.
     """
 
-    __slots__ = ("_loop", "_timers")
+    __slots__ = ("_loop",)
 
     def __init__(self) -> None:
         self._loop = get_hub().loop
-        self._timers: dict[float, Any] = {}
 
     def start(self, seconds: float, keep: bool = True) -> Any:
-        """Arm a timer for ``seconds``; ``keep=False`` for one-off durations."""
-        timer = self._timers.get(seconds)
-        if timer is None:
-            timer = self._loop.timer(seconds)
-            if keep and len(self._timers) < 4:
-                self._timers[seconds] = timer
+        """Arm a timer for ``seconds`` (``keep`` is accepted for callers' clarity; unused)."""
+        timer = self._loop.timer(seconds)
         timer.start(getcurrent().throw, IoTimeout)
         return timer
 
@@ -110,13 +106,12 @@ class StreamIO:
     stream (TLS) goes through its own ``recv_into``/``sendall`` under the same timers.
     """
 
-    __slots__ = ("stream", "timers", "_plain", "_pending")
+    __slots__ = ("stream", "timers", "_plain")
 
     def __init__(self, stream: Stream) -> None:
         self.stream: Any = stream
         self.timers = IoTimers()
         self._plain = type(stream) is GeventSocket
-        self._pending = None if self._plain else getattr(stream, "pending", None)
         stream.settimeout(None)     # every blocking call is bounded by self.timers instead
 
     def recv_into(self, buf: bytearray, seconds: float, keep: bool = True,
@@ -147,32 +142,6 @@ class StreamIO:
             return stream.recv_into(buf)
         finally:
             timer.stop()
-
-    def wait_readable(self, seconds: float) -> bool:
-        """True once input is waiting (or the peer closed); False after ``seconds`` of silence."""
-        stream = self.stream
-        pending = self._pending
-        if pending is not None and pending():
-            return True
-        raw = stream._sock if self._plain else getattr(getattr(stream, "socket", None), "_sock", None)
-        if raw is None:
-            return True  # no way to look without reading: treat as busy
-        try:
-            raw.recv(1, MSG_PEEK)  # the OS socket under gevent is non-blocking
-            return True
-        except BlockingIOError:
-            pass
-        except OSError:
-            return True  # let the read report the error
-        with Timeout(seconds, False):
-            if self._plain:
-                event = stream._read_event
-                if event is not None:
-                    stream._wait(event)  # the socket's own watcher: no new watcher per wait
-            else:
-                wait_read(stream.fileno())
-            return True
-        return False
 
     def sendall(self, data: bytes, seconds: float) -> None:
         """Send all of ``data``; ``IoTimeout`` if the peer stops reading for ``seconds``."""

@@ -70,6 +70,9 @@ class H1Limits:
     keepalive_timeout: float = 75.0
 
 
+IDLE = Request("", "")  # next_request(idle=...): no request yet, nothing consumed
+
+
 class H1ServerConnection:
     """One client connection speaking HTTP/1.0 or 1.1."""
 
@@ -127,17 +130,15 @@ class H1ServerConnection:
         return (self._keep and not self._ready and not self._rest and not self._in_head
                 and (body is None or body.done) and not self._flags & _F_UPGRADE)
 
-    def wait_next(self, seconds: float) -> bool:
-        """Whether input for the next request arrives within ``seconds`` (call when ``idle``)."""
-        return self._io.wait_readable(seconds)
-
     def close_after(self) -> None:
         """Ask for ``Connection: close`` on the next response and no further requests."""
         self._keep = False
 
-    def next_request(self) -> Request | None:
+    def next_request(self, idle: float | None = None) -> Request | None:
         """Read the next request head; None on clean EOF or keep-alive idle timeout.
 
+        With ``idle``, return ``IDLE`` instead when no byte arrived within that many seconds
+        and nothing is buffered: the connection stays usable and may be waited on elsewhere.
         Raises ``HttpError`` on malformed input or breached limits; the connection is then
         not reusable (answer with ``write_error`` and close).
         """
@@ -150,7 +151,8 @@ class H1ServerConnection:
             return None
         ready = self._ready
         if not ready:
-            self._read_head()
+            if self._read_head(idle):
+                return IDLE
             if not ready:
                 return None
         req, flags = ready.pop(0)
@@ -279,13 +281,15 @@ class H1ServerConnection:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_head(self) -> None:
-        """Read until a request head is complete (or EOF / idle timeout before one)."""
+    def _read_head(self, idle: float | None = None) -> bool:
+        """Read until a request head is complete (or EOF / idle timeout before one).
+
+        True when ``idle`` seconds passed before the first byte of a head (nothing consumed)."""
         if self._rest:
             rest, self._rest = self._rest, b""
             self._feed(rest, len(rest))
             if self._ready:
-                return
+                return False
         limits = self.limits
         io = self._io
         deadline = 0.0
@@ -299,6 +303,8 @@ class H1ServerConnection:
                 elif now >= deadline:
                     raise self._fail(HttpError(408))
                 timeout = deadline - now
+            elif idle is not None:
+                timeout = idle
             else:
                 timeout = limits.keepalive_timeout if self.requests else limits.header_timeout
             try:
@@ -306,12 +312,14 @@ class H1ServerConnection:
             except TimeoutError:
                 if in_head:
                     raise self._fail(HttpError(408)) from None
+                if idle is not None:
+                    return True
                 n = 0
             except OSError:
                 n = 0
             if not n:
                 self._keep = False
-                return
+                return False
             self.bytes_in += n
             self._feed_len = n
             data = recv_view[:n] if n < RECV_SIZE else recv_view
@@ -322,7 +330,7 @@ class H1ServerConnection:
             except HttpParserError as exc:
                 raise self._parse_error(exc) from None
             if self._ready:
-                return
+                return False
             if deadline:
                 self._head_bytes += n
                 if self._head_bytes > limits.max_header_bytes:

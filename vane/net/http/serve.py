@@ -22,7 +22,7 @@ from vane.engine.outcome import ERROR, TIMEOUT
 from ..peek import H2_PREFACE
 from .context import L7Context, simple_response
 from .errors import HttpError
-from .h1server import H1Limits, H1ServerConnection
+from .h1server import IDLE, H1Limits, H1ServerConnection
 from .message import Request, Response
 
 log = logging.getLogger("vane.http")
@@ -58,12 +58,8 @@ class H1Session:
         """Serve requests until the connection ends or is parked."""
         conn = self.conn
         try:
-            draining = self.services.draining if self.services is not None else None
             while self._serve_one():
-                if not conn.idle() or conn.wait_next(PARK_AFTER):
-                    continue
-                if (draining is not None and draining.is_set()) or self._park():
-                    return  # idle while draining: close; otherwise parked
+                pass
         finally:
             record = self.ctx.record
             if record is not None:
@@ -76,14 +72,17 @@ class H1Session:
         """One request; False when the connection must end."""
         conn = self.conn
         ctx = self.ctx
+        services = self.services
         try:
-            req = conn.next_request()
+            req = conn.next_request(PARK_AFTER if conn.requests else None)
         except HttpError as exc:
             _write_error(conn, exc.status, ctx)
             return False
+        if req is IDLE:
+            # quiet for a while: close if draining, else wait without a greenlet
+            return not (services is None or services.draining.is_set() or self._park())
         if req is None:
             return False
-        services = self.services
         rctx = L7Context(ctx, req, services, self.env.settings)
         rctx.h1 = conn
         record = ctx.record
@@ -115,7 +114,7 @@ class H1Session:
         ctx = self.ctx
         record = ctx.record
         services = self.services
-        if record is None or services is None or record.finish is None or services.draining.is_set():
+        if record is None or record.finish is None or not self.conn.idle():
             return False
         stream = ctx.stream
         pending = getattr(stream, "pending", None)
