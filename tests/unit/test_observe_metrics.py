@@ -72,3 +72,24 @@ def test_status_class():
     assert status_class(204) == "2xx"
     assert status_class(None) == "none"
     assert status_class(999) == "none"
+
+
+def test_batched_durations_match_prometheus_observe():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    values = [0.0, 0.001, 0.005, 0.01, 0.2, 5.0, 100.0, 0.0749]
+    m = Metrics()
+    for v in values:
+        m.request("r", 200, v)
+    m.flush()
+    reg = CollectorRegistry()
+    h = Histogram("vane_request_duration_seconds", "x", registry=reg)
+    for v in values:
+        h.observe(v)
+
+    def samples(registry, labels):
+        return {(s.name, s.labels.get("le")): s.value for f in registry.collect()
+                if f.name == "vane_request_duration_seconds" for s in f.samples
+                if not s.name.endswith("_created") and {k: v for k, v in s.labels.items() if k != "le"} == labels}
+
+    assert samples(m.registry, {"rule": "r"}) == samples(reg, {})

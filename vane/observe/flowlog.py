@@ -29,11 +29,38 @@ from gevent.queue import Full, Queue
 
 from vane.observe.hub import Hub, Subscription
 
-__all__ = ["FlowLog", "LEVELS"]
+__all__ = ["FlowLog", "LEVELS", "LazyEntry"]
 
 LEVELS = ("trajectory", "debug")
 
 log = logging.getLogger("vane.observe.flowlog")
+
+
+class LazyEntry:
+    """An entry kept as the few values it is made of; its dict is built only when read.
+
+    Most entries are never read (the ring keeps 10,000 and nobody tails): building and freeing
+    a dict per request, with one dict per step, would be the flow log's whole cost.
+    ``build(*values)`` returns the entry dict.
+    """
+
+    __slots__ = ("ts", "_build", "_values")
+
+    def __init__(self, ts: float, build: Callable[..., dict], *values: Any) -> None:
+        self.ts = ts
+        self._build = build
+        self._values = values
+
+    def as_dict(self) -> dict:
+        return self._build(*self._values)
+
+
+def as_dict(entry: Any) -> dict:
+    return entry.as_dict() if entry.__class__ is LazyEntry else entry
+
+
+def _ts(entry: Any, default: float) -> float:
+    return entry.ts if entry.__class__ is LazyEntry else entry.get("ts", default)
 
 
 class FlowLog:
@@ -79,7 +106,7 @@ class FlowLog:
         return self._level == "debug"
 
     # hot path ----------------------------------------------------------------
-    def record(self, entry: dict) -> None:
+    def record(self, entry: dict | LazyEntry) -> None:
         """Keep, publish and (maybe) persist one trajectory. Never blocks."""
         self.recorded += 1
         ring = self._ring
@@ -87,7 +114,7 @@ class FlowLog:
         if len(ring) > 64 and self.recorded & 63 == 0:
             self._expire()
         if self.hub._subs:
-            self.hub.publish(entry)
+            self.hub.publish(as_dict(entry))
         if self._file_queue is not None:
             try:
                 self._file_queue.put_nowait(entry)
@@ -110,7 +137,7 @@ class FlowLog:
             return []
         ring = self._ring
         start = max(0, len(ring) - n)
-        return [ring[i] for i in range(start, len(ring))]
+        return [as_dict(ring[i]) for i in range(start, len(ring))]
 
     def __len__(self) -> int:
         self._expire()
@@ -131,7 +158,7 @@ class FlowLog:
         if not ring:
             return
         cutoff = self._clock() - self.max_age
-        while ring and ring[0].get("ts", cutoff) < cutoff:
+        while ring and _ts(ring[0], cutoff) < cutoff:
             ring.popleft()
 
     # lifecycle -----------------------------------------------------------------
@@ -157,7 +184,7 @@ class FlowLog:
                 item = queue.get()
                 batch = []
                 while item is not StopIteration:
-                    batch.append(json.dumps(item, separators=(",", ":"), default=str))
+                    batch.append(json.dumps(as_dict(item), separators=(",", ":"), default=str))
                     if len(batch) >= 512 or queue.empty():
                         break
                     item = queue.get_nowait()

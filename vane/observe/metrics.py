@@ -9,6 +9,7 @@ each metric keeps at most ``max_series`` label sets and folds the rest into ``"o
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -49,6 +50,28 @@ class _Family:
 
     def __len__(self) -> int:
         return len(self._children)
+
+
+def _observe_many(child: Any, values: list[float]) -> None:
+    """Fold many observations into a histogram child with one update per bucket, not per value.
+
+    Uses prometheus_client's per-bucket values when they are there (they are in every
+    release this project supports); falls back to ``observe`` otherwise.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for v in values:
+            child.observe(v)
+        return
+    hits = [0] * len(bounds)
+    for v in values:
+        hits[bisect_left(bounds, v)] += 1
+    for i, n in enumerate(hits):
+        if n:
+            buckets[i].inc(n)
+    total.inc(sum(values))
 
 
 def status_class(status: int | None) -> str:
@@ -116,13 +139,16 @@ class Metrics:
         """Fold batched request observations into the metric families."""
         batch, self._batch = self._batch, []
         counts: dict[tuple[str, str], int] = {}
+        durations: dict[str, list[float]] = {}
         for rule, status, seconds in batch:
             name = rule or "none"
             key = (name, status_class(status))
             counts[key] = counts.get(key, 0) + 1
-            self.request_duration.child(name).observe(seconds)
+            durations.setdefault(name, []).append(seconds)
         for key, n in counts.items():
             self.requests_total.child(*key).inc(n)
+        for name, values in durations.items():
+            _observe_many(self.request_duration.child(name), values)
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         """``kind``: e.g. "connect", "timeout", "reset", "protocol", "tls"."""

@@ -18,6 +18,7 @@ import gevent
 from vane.engine.executor import walk
 from vane.engine.node import Node
 from vane.engine.outcome import ERROR, TIMEOUT
+from vane.observe.flowlog import LazyEntry
 
 from ..peek import H2_PREFACE
 from .context import L7Context, simple_response
@@ -215,19 +216,25 @@ def finish_request(rctx: L7Context, resp: Response, sent: int, aborted: bool = F
     """Metrics and the flow-log trajectory of one request."""
     seconds = time.perf_counter() - rctx.started
     services = rctx.services
+    rctx.kv.set_lazy(None)  # break the context <-> KV cycle: the request is freed at once, not by the GC
     if services is None:
-        rctx.kv.set_lazy(None)
         return
     services.metrics.request(rctx.rule, resp.status, seconds)
     traj = rctx.trajectory
     req = rctx.request
-    entry = traj.to_dict()
     conn = rctx.conn
-    entry.update({"ts": time.time(), "conn": rctx.conn_id, "listener": conn.listener, "layer": "l7",
-                  "status": resp.status, "method": req.method, "host": req.host, "path": req.path,
-                  "version": req.version, "remote": f"{conn.peer[0]}:{conn.peer[1]}",
-                  "bytes_in": req.body.length or 0, "bytes_out": sent,
-                  "outcome": "aborted" if aborted else (traj.outcome or "finished"),
-                  "ms": round(seconds * 1000.0, 3)})
-    services.flow_log.record(entry)
-    rctx.kv.set_lazy(None)  # break the context <-> KV cycle: the request is freed at once, not by the GC
+    now = time.time()
+    services.flow_log.record(LazyEntry(
+        now, _l7_entry, traj, now, rctx.conn_id, conn.listener, resp.status, req.method, req.host, req.path,
+        req.version, conn.peer, req.body.length or 0, sent, "aborted" if aborted else (traj.outcome or "finished"),
+        seconds))
+
+
+def _l7_entry(traj: Any, ts: float, conn_id: str, listener: str, status: int, method: str, host: str, path: str,
+              version: str, peer: tuple, bytes_in: int, bytes_out: int, outcome: str, seconds: float) -> dict:
+    entry = traj.to_dict()
+    entry.update({"ts": ts, "conn": conn_id, "listener": listener, "layer": "l7", "status": status,
+                  "method": method, "host": host, "path": path, "version": version,
+                  "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in, "bytes_out": bytes_out,
+                  "outcome": outcome, "ms": round(seconds * 1000.0, 3)})
+    return entry
