@@ -6,17 +6,14 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from typing import Iterator
 
 import gevent
 import pytest
 
 from tests.daemon_helpers import (
-    Lab,
     connect,
     echo,
     free_ports,
-    new_lab,
     proxy,
     recv_all,
     refused,
@@ -25,11 +22,6 @@ from tests.daemon_helpers import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from new_lab()
 
 
 def round_trip(port: int, msg: bytes = b"through vaned") -> bytes:

@@ -12,7 +12,6 @@ import gevent
 import pytest
 
 from tests.daemon_helpers import (
-    Lab,
     TlsCerts,
     free_ports,
     new_lab,
@@ -25,11 +24,6 @@ from tests.daemon_helpers import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from new_lab()
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,14 @@ the excess is reset before any flow runs, and breaches are logged once per secon
 from __future__ import annotations
 
 import socket
-from typing import Iterator
 
 import gevent
 import pytest
 
 from tests.daemon_helpers import (
-    Lab,
     connect,
     echo,
     free_ports,
-    new_lab,
     proxy,
     recv_all,
     rule,
@@ -22,11 +19,6 @@ from tests.daemon_helpers import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from new_lab()
 
 
 BREACH = r"security floor: max_connections_per_ip reached for 127\.0\.0\.1"

@@ -14,7 +14,6 @@ import gevent
 import pytest
 
 from tests.daemon_helpers import (
-    Lab,
     echo,
     free_port,
     free_ports,
@@ -29,11 +28,6 @@ from tests.daemon_helpers import (
 from vane.net.proxy_protocol import parse
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from new_lab()
 
 
 SIZE = 10 * 1024 * 1024

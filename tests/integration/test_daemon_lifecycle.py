@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Iterator
 
 import gevent
 import pytest
@@ -18,11 +17,9 @@ from tests.daemon_helpers import (
     BIN,
     ROOT,
     VANED,
-    Lab,
     connect,
     echo,
     free_ports,
-    new_lab,
     proxy,
     recv_all,
     refused,
@@ -31,11 +28,6 @@ from tests.daemon_helpers import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from new_lab()
 
 
 BROKEN = {"rule": "broken", "listen": ["127.0.0.1:8080"], "flow": {"prxy": {}}}

@@ -8,17 +8,14 @@ import re
 import signal
 import socket
 import time
-from typing import Iterator
 
 import gevent
 import pytest
 
 from tests.daemon_helpers import (
-    Lab,
     connect,
     echo,
     free_ports,
-    new_lab,
     proxy,
     recv_all,
     recv_line,
@@ -29,11 +26,6 @@ from tests.daemon_helpers import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from new_lab()
 
 
 HASH = re.compile(r"^(reloaded|unchanged) ([0-9a-f]{64})$")

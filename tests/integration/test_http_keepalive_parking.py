@@ -3,18 +3,13 @@
 import signal
 import socket
 import time
-from typing import Iterator
 
 import pytest
 
-from tests.daemon_helpers import Lab, free_port, new_lab, rule, wait_until
+from tests.daemon_helpers import free_port, rule, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from new_lab()
 
 REQ = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
 
