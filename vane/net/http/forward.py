@@ -16,11 +16,11 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import HttpError, UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from .forward_options import Options
-from .message import HOP_BY_HOP, Body, Headers, Request, Response
+from .message import HOP_BY_HOP, Body, Headers, Request, Response, without_hop_by_hop
 from .pool import PooledH1, UpstreamPool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -29,21 +29,8 @@ _DROP_PLAIN = HOP_BY_HOP
 _DROP_FORWARDED = HOP_BY_HOP | FORWARDING_FIELDS
 _VIA = {"1.1": (b"via", b"1.1 vane"), "1.0": (b"via", b"1.0 vane"), "2": (b"via", b"2 vane")}
 _FORWARDING_CACHE = 1024
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
 
 # -- request ---------------------------------------------------------------------------------------
-
-def _connection_tokens(items: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    """Field names listed in ``Connection`` (RFC 9110 §7.6.1); empty for the usual values."""
-    tokens: set[bytes] = set()
-    for k, v in items:
-        if k == b"connection" and v not in _PLAIN_CONNECTION:
-            for token in v.split(b","):
-                token = token.strip().lower()
-                if token:
-                    tokens.add(token)
-    return tokens
-
 
 def peer_ip(ctx: Any) -> str:
     host = ctx.conn.peer[0] if ctx.conn is not None else ""
@@ -70,15 +57,9 @@ def upstream_headers(ctx: Any, opts: Options, keep_upgrade: bool = False) -> Hea
         drop = _DROP_PLAIN if trusted else _DROP_FORWARDED
     else:
         drop = _DROP_PLAIN
-    if keep_upgrade:
-        drop = drop - {b"upgrade"}
-    out = [kv for kv in items if kv[0] not in drop]
-    if len(out) != len(items):
-        tokens = _connection_tokens(items)
-        if keep_upgrade:
-            tokens.discard(b"upgrade")
-        if tokens:
-            out = [kv for kv in out if kv[0] not in tokens]
+    out = without_hop_by_hop(items, drop, keep_upgrade)
+    if out is items:
+        out = list(items)
     if opts.host is not None:
         out = [kv for kv in out if kv[0] != b"host"]
         out.append((b"host", opts.host))
@@ -161,16 +142,7 @@ def upstream_request(req: Request, opts: Options, headers: Headers, h2: bool) ->
 
 def strip_response(resp: Response, keep_upgrade: bool = False) -> None:
     """Drop hop-by-hop fields (and those named in ``Connection``) from an upstream response."""
-    items = resp.headers.items_
-    drop = HOP_BY_HOP - {b"upgrade"} if keep_upgrade else HOP_BY_HOP
-    out = [kv for kv in items if kv[0] not in drop]
-    if len(out) != len(items):
-        tokens = _connection_tokens(items)
-        if keep_upgrade:
-            tokens.discard(b"upgrade")
-        if tokens:
-            out = [kv for kv in out if kv[0] not in tokens]
-        resp.headers.items_ = out
+    resp.headers.items_ = without_hop_by_hop(resp.headers.items_, HOP_BY_HOP, keep_upgrade)
 
 
 # -- exchange --------------------------------------------------------------------------------------

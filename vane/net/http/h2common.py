@@ -18,7 +18,7 @@ import h2.connection
 from gevent.event import Event
 from hyperframe.frame import GoAwayFrame
 
-from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers
+from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers, connection_tokens
 
 RECV_SIZE = 65536
 HIGH_WATER = 65536
@@ -187,21 +187,12 @@ def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
     return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()
 
 
-def _connection_tokens(headers: Headers) -> set[bytes] | None:
-    drop = None
-    for k, v in headers.items_:
-        if k == b"connection":
-            drop = drop or set()
-            drop.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    return drop
-
-
 def response_header_block(status: int, headers: Headers) -> HeaderList:
     """``:status`` plus the headers HTTP/2 may carry (no hop-by-hop, no ``connection`` tokens)."""
-    drop = _connection_tokens(headers)
+    drop = connection_tokens(headers.items_)
     out: HeaderList = [(b":status", b"%d" % status)]
     for k, v in headers.items_:
-        if k in HOP_BY_HOP or k[:1] == b":" or (drop is not None and k in drop):
+        if k in HOP_BY_HOP or k[:1] == b":" or k in drop:
             continue
         out.append((k, v))
     return out

@@ -219,22 +219,35 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
 })
 
 
-def strip_hop_by_hop(headers: Headers) -> None:
-    """Remove hop-by-hop headers: the static set plus every name listed in ``Connection``."""
-    items = headers.items_
-    listed: set[bytes] | None = None
-    found = False
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
+
+
+def connection_tokens(items: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Field names listed in ``Connection`` (RFC 9110 §7.6.1); empty for the usual values."""
+    tokens: set[bytes] = set()
     for k, v in items:
-        if k in HOP_BY_HOP:
-            found = True
-            if k == b"connection":
-                for token in v.split(b","):
-                    token = token.strip().lower()
-                    if token:
-                        if listed is None:
-                            listed = set()
-                        listed.add(token)
-    if not found:
-        return  # the common case: nothing to strip, nothing rebuilt
-    drop = HOP_BY_HOP | listed if listed else HOP_BY_HOP
-    headers.items_ = [(k, v) for k, v in items if k not in drop]
+        if k == b"connection" and v not in _PLAIN_CONNECTION:
+            for token in v.split(b","):
+                token = token.strip().lower()
+                if token:
+                    tokens.add(token)
+    return tokens
+
+
+def without_hop_by_hop(items: HeaderList, drop: frozenset[bytes] = HOP_BY_HOP,
+                       keep_upgrade: bool = False) -> HeaderList:
+    """``items`` less the hop-by-hop fields in ``drop`` and those named in ``Connection``.
+
+    Returns ``items`` itself when there is nothing to remove (the common case: no copy).
+    """
+    if keep_upgrade:
+        drop = drop - {b"upgrade"}
+    out = [kv for kv in items if kv[0] not in drop]
+    if len(out) == len(items):
+        return items
+    tokens = connection_tokens(items)
+    if keep_upgrade:
+        tokens.discard(b"upgrade")
+    if tokens:
+        out = [kv for kv in out if kv[0] not in tokens]
+    return out
