@@ -123,7 +123,6 @@ def test_smuggling_answered_400_and_never_forwarded(env, name):
 def test_slowloris_cut_at_header_timeout_while_others_are_served(env):
     slow = socket.create_connection(("127.0.0.1", env.port), timeout=5)
     t0 = time.monotonic()
-    answer = []
 
     def trickle():
         try:
