@@ -110,15 +110,12 @@ class Daemon:
     # -- boot ----------------------------------------------------------------------------------
 
     def compile(self, config_dir: str | None = None) -> FlowGraph:
-        graph = compile_dir(config_dir or self.config_dir, settings=self.settings)
-        return graph
+        return compile_dir(config_dir or self.config_dir, settings=self.settings)
 
     def link(self, graph: FlowGraph) -> None:
         """Instantiate plugins; a failure (e.g. an unreadable certificate) is a compile error."""
         try:
             graph.link(LinkEnv(self.settings, graph.config_dir, self.services))
-        except CompileFailed:
-            raise
         except Exception as exc:  # noqa: BLE001 - any link failure must leave the old graph serving
             path = getattr(exc, "path", "")
             rel = os.path.relpath(path, graph.config_dir) if path else ""

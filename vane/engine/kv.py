@@ -7,7 +7,7 @@ installs: it is asked once per missing key and its answer is cached.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 LazyProvider = Callable[[str], "str | None"]
 
@@ -41,10 +41,6 @@ class KV:
 
     __setitem__ = set
 
-    def update(self, values: Mapping[str, object]) -> None:
-        for key, value in values.items():
-            self._d[key] = value if isinstance(value, str) else str(value)
-
     def child(self, lazy: LazyProvider | None = None) -> "KV":
         """A copy for a nested context (an HTTP request copies the connection's KV)."""
         kv = KV.__new__(KV)
@@ -54,9 +50,3 @@ class KV:
 
     def set_lazy(self, lazy: LazyProvider | None) -> None:
         self._lazy = lazy
-
-    def items(self) -> Iterator[tuple[str, str]]:
-        return iter(self._d.items())
-
-    def snapshot(self) -> dict[str, str]:
-        return dict(self._d)

@@ -158,10 +158,10 @@ class H1ClientConnection:
                 if remaining <= 0:
                     raise self._fail(UpstreamTimeout("response head timeout", True,
                                                      self.bytes_received > 0))
-                n = self._recv("response head", remaining, False)
+                n = self._recv("response head", remaining)
             else:
                 deadline = monotonic() + limit
-                n = self._recv("response head", limit, True, True)
+                n = self._recv("response head", limit, wait_first=True)
             if not n:
                 raise self._fail(UpstreamProtocolError(
                     "connection closed before a response", self.bytes_sent > 0,
@@ -243,11 +243,10 @@ class H1ClientConnection:
         self._broken = True
         return exc
 
-    def _recv(self, what: str, timeout: float, keep_timer: bool = True,
-              wait_first: bool = False) -> int:
+    def _recv(self, what: str, timeout: float, wait_first: bool = False) -> int:
         """Read once and feed the parser; returns the byte count (0 at EOF)."""
         try:
-            n = self._io.recv_into(recv_buffer, timeout, keep_timer, wait_first)
+            n = self._io.recv_into(recv_buffer, timeout, wait_first)
         except TimeoutError:
             raise self._fail(UpstreamTimeout(f"{what} timeout", True,
                                              self.bytes_received > 0)) from None

@@ -71,8 +71,8 @@ class IoTimers:
     def __init__(self) -> None:
         self._loop = get_hub().loop
 
-    def start(self, seconds: float, keep: bool = True) -> Any:
-        """Arm a timer for ``seconds`` (``keep`` is accepted for callers' clarity; unused)."""
+    def start(self, seconds: float) -> Any:
+        """Arm a timer for ``seconds``."""
         timer = self._loop.timer(seconds)
         timer.start(getcurrent().throw, IoTimeout)
         return timer
@@ -114,8 +114,7 @@ class StreamIO:
         self._plain = type(stream) is GeventSocket
         stream.settimeout(None)     # every blocking call is bounded by self.timers instead
 
-    def recv_into(self, buf: bytearray, seconds: float, keep: bool = True,
-                  wait_first: bool = False) -> int:
+    def recv_into(self, buf: bytearray, seconds: float, wait_first: bool = False) -> int:
         """Read once into ``buf`` (0 at EOF); ``IoTimeout`` after ``seconds`` without data."""
         stream = self.stream
         if self._plain:
@@ -124,7 +123,7 @@ class StreamIO:
                     return stream._sock.recv_into(buf)
                 except BlockingIOError:
                     pass
-            timer = self.timers.start(seconds, keep)
+            timer = self.timers.start(seconds)
             try:
                 while True:
                     event = stream._read_event
@@ -137,7 +136,7 @@ class StreamIO:
                         continue
             finally:
                 timer.stop()
-        timer = self.timers.start(seconds, keep)
+        timer = self.timers.start(seconds)
         try:
             return stream.recv_into(buf)
         finally:

@@ -308,7 +308,7 @@ class H1ServerConnection:
             else:
                 timeout = limits.keepalive_timeout if self.requests else limits.header_timeout
             try:
-                n = io.recv_into(recv_buffer, timeout, not deadline)
+                n = io.recv_into(recv_buffer, timeout)
             except TimeoutError:
                 if in_head:
                     raise self._fail(HttpError(408)) from None
