@@ -120,6 +120,18 @@ def test_smuggling_answered_400_and_never_forwarded(env, name):
     assert env.c.requests == before
 
 
+def test_error_answer_survives_unread_client_input(env):
+    """A 400 sent while the client's upload is still unread reaches it: vaned half-closes and drains
+    (lingering close) instead of closing with unread input, which would reset the answer."""
+    with socket.create_connection(("127.0.0.1", env.port), timeout=5) as s:
+        s.sendall(SMUGGLING["cl+te"] + b"x" * 200_000)
+        gevent.sleep(0.3)   # the 400 is out; closing now with that input unread would reset
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400")
+
+
 def test_slowloris_cut_at_header_timeout_while_others_are_served(env):
     slow = socket.create_connection(("127.0.0.1", env.port), timeout=5)
     t0 = time.monotonic()

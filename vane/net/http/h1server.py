@@ -12,6 +12,7 @@ bad chunk sizes, a missing or repeated Host on HTTP/1.1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from socket import SHUT_WR
 from time import monotonic
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -38,6 +39,12 @@ from vane.net.http.message import Body, Headers, Request, Response
 
 # Unread request body left when the next request is due: drain up to this much, else close.
 DRAIN_LIMIT = 256 * 1024
+
+# Lingering close: after the server ends a connection the client is still writing to, read
+# and discard for at most this long / this much, so the kernel does not answer the unread
+# bytes with an RST that destroys the response still in flight.
+LINGER_SECS = 2.0
+LINGER_BYTES = 1024 * 1024
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -266,6 +273,39 @@ class H1ServerConnection:
         resp = Response(status, Headers([(b"content-type", b"text/plain; charset=utf-8")]),
                         Body.from_bytes(data))
         return self.write_response(resp, None)
+
+    def unread_input(self) -> bool:
+        """Whether the client may still be sending input this connection will not read."""
+        body = self._body
+        return bool(self._ready or self._rest or self._in_head or (body is not None and not body.done))
+
+    def linger_close(self) -> None:
+        """Half-close the write side, then discard the client's input until EOF, within
+        ``LINGER_SECS`` and ``LINGER_BYTES``; the caller closes the stream afterwards."""
+        stream = self.stream
+        try:
+            shutdown_write = getattr(stream, "shutdown_write", None)
+            if shutdown_write is not None:
+                shutdown_write()
+            else:
+                stream.shutdown(SHUT_WR)
+        except OSError:
+            return
+        buf = recv_buffer     # contents are discarded: the shared read buffer will do
+        io = self._io
+        budget = LINGER_BYTES
+        deadline = monotonic() + LINGER_SECS
+        try:
+            while budget > 0:
+                left = deadline - monotonic()
+                if left <= 0:
+                    return
+                n = io.recv_into(buf, left)
+                if not n:
+                    return
+                budget -= n
+        except (OSError, ValueError):   # IoTimeout is an OSError; TLS errors too
+            return
 
     def detach(self) -> tuple[Stream, bytes]:
         """Hand the raw stream and the bytes already read past the head to a tunnel.

@@ -78,6 +78,7 @@ class H1Session:
             req = conn.next_request(PARK_AFTER if conn.requests else None)
         except HttpError as exc:
             _write_error(conn, exc.status, ctx)
+            conn.linger_close()
             return False
         if req is IDLE:
             # quiet for a while: close if draining, else wait without a greenlet
@@ -107,7 +108,11 @@ class H1Session:
             finish_request(rctx, resp, 0, aborted=True)
             return False
         finish_request(rctx, resp, sent)
-        return conn.keep_alive
+        if conn.keep_alive:
+            return True
+        if conn.unread_input():
+            conn.linger_close()
+        return False
 
     # -- parking ---------------------------------------------------------------------------------
 
