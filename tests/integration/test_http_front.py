@@ -96,6 +96,16 @@ def test_cleartext_and_h2c_on_the_same_port(env):
     assert out.stdout == b"404"
 
 
+def test_upgrade_h2c_declined_and_connection_kept(env):
+    """curl --http2 on http:// offers Upgrade: h2c (deprecated by RFC 9113); vaned answers on
+    HTTP/1.1 and keeps the connection for the next request."""
+    url = f"http://127.0.0.1:{env.port}/x"
+    out = curl("-v", "--http2", "-H", "Host: plain.test", url, url, "-o", "/dev/null", "-o", "/dev/null",
+               "-w", "%{http_code} %{http_version};")
+    assert out.stdout == b"200 1.1;200 1.1;"
+    assert b"Upgrade: h2c" in out.stderr and out.stderr.count(b"Re-using existing connection") == 1
+
+
 SMUGGLING = {
     "cl+te": b"POST / HTTP/1.1\r\nHost: plain.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
              b"0\r\n\r\n",

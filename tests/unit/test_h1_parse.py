@@ -406,11 +406,35 @@ def test_upgrade_request_keeps_rest_for_detach(pair):
     assert stream is pair[0] and rest == b"\x81\x05hello"
 
 
-def test_refused_upgrade_closes_after_response(pair):
-    conn, client = conn_for(pair, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+def test_declined_upgrade_goes_on_with_http1(pair):
+    """Upgrade: h2c (or a refused WebSocket) answered without 101: the connection stays HTTP/1.1
+    and a request pipelined behind the upgrade request is parsed by a fresh parser."""
+    conn, client = conn_for(pair, b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                                  b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+                                  b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    req = conn.next_request()
+    assert req.path == "/a"
+    conn.write_response(Response(200, body=Body.from_bytes(b"one")), req)
+    head = read_until(client, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"connection: close" not in head
+    assert conn.keep_alive
+    req = conn.next_request()
+    assert req.path == "/b" and "upgrade" not in req.headers
+
+
+def test_refused_upgrade_with_connection_close_closes(pair):
+    conn, client = conn_for(pair, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, close\r\n"
                                   b"Upgrade: websocket\r\n\r\n")
     req = conn.next_request()
     conn.write_response(Response(400), req)
+    assert b"connection: close" in read_until(client, b"\r\n\r\n")
+    assert conn.next_request() is None
+
+
+def test_refused_connect_closes(pair):
+    conn, client = conn_for(pair, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    req = conn.next_request()
+    conn.write_response(Response(405), req)
     assert b"connection: close" in read_until(client, b"\r\n\r\n")
     assert conn.next_request() is None
 

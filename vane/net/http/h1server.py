@@ -87,7 +87,7 @@ class H1ServerConnection:
     __slots__ = ("stream", "limits", "scheme", "requests", "bytes_in", "bytes_out", "_parser", "_io", "_ready",
                  "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
                  "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_upgrade",
-                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic")
+                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped")
 
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
                  scheme: str = "http") -> None:
@@ -122,6 +122,7 @@ class H1ServerConnection:
         self._cur: StreamBody | None = None
         self._upgrade_body: StreamBody | None = None
         self._synthetic = False
+        self._stopped = False       # the parser stopped at the end of an upgrade request's head
 
     # ------------------------------------------------------------------ public API
 
@@ -165,8 +166,6 @@ class H1ServerConnection:
         req, flags = ready.pop(0)
         self._flags = flags
         self.requests += 1
-        if flags & _F_UPGRADE:      # unless the handler detaches, close after the response
-            self._keep = False
         body = req.body
         if body is NO_BODY:
             self._continue_due = False
@@ -192,7 +191,7 @@ class H1ServerConnection:
             v10 = request.version == "1.0"
             head_req = request.method == "HEAD"
             if self._keep:
-                self._keep = self._may_keep()
+                self._keep = self._may_keep(request, status)
 
         parts = [STATUS_LINES.get(status) or status_line(status, resp.reason)]
         content_length = None
@@ -401,6 +400,7 @@ class H1ServerConnection:
         body = self._upgrade_body
         if body is None:
             self._rest = rest
+            self._stopped = True
             return
         # An upgrade request that also carries a body: the parser stopped at the end of the
         # head. A fresh parser primed with a synthetic head reads the body that follows.
@@ -451,10 +451,14 @@ class H1ServerConnection:
     def _body_end(self, body: StreamBody, complete: bool) -> None:
         pass
 
-    def _may_keep(self) -> bool:
+    def _may_keep(self, request: Request, status: int) -> bool:
         flags = self._flags
         if not flags & _F_KEEP:
             return False
+        if flags & _F_UPGRADE:
+            if status == 101 or request.method == "CONNECT":
+                return False            # the stream is handed over (or the tunnel refused)
+            self._decline_upgrade()
         body = self._body
         if body is not None and not body.done:
             if self._continue_due:      # the client still waits for 100 before sending
@@ -462,6 +466,15 @@ class H1ServerConnection:
             if body.length is not None and body.length - body.received > DRAIN_LIMIT:
                 return False
         return True
+
+    def _decline_upgrade(self) -> None:
+        """An upgrade request answered without switching (an ``Upgrade: h2c`` or a refused
+        WebSocket): the connection goes on with HTTP/1.1 (RFC 9110 §7.8)."""
+        self._flags &= ~_F_UPGRADE
+        if self._stopped:
+            self._stopped = False
+            self._parser = HttpRequestParser(self)
+            self._reset_message()
 
     def _drain(self) -> None:
         """Discard the unread rest of the current request body, within DRAIN_LIMIT."""
