@@ -172,7 +172,11 @@ def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> t
             if conn.__class__ is PooledH1:
                 conn.idle_timeout = opts.read_timeout
                 conn.send_request(upstream_request(req, opts, headers, False), headers)
-                return conn.read_response(head_only, opts.timeout), conn
+                resp = conn.read_response(head_only, opts.timeout)
+                if conn.body_cut is not None:
+                    ctx.trajectory.note_error(f"upstream {opts.label} answered {resp.status} before taking "
+                                              f"the whole request body ({conn.body_cut})")
+                return resp, conn
             resp = conn.request(upstream_request(req, opts, headers, True), headers, opts.timeout)
             return resp, conn
         except UpstreamError as exc:

@@ -47,6 +47,10 @@ _REQ_SKIP = frozenset({b"content-length", b"transfer-encoding", b"expect", b"con
 
 _MAX_TRAILERS = 100
 
+# After the upstream stopped taking a request body, how long to wait for the answer it may
+# already have sent (an early 413 or 401): it was written before the upload broke off.
+EARLY_ANSWER_WAIT = 1.0
+
 _CL, _TE, _CONN = 1, 2, 3
 _RESP_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN}
 
@@ -83,6 +87,7 @@ class H1ClientConnection:
         self._te: bytes | None = None
         self._conn_hdr = b""
         self._expecting = False
+        self.body_cut: UpstreamError | None = None  # why the current request body was not sent whole
 
     # ------------------------------------------------------------------ public API
 
@@ -106,6 +111,7 @@ class H1ClientConnection:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._complete = False
+        self.body_cut = None
         method = req.method
         target = req.path if not req.query else f"{req.path}?{req.query}"
         if " " in target:
@@ -136,6 +142,12 @@ class H1ClientConnection:
             return
         try:
             self._send_body(head, body, chunked)
+        except UpstreamError as exc:
+            if not self.bytes_sent:
+                raise
+            # The upstream stopped taking the body after the head: it may have answered early
+            # (413, 401, a redirect). read_response returns that answer, else raises ``exc``.
+            self.body_cut = exc
         finally:
             body.close()
 
@@ -151,6 +163,15 @@ class H1ClientConnection:
         self._expecting = True
         self.requests += 1
         limit = self.response_timeout if timeout is None else timeout
+        cut = self.body_cut
+        if cut is None:
+            return self._read_head(limit)
+        try:
+            return self._read_head(min(limit, EARLY_ANSWER_WAIT))
+        except UpstreamError:
+            raise cut from None
+
+    def _read_head(self, limit: float) -> Response:
         deadline = 0.0
         while self._resp is None:
             if deadline:
