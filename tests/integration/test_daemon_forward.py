@@ -40,12 +40,12 @@ def env() -> Iterator[SimpleNamespace]:
         a, b = lab.tcp(tagged(b"A")), lab.tcp(tagged(b"B"))
         live = lab.tcp(tagged(b"LIVE"))
         pp1, pp2 = lab.tcp(recorder), lab.tcp(recorder)
-        udp_backend = lab.udp_echo()
+        udp_backend, udp_pp_backend = lab.udp_echo(), lab.udp_echo()
         dual_backend = lab.tcp(recorder)
         dead = free_port()
         v6_backend = lab.tcp(tagged(b"V6"), host="::1")
         fwd, rr, skip, v1, v2, dual, idle, nowhere, to_v6, by_name = free_ports(10)
-        dns, dns_dead, udp_nobody = free_ports(3, "udp")
+        dns, dns_dead, dns_pp, udp_nobody = free_ports(4, "udp")
         d = lab.vaned({
             "10-fwd.json": rule("fwd", f"127.0.0.1:{fwd}", proxy(backend.target)),
             "20-rr.json": rule("rr", f"127.0.0.1:{rr}", proxy([a.target, b.target], balance="round_robin")),
@@ -55,7 +55,9 @@ def env() -> Iterator[SimpleNamespace]:
                            rule("pp2", f"127.0.0.1:{v2}", proxy(pp2.target, proxy_protocol="v2"))],
             "50-udp.json": [rule("dns", f"udp:127.0.0.1:{dns}", proxy(udp_backend.target, idle_timeout=2)),
                             rule("dns-dead", f"udp:127.0.0.1:{dns_dead}",
-                                 proxy(f"127.0.0.1:{udp_nobody}", idle_timeout=2))],
+                                 proxy(f"127.0.0.1:{udp_nobody}", idle_timeout=2)),
+                            rule("dns-pp", f"udp:127.0.0.1:{dns_pp}",
+                                 proxy(udp_pp_backend.target, idle_timeout=2, proxy_protocol="v2"))],
             "60-dual.json": rule("dual", f":{dual}", proxy(dual_backend.target, proxy_protocol="v1")),
             "70-idle.json": rule("idle", f"127.0.0.1:{idle}", proxy(backend.target, idle_timeout=0.5)),
             "80-nowhere.json": rule("nowhere", f"127.0.0.1:{nowhere}",
@@ -67,11 +69,12 @@ def env() -> Iterator[SimpleNamespace]:
             d.wait_listening(port)
         d.wait_listening(dns, "udp")
         d.wait_listening(dns_dead, "udp")
+        d.wait_listening(dns_pp, "udp")
         d.wait_log(rf"listening on tcp 0\.0\.0\.0:{dual}\b")
         d.wait_log(rf"listening on tcp \[::\]:{dual}\b")
         yield SimpleNamespace(lab=lab, d=d, fwd=fwd, rr=rr, skip=skip, v1=v1, v2=v2, dns=dns, a=a, b=b,
                               live=live, pp1=pp1, pp2=pp2, udp_backend=udp_backend, dead=dead,
-                              dns_dead=dns_dead, dual=dual, dual_backend=dual_backend, idle=idle,
+                              dns_dead=dns_dead, dns_pp=dns_pp, dual=dual, dual_backend=dual_backend, idle=idle,
                               nowhere=nowhere, to_v6=to_v6, by_name=by_name)
 
 
@@ -170,6 +173,22 @@ def test_proxy_protocol_header_carries_the_client_address(env, version):
     assert src == ("127.0.0.1", client[1])
     assert dst == ("127.0.0.1", port)
     assert data[length:] == b"hello"
+
+
+def test_udp_proxy_protocol_v2_header_on_every_datagram(env):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(3)
+        c.bind(("127.0.0.1", 0))
+        for i in range(3):
+            c.sendto(b"query-%d" % i, ("127.0.0.1", env.dns_pp))
+            reply, _ = c.recvfrom(2048)
+            assert reply.startswith(b"echo:")
+            parsed = parse(reply[5:])
+            assert parsed is not None
+            length, src, dst = parsed
+            assert src == c.getsockname() and dst == ("127.0.0.1", env.dns_pp)
+            assert reply[5 + length:] == b"query-%d" % i
+            assert reply[5 + 13] == 0x12          # v2 family byte: IPv4 over UDP (DGRAM)
 
 
 def test_udp_to_a_dead_backend_ends_the_session_quietly(env):

@@ -351,3 +351,15 @@ def test_deep_chains_compile_and_serialise(tmp_path):
     graph = compile_dir(str(tmp_path), environ={})
     assert len(json.loads(graph.dumps(indent=None))["listeners"]) == 2
     assert graph.render_text().count("[rule r") == 1000
+
+
+def test_proxy_protocol_v1_refused_on_udp(tmp_path):
+    flow = {"detect": {"output": {"dns": {"proxy": {"input": {"target": "127.0.0.1:53", "proxy_protocol": "v1"}}},
+                                  "*": {"deny": {}}}}}
+    err = one_error(tmp_path, {"dns.json": [rule("other", RESPOND, listen=":8080"),
+                                            rule("dns", flow, listen="udp:127.0.0.1:53")]})
+    assert err == ('rules/dns.json: /1/flow/detect/output/dns/proxy/input/proxy_protocol: '
+                   'PROXY protocol v1 is TCP only: on UDP listener udp 127.0.0.1:53 use "v2"')
+    v2 = {"proxy": {"input": {"target": "127.0.0.1:53", "proxy_protocol": "v2"}}}
+    write_config(tmp_path, {"dns.json": rule("dns", v2, listen="udp:127.0.0.1:53")})
+    compile_dir(str(tmp_path), environ={})

@@ -128,6 +128,8 @@ class Lowerer:
             for r in http:
                 self._error(r, "/listen", f"HTTP rule on UDP listener {addr}: HTTP rules need TCP")
             return None
+        if addr.transport == "udp":
+            self._check_udp(addr, l4)
         self._check_order(addr, l4 + http, l4)
         key = (addr.transport, tuple(r.name for r in rules))
         root = self._trees.get(key)
@@ -138,6 +140,15 @@ class Lowerer:
             root = self._chain(label, "l4", l4, tail, "/l4")
             self._trees[key] = root
         return ListenerPlan(addr, root, [r.name for r in l4 + http], certs)
+
+    def _check_udp(self, addr: ListenAddr, l4: list[CompiledRule]) -> None:
+        for rule in l4:
+            for node in rule.flow.walk():
+                body = node.source.get("proxy") if node.plugin == "proxy" and node.source else None
+                if isinstance(body, dict) and (body.get("input") or {}).get("proxy_protocol") == "v1":
+                    ptr = node.id.partition("#")[2][len(rule.source.pointer):]
+                    self._error(rule, f"{ptr}/input/proxy_protocol",
+                                f'PROXY protocol v1 is TCP only: on UDP listener {addr} use "v2"')
 
     def _check_order(self, addr: ListenAddr, ordered: list[CompiledRule], l4: list[CompiledRule]) -> None:
         seen: dict[frozenset[str], CompiledRule] = {}

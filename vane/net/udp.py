@@ -49,8 +49,10 @@ class UdpSession:
             pass  # the relay sees ``closed`` after the next queued datagram
 
 
-def relay_session(session: UdpSession, upstream: Any, idle: float) -> None:
-    """Relay datagrams both ways until ``idle`` seconds pass with no traffic."""
+def relay_session(session: UdpSession, upstream: Any, idle: float, prefix: bytes = b"") -> None:
+    """Relay datagrams both ways until ``idle`` seconds pass with no traffic.
+
+    ``prefix`` (a PROXY protocol v2 header) goes in front of every datagram sent upstream."""
     counters = session.counters
 
     def downstream() -> None:
@@ -65,7 +67,7 @@ def relay_session(session: UdpSession, upstream: Any, idle: float) -> None:
 
     reader = gevent.spawn(downstream)
     try:
-        upstream.send(session.first)
+        upstream.send(prefix + session.first if prefix else session.first)
         counters.up += len(session.first)
         while not reader.dead and not session.closed:
             wait = session.last + idle - time.monotonic()
@@ -79,7 +81,7 @@ def relay_session(session: UdpSession, upstream: Any, idle: float) -> None:
                 break
             session.last = time.monotonic()
             counters.up += len(data)
-            upstream.send(data)
+            upstream.send(prefix + data if prefix else data)
     except OSError:
         pass
     finally:

@@ -115,14 +115,14 @@ class L4Proxy(Terminator):
             ctx.record.upstream = chosen
         bal.acquire(chosen)
         try:
-            if proto == "udp":
-                relay_session(ctx.udp, upstream, idle)
-                return FINISHED
             prefix = b""
             pp = args.get("proxy_protocol")
             if pp:
                 src, dst = ctx.peer[:2], ctx.local[:2]
-                prefix = header_v1(src, dst) if pp == "v1" else header_v2(src, dst)
+                prefix = header_v1(src, dst) if pp == "v1" else header_v2(src, dst, proto)
+            if proto == "udp":      # v2 only (the compiler refuses v1): one header per datagram
+                relay_session(ctx.udp, upstream, idle, prefix)
+                return FINISHED
             counters = ctx.record.counters if ctx.record is not None else None
             relay(ctx.stream, upstream, idle, counters, upstream_prefix=prefix)
         finally:
