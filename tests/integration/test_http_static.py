@@ -5,6 +5,7 @@ import hashlib
 import os
 import socket
 
+import gevent
 import httpx
 import pytest
 
@@ -86,6 +87,38 @@ def test_ranges(env):
     assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(data)}"
     out = curl(env["url"] + "/big.bin", "-H", "Host: files.test", "--http2-prior-knowledge")
     assert hashlib.sha256(out.stdout).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_big_range_by_sendfile_to_a_slow_reader_then_keepalive(env):
+    """A 12 MiB range from the middle of a file goes out by sendfile (plain HTTP/1): a reader
+    that takes it slowly gets every byte, and the connection carries the next request."""
+    data = pattern(20 * 1024 * 1024)
+    start, end = 5_000_001, 5_000_000 + 12 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", env["port"]), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(f"GET /big.bin HTTP/1.1\r\nHost: files.test\r\nRange: bytes={start}-{end}\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        head, body = buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 206")
+        want = end - start + 1
+        reads = 0
+        while len(body) < want:
+            chunk = s.recv(min(65536, want - len(body)))
+            assert chunk
+            body += chunk
+            reads += 1
+            if reads % 16 == 0:
+                gevent.sleep(0.01)
+        assert hashlib.sha256(body).digest() == hashlib.sha256(data[start:end + 1]).digest()
+        s.sendall(b"GET /app.js HTTP/1.1\r\nHost: files.test\r\nAccept-Encoding: identity\r\n\r\n")
+        buf = b""
+        while not buf.endswith(b"console.log(1)\n" * 2):
+            chunk = s.recv(65536)
+            assert chunk
+            buf += chunk
+        assert buf.startswith(b"HTTP/1.1 200")
 
 
 def test_head_and_methods(env):

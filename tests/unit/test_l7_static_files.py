@@ -5,7 +5,7 @@ import os
 import pytest
 
 from vane.net.http import static_files as sf
-from vane.net.http.message import Headers
+from vane.net.http.message import FileBody, Headers
 
 
 @pytest.mark.parametrize("path,expected", [
@@ -133,4 +133,4 @@ def test_file_body_streams_a_slice(tmp_path):
     body = sf.file_body(str(p), 1000, 150_000)
     chunks = list(body)
     assert body.length == 150_000 and b"".join(chunks) == data[1000:151_000]
-    assert max(len(c) for c in chunks) <= sf.CHUNK
+    assert max(len(c) for c in chunks) <= FileBody.CHUNK

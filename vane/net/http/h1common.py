@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from email.utils import formatdate
 from errno import EBADF
 from http import HTTPStatus
@@ -141,6 +142,35 @@ class StreamIO:
             return stream.recv_into(buf)
         finally:
             timer.stop()
+
+    @property
+    def plain(self) -> bool:
+        """A plain gevent socket (not TLS): the kernel can write to it directly (sendfile)."""
+        return self._plain
+
+    def sendfile(self, fd: int, offset: int, count: int, seconds: float) -> int:
+        """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile`` (plain
+        sockets only); ``IoTimeout`` if the peer stops reading for ``seconds``."""
+        stream = self.stream
+        out = stream.fileno()
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(out, fd, offset + sent, min(count - sent, SEND_SLICE))
+            except BlockingIOError:
+                timer = self.timers.start(seconds)
+                try:
+                    event = stream._write_event
+                    if event is None:
+                        raise OSError(EBADF, "socket closed")
+                    stream._wait(event)
+                finally:
+                    timer.stop()
+                continue
+            if not n:
+                raise OSError("file shrank while being served")
+            sent += n
+        return sent
 
     def sendall(self, data: bytes, seconds: float) -> None:
         """Send all of ``data``; ``IoTimeout`` if the peer stops reading for ``seconds``."""

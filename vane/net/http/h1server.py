@@ -35,7 +35,7 @@ from vane.net.http.h1common import (
     recv_view,
     status_line,
 )
-from vane.net.http.message import Body, Headers, Request, Response
+from vane.net.http.message import Body, FileBody, Headers, Request, Response
 
 # Unread request body left when the next request is due: drain up to this much, else close.
 DRAIN_LIMIT = 256 * 1024
@@ -653,6 +653,11 @@ class H1ServerConnection:
             if body.done:
                 sendall(head, timeout)
                 return sent + len(head)
+        elif body.__class__ is FileBody and not chunked and body.length > COALESCE_LIMIT and self._io.plain:
+            region = body.take_region()     # a static file: the kernel copies it (sendfile)
+            if region is not None:
+                sendall(head, timeout)
+                return len(head) + self._io.sendfile(*region, timeout)
         sendall(head, timeout)
         sent += len(head)
         if chunked:

@@ -8,7 +8,8 @@ once, so bodies stream end to end unless a node asks for ``req.body`` / ``res.bo
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+import os
+from typing import Any, Callable, Iterable, Iterator
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -164,6 +165,48 @@ class Body:
         if self._close is not None:
             close, self._close = self._close, None
             close()
+
+
+class FileBody(Body):
+    """``length`` bytes of an open file from ``offset``, read with ``pread``; the file closes
+    when the body ends. A codec writing to a plain socket takes the region (``take_region``)
+    and lets the kernel copy it (``sendfile``) instead of passing chunks through Python."""
+
+    __slots__ = ("_file", "_offset", "_started")
+
+    CHUNK = 65536
+
+    def __init__(self, file: Any, offset: int, length: int) -> None:
+        super().__init__((), length, file.close)
+        self._file = file
+        self._offset = offset
+        self._started = False
+        self._chunks = self._read()
+
+    def take_region(self) -> tuple[int, int, int] | None:
+        """``(fd, offset, length)`` when nothing was read yet; the caller sends the region and
+        then closes the body. None once chunks were read or the body was buffered."""
+        if self._started or self._buffered is not None or self._chunks is None:
+            return None
+        self._started = True
+        self._chunks = None
+        return self._file.fileno(), self._offset, self.length or 0
+
+    def _read(self) -> Iterator[bytes]:
+        self._started = True
+        fd = self._file.fileno()
+        pos = self._offset
+        left = self.length or 0
+        try:
+            while left > 0:
+                data = os.pread(fd, min(self.CHUNK, left), pos)
+                if not data:
+                    raise OSError("file shrank while being served")
+                pos += len(data)
+                left -= len(data)
+                yield data
+        finally:
+            self.close()
 
 
 class Request:

@@ -21,12 +21,10 @@ import mimetypes
 import os
 import stat
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Iterator
 from urllib.parse import quote, unquote
 
-from .message import Body
+from .message import Body, FileBody
 
-CHUNK = 65536
 MAX_LISTING = 10000
 _TEXT_TYPES = ("application/javascript", "application/json", "application/xml", "image/svg+xml",
                "application/manifest+json")
@@ -167,28 +165,9 @@ def content_type(path: str) -> str:
 
 
 def file_body(path: str, offset: int, length: int) -> Body:
-    """A body streaming ``length`` bytes of ``path`` from ``offset``; the file closes at the end."""
-    f = open(path, "rb", buffering=0)
-    try:
-        if offset:
-            f.seek(offset)
-    except OSError:
-        f.close()
-        raise
-    return Body(_chunks(f, length), length, close=f.close)
-
-
-def _chunks(f, length: int) -> Iterator[bytes]:
-    left = length
-    try:
-        while left > 0:
-            data = f.read(min(CHUNK, left))
-            if not data:
-                raise OSError("file shrank while being served")
-            left -= len(data)
-            yield data
-    finally:
-        f.close()
+    """A body streaming ``length`` bytes of ``path`` from ``offset`` (sent with ``sendfile``
+    where the connection allows); the file closes at the end."""
+    return FileBody(open(path, "rb", buffering=0), offset, length)
 
 
 def accepts(accept_encoding: str | None, coding: str) -> bool:
