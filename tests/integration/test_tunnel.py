@@ -176,7 +176,7 @@ def test_idle_timeout_closes_both(setup, wrap):
     g.join(timeout=1.5)
     elapsed = time.monotonic() - t0
     assert g.dead and g.successful()
-    assert 0.18 <= elapsed < 0.6
+    assert 0.18 <= elapsed < 1.2
     assert setup.client_ext.recv(10) == b""
     assert setup.upstream_ext.recv(10) == b""
 
@@ -191,7 +191,7 @@ def test_idle_timer_counts_both_directions(setup):
     assert setup.upstream_ext.recv(100) == b"xxxxxx"
     t0 = time.monotonic()
     g.join(timeout=1.5)
-    assert g.dead and 0.1 <= time.monotonic() - t0 < 0.5
+    assert g.dead and 0.1 <= time.monotonic() - t0 < 1.0
 
 
 @pytest.mark.parametrize("wrap", [False, True])
@@ -311,9 +311,9 @@ def test_stalled_reader_ends_relay_after_idle(setup, wrap):
     g = setup.start(idle=0.2, wrap=wrap)
     sender = gevent.spawn(setup.upstream_ext.sendall, b"z" * (64 * 1024 * 1024))
     t0 = time.monotonic()
-    g.join(timeout=1.5)
+    g.join(timeout=3)
     assert g.dead and g.successful()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 2.5
     sender.kill()
 
 

@@ -184,14 +184,14 @@ def test_peek_stops_at_max_bytes(pair):
     a.sendall(b"G" * 100)  # undecided forever, but the cap is reached
     t0 = time.monotonic()
     assert peek(b, max_bytes=50, timeout=1) == b"G" * 50
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 0.6
 
 
 def test_peek_timeout_with_nothing(pair):
     _, b = pair
     t0 = time.monotonic()
     assert peek(b, timeout=0.1) == b""
-    assert 0.09 <= time.monotonic() - t0 < 0.3
+    assert 0.09 <= time.monotonic() - t0 < 0.6
 
 
 def test_peek_timeout_with_partial_data(pair):
@@ -199,7 +199,7 @@ def test_peek_timeout_with_partial_data(pair):
     a.sendall(b"GE")
     t0 = time.monotonic()
     assert peek(b, timeout=0.15) == b"GE"
-    assert 0.14 <= time.monotonic() - t0 < 0.4
+    assert 0.14 <= time.monotonic() - t0 < 0.8
 
 
 def test_peek_peer_closed(pair):
@@ -214,7 +214,7 @@ def test_peek_partial_then_half_close_returns_at_once(pair):
     a.shutdown(socket.SHUT_WR)
     t0 = time.monotonic()
     assert peek(b, timeout=2) == b"GE"
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 1.0
 
 
 def test_peek_reset(pair):
