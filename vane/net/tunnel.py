@@ -93,6 +93,26 @@ def shutdown_write(end: Any) -> None:
             method()
 
 
+def linger(end: Any, seconds: float, max_bytes: int | None = None) -> None:
+    """Lingering close: half-close, then read and discard the peer's input until EOF, for at
+    most ``seconds`` (and ``max_bytes``), so input left unread does not make the kernel answer
+    with an RST that destroys the last bytes sent. The caller closes ``end`` afterwards."""
+    deadline = time.monotonic() + seconds
+    try:
+        shutdown_write(end)
+        while (left := deadline - time.monotonic()) > 0:
+            end.settimeout(left)
+            data = end.recv(65536)
+            if not data:
+                return
+            if max_bytes is not None:
+                max_bytes -= len(data)
+                if max_bytes <= 0:
+                    return
+    except OSError:     # timeouts and TLS errors included
+        pass
+
+
 def close(end: Any, abort: bool = False) -> None:
     """Close a socket or Stream; with ``abort``, end it with RST rather than a clean close."""
     closer = end.close

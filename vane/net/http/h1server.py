@@ -12,7 +12,6 @@ bad chunk sizes, a missing or repeated Host on HTTP/1.1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from socket import SHUT_WR
 from time import monotonic
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -36,6 +35,7 @@ from vane.net.http.h1common import (
     status_line,
 )
 from vane.net.http.message import Body, FileBody, Headers, Request, Response
+from vane.net.tunnel import linger
 
 # Unread request body left when the next request is due: drain up to this much, else close.
 DRAIN_LIMIT = 256 * 1024
@@ -279,32 +279,9 @@ class H1ServerConnection:
         return bool(self._ready or self._rest or self._in_head or (body is not None and not body.done))
 
     def linger_close(self) -> None:
-        """Half-close the write side, then discard the client's input until EOF, within
-        ``LINGER_SECS`` and ``LINGER_BYTES``; the caller closes the stream afterwards."""
-        stream = self.stream
-        try:
-            shutdown_write = getattr(stream, "shutdown_write", None)
-            if shutdown_write is not None:
-                shutdown_write()
-            else:
-                stream.shutdown(SHUT_WR)
-        except OSError:
-            return
-        buf = recv_buffer     # contents are discarded: the shared read buffer will do
-        io = self._io
-        budget = LINGER_BYTES
-        deadline = monotonic() + LINGER_SECS
-        try:
-            while budget > 0:
-                left = deadline - monotonic()
-                if left <= 0:
-                    return
-                n = io.recv_into(buf, left)
-                if not n:
-                    return
-                budget -= n
-        except (OSError, ValueError):   # IoTimeout is an OSError; TLS errors too
-            return
+        """Half-close, then discard the client's input within ``LINGER_SECS`` and
+        ``LINGER_BYTES``; the caller closes the stream afterwards."""
+        linger(self.stream, LINGER_SECS, LINGER_BYTES)
 
     def detach(self) -> tuple[Stream, bytes]:
         """Hand the raw stream and the bytes already read past the head to a tunnel.

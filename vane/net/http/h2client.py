@@ -31,6 +31,7 @@ from vane.net.http.h2common import (
     StreamGone,
     goaway_frame,
     set_nodelay,
+    take_chunk,
     trailer_block,
     write_data,
 )
@@ -262,12 +263,7 @@ class H2ClientConnection:
         conn = self._h2
         while True:
             if st.chunks:
-                chunk = st.chunks.popleft()
-                st.buffered -= len(chunk)
-                if not self._closed:
-                    conn.acknowledge_received_data(len(chunk), st.id)
-                    self._out.flush()
-                yield chunk
+                yield take_chunk(conn, self._out, st, self._closed)
                 continue
             if st.ended:
                 self._release(st)

@@ -202,6 +202,17 @@ def trailer_block(trailers: HeaderList) -> HeaderList:
     return [(k, v) for k, v in trailers if k[:1] != b":" and k not in HOP_BY_HOP]
 
 
+def take_chunk(conn: h2.connection.H2Connection, out: H2Output, st: Any, closed: bool) -> bytes:
+    """The next received DATA chunk of ``st`` (``chunks``/``buffered``); its flow-control
+    credit goes back to the peer once it is handed on, unless the connection is closed."""
+    chunk = st.chunks.popleft()
+    st.buffered -= len(chunk)
+    if not closed:
+        conn.acknowledge_received_data(len(chunk), st.id)
+        out.flush()
+    return chunk
+
+
 def write_data(conn: h2.connection.H2Connection, out: H2Output, st: Any, data: bytes, end: bool,
                timeout: float, check: Callable[[Any], None], room_timeout: float) -> bool:
     """Send ``data`` on stream ``st`` as DATA frames within the peer's flow-control windows.

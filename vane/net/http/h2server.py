@@ -11,7 +11,6 @@ The plumbing shared with the client codec is in ``h2common``.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -37,10 +36,12 @@ from vane.net.http.h2common import (
     goaway_frame,
     response_header_block,
     set_nodelay,
+    take_chunk,
     trailer_block,
     write_data,
 )
 from vane.net.http.message import Body, HeaderList, Headers, Request, Response
+from vane.net.tunnel import linger
 
 __all__ = ["H2Limits", "H2ServerConnection"]
 
@@ -234,19 +235,7 @@ class H2ServerConnection:
 
     def _linger(self) -> None:
         """Half-close and read briefly, so the peer reads our last frames before any RST."""
-        stream = self._stream
-        deadline = time.monotonic() + 1.0
-        try:
-            if hasattr(stream, "shutdown_write"):
-                stream.shutdown_write()
-            else:
-                stream.shutdown(socket.SHUT_WR)
-            while (left := deadline - time.monotonic()) > 0:
-                stream.settimeout(left)
-                if not stream.recv(RECV_SIZE):
-                    break
-        except OSError:
-            pass
+        linger(self._stream, 1.0)
 
     def _on_write_error(self, exc: BaseException) -> None:
         log.debug("h2 write failed: %r", exc)
@@ -376,12 +365,7 @@ class H2ServerConnection:
         conn = self._h2
         while True:
             if st.chunks:
-                chunk = st.chunks.popleft()
-                st.buffered -= len(chunk)
-                if not self._closed:
-                    conn.acknowledge_received_data(len(chunk), st.id)
-                    self._out.flush()
-                yield chunk
+                yield take_chunk(conn, self._out, st, self._closed)
                 continue
             if st.ended:
                 return
