@@ -71,7 +71,10 @@ class Backend:
                     data = sock.recv(65536)
                     if not data:
                         return
-                    parser.feed_data(data)
+                    try:
+                        parser.feed_data(data)
+                    except httptools.HttpParserUpgrade:
+                        req.done = True         # an upgrade request: its head is all there is
                 path = req.url.decode()
                 if path == "/slow":
                     gevent.sleep(2)
@@ -111,9 +114,9 @@ def backend():
 
 
 def get(conn: H1ClientConnection, path: str, method: str = "GET", body: Body | None = None,
-        headers: list | None = None):
+        headers: list | None = None, upgrade: bytes | None = None):
     req = Request(method, path, body=body)
-    conn.send_request(req, Headers([(b"host", b"backend")] + (headers or [])))
+    conn.send_request(req, Headers([(b"host", b"backend")] + (headers or [])), upgrade=upgrade)
     return conn.read_response(head_only_method=method == "HEAD")
 
 
@@ -196,7 +199,7 @@ def test_interim_responses_skipped(backend):
 
 def test_101_returned_with_rest_for_detach(backend):
     conn = backend.connect()
-    resp = get(conn, "/101")
+    resp = get(conn, "/101", upgrade=b"websocket")
     assert resp.status == 101 and resp.headers.get("upgrade") == "websocket"
     stream, rest = conn.detach()
     assert rest == b"\x81\x02hi" or rest == b""
@@ -204,6 +207,23 @@ def test_101_returned_with_rest_for_detach(backend):
         rest = stream.recv(10)
     assert rest.startswith(b"\x81")
     assert not conn.reusable
+
+
+def test_101_is_refused_unless_it_switches_to_the_protocol_asked_for(backend):
+    conn = backend.connect()
+    with pytest.raises(UpstreamProtocolError, match="asked for no upgrade"):
+        get(conn, "/101")                               # a plain request: no 101 may answer it
+    assert not conn.reusable
+    conn = backend.connect()
+    with pytest.raises(UpstreamProtocolError, match="not the 'h2c'"):
+        get(conn, "/101", upgrade=b"h2c")               # it switched to websocket instead
+    assert not conn.reusable
+
+
+def test_upgrade_request_is_framed_by_the_codec(backend):
+    conn = backend.connect()
+    with pytest.raises(ValueError, match="no body"):
+        get(conn, "/101", "GET", Body.from_bytes(b"x" * 10), upgrade=b"websocket")
 
 
 def test_204_and_close_early_not_reusable(backend):

@@ -8,7 +8,7 @@ from vane.config.settings import Settings
 from vane.engine.context import Context
 from vane.engine.executor import walk
 from vane.engine.kv import KV
-from vane.engine.outcome import ERROR, FINISHED
+from vane.engine.outcome import FINISHED, Rejected
 from vane.engine.template import Limits
 from vane.net.http.context import L7Context
 from vane.net.http.message import Body, Headers, Request
@@ -29,7 +29,7 @@ class Conn(Context):
 
 def request(path="/p", query="", headers=(), body=b"", method="GET"):
     hl = Headers([(k.encode(), v.encode()) for k, v in [("host", "Example.test:8080"), *headers]])
-    return Request(method, path, query, "1.1", hl, Body.from_bytes(body), authority="Example.test:8080")
+    return Request(method, path, query, "1.1", hl, Body.from_bytes(body), authority="example.test:8080")
 
 
 def run(flow, req, settings=Settings()):
@@ -62,7 +62,17 @@ def test_req_body_and_413():
     assert body_of(ctx) == b"got hello"
     ctx, outcome = run({"respond": {"input": {"body": "{{req.body}}"}}}, request(body=b"x" * 100, method="POST"),
                        Settings(max_body_size=10))
-    assert outcome is ERROR and ctx.fail_status == 413
+    assert isinstance(outcome, Rejected) and outcome.status == 413   # the client's fault: no ERROR
+
+
+def test_too_many_query_fields_or_cookies_are_refused_not_truncated():
+    many = "&".join(f"a{i}=1" for i in range(300)) + "&debug=1"
+    ctx, outcome = run({"respond": {"input": {"body": "{{req.arg.debug}}"}}}, request("/", many))
+    assert isinstance(outcome, Rejected) and outcome.status == 400
+    cookie = "; ".join(f"c{i}=1" for i in range(300)) + "; role=admin"
+    ctx, outcome = run({"respond": {"input": {"body": "{{req.cookie.role}}"}}},
+                       request(headers=[("cookie", cookie)]))
+    assert isinstance(outcome, Rejected) and outcome.status == 400
 
 
 def test_respond_status_headers_base64():

@@ -101,6 +101,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "sec_max_header_count": ("VANE_SEC_MAX_HEADER_COUNT", _int(1), 100, None),
     "sec_body_idle_timeout": ("VANE_SEC_BODY_IDLE_TIMEOUT_SECS", _float(0.001), 30.0, None),
     "sec_keepalive_timeout": ("VANE_SEC_KEEPALIVE_TIMEOUT_SECS", _float(0.001), 75.0, None),
+    "sec_send_timeout": ("VANE_SEC_SEND_TIMEOUT_SECS", _float(0.001), 10.0, None),
     "sec_tls_handshakes_per_ip": ("VANE_SEC_TLS_HANDSHAKES_PER_IP", _int(1), 10, None),
     "sec_h2_max_streams": ("VANE_SEC_H2_MAX_STREAMS", _int(1), 100, None),
     # management (§9)
@@ -144,6 +145,7 @@ class Settings:
     sec_max_header_count: int = 100
     sec_body_idle_timeout: float = 30.0
     sec_keepalive_timeout: float = 75.0
+    sec_send_timeout: float = 10.0
     sec_tls_handshakes_per_ip: int = 10
     sec_h2_max_streams: int = 100
     mgmt_unix: str | None = None

@@ -8,7 +8,10 @@ a connection greenlet calls :func:`walk` and the plugins block on gevent sockets
 The flow timeout bounds the walk up to the moment a terminator owns the connection; a tunnel
 or stream the terminator runs is not cut by it. A plugin that raises is an anomaly, not a
 decision: the walk ends with ERROR (L7 answers 500, L4 closes) and is logged with plugin,
-rule, node and connection id.
+rule, node and connection id. An exception that says the client is at fault (it carries
+``client_fault = True`` and an HTTP ``status``, as the HTTP codecs' errors do) ends the walk
+as ``Rejected(status)`` instead, with one rate-limited info line: a client's mistake is never
+an ERROR.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from typing import Mapping
 
 from gevent import Timeout
 
+from vane.observe.logging import RateLimitedLogger
+
 from .context import Context
 from .node import Node
-from .outcome import ERROR, FINISHED, TIMEOUT, Outcome, Upgrade
+from .outcome import ERROR, FINISHED, TIMEOUT, Outcome, Rejected, Upgrade
 
 log = logging.getLogger("vane.flow")
+client_log = RateLimitedLogger(logging.getLogger("vane.flow.client"), interval=10.0)
 
 FAILURE = "failure"
 _IDLE = Timeout._start_new_or_dummy(None)  # the dummy timer: close() is a no-op
@@ -73,6 +79,8 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
                 if store:
                     _store(node, ctx, store)
             except Exception as exc:  # noqa: BLE001 - any plugin failure ends the walk as ERROR
+                if getattr(exc, "client_fault", False):
+                    return _rejected(node, ctx, exc, t0)
                 traj.steps.append((node.id, node.plugin, "!error", (perf_counter() - t0) * 1000.0))
                 traj.note_error(f"{node.plugin}: {type(exc).__name__}: {exc}")
                 traj.outcome = "error"
@@ -106,6 +114,17 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
         timer.close()
 
 
+def _rejected(node: Node, ctx: Context, exc: Exception, t0: float) -> Rejected:
+    status = getattr(exc, "status", 400)
+    traj = ctx.trajectory
+    traj.steps.append((node.id, node.plugin, "!client", (perf_counter() - t0) * 1000.0))
+    traj.note_error(f"{node.plugin}: client: {exc}")
+    traj.outcome = "rejected"
+    client_log.log((ctx.rule, status), logging.INFO, "request rejected with %d at %s: %s", status, node.id, exc,
+                   extra={"conn": ctx.conn_id, "rule": ctx.rule, "node": node.id})
+    return Rejected(status)
+
+
 def _run_external(node: Node, ctx: Context, args: object) -> tuple[str, Mapping[str, object] | None]:
     """Passive circuit breaker around an external plugin (seed 001)."""
     impl = node.impl
@@ -136,4 +155,4 @@ def _store(node: Node, ctx: Context, store: Mapping[str, object]) -> None:
         kv.set(scope + key, value)
 
 
-__all__ = ["walk", "FlowError", "FINISHED", "ERROR", "TIMEOUT", "Upgrade"]
+__all__ = ["walk", "FlowError", "FINISHED", "ERROR", "TIMEOUT", "Rejected", "Upgrade"]

@@ -31,3 +31,14 @@ class Upgrade(Outcome):
     def __init__(self, ctx: "Context") -> None:
         super().__init__("upgrade")
         self.ctx = ctx
+
+
+class Rejected(Outcome):
+    """The client's request was at fault (a body over the limit, a client gone mid-body, a
+    query too large to read): answer ``status`` (4xx); not a vane error."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        super().__init__("rejected")
+        self.status = status

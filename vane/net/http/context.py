@@ -21,9 +21,9 @@ MAX_PARSED_ITEMS = 256  # cookies / query args parsed per request
 
 class L7Context(Context):
     __slots__ = ("conn", "request", "response", "services", "settings", "started", "hijack", "fail_status",
-                 "response_edits", "_cookies", "_args", "h1")
+                 "response_edits", "_cookies", "_args", "h1", "seq")
 
-    def __init__(self, conn: Any, request: Request, services: Any, settings: Any) -> None:
+    def __init__(self, conn: Any, request: Request, services: Any, settings: Any, seq: int = 0) -> None:
         kv = conn.kv.child(self._lazy)
         kv._d["conn.layer"] = "l7"
         super().__init__("l7", kv, conn.conn_id)
@@ -40,6 +40,12 @@ class L7Context(Context):
         self.h1: Any = None               # the HTTP/1 connection, for upgrades
         self._cookies: dict[str, str] | None = None
         self._args: dict[str, str] | None = None
+        self.seq = seq                    # the request's number on its connection (HTTP/2: stream id)
+
+    @property
+    def request_id(self) -> str:
+        """``<connection uuid>/<seq>``: names the request in logs and the flow log."""
+        return f"{self.conn_id}/{self.seq}"
 
     # -- lazy req.* / res.* ----------------------------------------------------------------------
 
@@ -75,9 +81,7 @@ class L7Context(Context):
             return self._cookies.get(name[7:])
         if name.startswith("arg."):
             if self._args is None:
-                self._args = {}
-                for k, v in parse_qsl(req.query, keep_blank_values=True, max_num_fields=MAX_PARSED_ITEMS):
-                    self._args.setdefault(k, v)
+                self._args = _args(req.query)
             return self._args.get(name[4:])
         if name == "body":
             return self.read_body(req.body).decode("utf-8", "replace")
@@ -141,15 +145,30 @@ def _header(headers: Headers, name: str) -> str | None:
     return ("; " if name == "cookie" else ", ").join(values)
 
 
-def _cookies(values: list[str]) -> dict[str, str]:
+def _args(query: str) -> dict[str, str]:
+    """Query fields, the first of each name; more than MAX_PARSED_ITEMS is refused (400), so
+    a rule never decides on a prefix of what the backend reads."""
+    if query.count("&") >= MAX_PARSED_ITEMS:
+        raise HttpError(400, f"more than {MAX_PARSED_ITEMS} query fields")
     out: dict[str, str] = {}
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        out.setdefault(k, v)
+    return out
+
+
+def _cookies(values: list[str]) -> dict[str, str]:
+    """Cookies, the first of each name; more than MAX_PARSED_ITEMS is refused (400)."""
+    out: dict[str, str] = {}
+    count = 0
     for value in values:
         for part in value.split(";"):
             name, sep, val = part.strip().partition("=")
-            if sep and name and name not in out:
-                out[name] = val.strip().strip('"')
-                if len(out) >= MAX_PARSED_ITEMS:
-                    return out
+            if sep and name:
+                count += 1
+                if count > MAX_PARSED_ITEMS:
+                    raise HttpError(400, f"more than {MAX_PARSED_ITEMS} cookies")
+                if name not in out:
+                    out[name] = val.strip().strip('"')
     return out
 
 

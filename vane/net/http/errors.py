@@ -25,7 +25,12 @@ REASONS: dict[int, str] = {
 
 
 class HttpError(Exception):
-    """A malformed request or a breached limit; answer ``status`` and usually close."""
+    """A malformed request or a breached limit; answer ``status`` and usually close.
+
+    ``client_fault``: the executor answers ``status`` when a plugin lets one escape (the
+    client's mistake, not a vane error)."""
+
+    client_fault = True
 
     def __init__(self, status: int, reason: str = "", close: bool = True) -> None:
         self.status = status
@@ -68,6 +73,12 @@ class UpstreamTimeout(UpstreamError):
     """The backend did not answer, or stalled mid-body, within the configured time."""
 
     status = 504
+
+
+class UpstreamBusy(UpstreamError):
+    """The client already holds its share of the backend's connections (answered 503)."""
+
+    status = 503
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -16,9 +16,20 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+from functools import partial
 from typing import Any
 
-from .errors import HttpError, UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from vane.observe.logging import RateLimitedLogger
+
+from .errors import (
+    HttpError,
+    UpstreamBusy,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from .forward_options import Options
 from .message import HOP_BY_HOP, Body, Headers, Request, Response, without_hop_by_hop
 from .pool import PooledH1, UpstreamPool
@@ -162,13 +173,14 @@ def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> t
     head_only = method == "HEAD"
     probe = not (idempotent and replayable)   # what cannot be retried checks its connection first
     ep = pool.endpoint(opts.spec)
+    client = peer_ip(ctx) or None
     fresh = False
     attempts = 0
     while True:
         attempts += 1
         conn = None
         try:
-            conn = pool.acquire(ep, opts.connect_timeout, fresh=fresh, probe=probe)
+            conn = pool.acquire(ep, opts.connect_timeout, fresh=fresh, probe=probe, client=client)
             if conn.__class__ is PooledH1:
                 conn.idle_timeout = opts.read_timeout
                 conn.send_request(upstream_request(req, opts, headers, False), headers)
@@ -177,7 +189,8 @@ def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> t
                     ctx.trajectory.note_error(f"upstream {opts.label} answered {resp.status} before taking "
                                               f"the whole request body ({conn.body_cut})")
                 return resp, conn
-            resp = conn.request(upstream_request(req, opts, headers, True), headers, opts.timeout)
+            done = partial(pool.client_done, ep, client) if client is not None else None
+            resp = conn.request(upstream_request(req, opts, headers, True), headers, opts.timeout, done)
             return resp, conn
         except UpstreamError as exc:
             if conn is not None:
@@ -201,19 +214,30 @@ def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> t
             raise
 
 
-_KINDS = {UpstreamTimeout: "timeout", UpstreamConnectError: "connect", UpstreamProtocolError: "protocol"}
+_KINDS = {UpstreamTimeout: "timeout", UpstreamConnectError: "connect", UpstreamProtocolError: "protocol",
+          UpstreamBusy: "busy"}
+upstream_log = RateLimitedLogger(logging.getLogger("vane.upstream"))
 
 
 def failed(ctx: Any, opts: Options, exc: UpstreamError, what: str = "upstream") -> int:
-    """Note an upstream failure (flow log, metrics); returns the status to answer (502/504)."""
+    """Report an upstream failure (one rate-limited warning naming rule, upstream and request,
+    the flow log, metrics); returns the status to answer (502/503/504)."""
     status = exc.status
     kind = _KINDS.get(type(exc), "error")
     ctx.trajectory.note_error(f"{what} {opts.label}: {exc} -> {status}")
+    upstream_log.log((ctx.rule, opts.label, kind), logging.WARNING, "%s %s failed (%s) for rule %s, request %s: %s",
+                     what, opts.label, kind, ctx.rule, ctx.request_id, exc,
+                     extra={"conn": ctx.conn_id, "rule": ctx.rule, "upstream": opts.label, "status": status})
     services = getattr(ctx, "services", None)
     metrics = getattr(services, "metrics", None)
     if metrics is not None:
         metrics.upstream_error(opts.label, kind)
     return status
+
+
+def failed_midway(exc: UpstreamError, ctx: Any, opts: Options) -> None:
+    """Report an upstream that broke off a response the client is already receiving."""
+    failed(ctx, opts, exc, "upstream response from")
 
 
 def client_failed(ctx: Any, exc: HttpError) -> None:

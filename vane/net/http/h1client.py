@@ -51,8 +51,8 @@ _MAX_TRAILERS = 100
 # already have sent (an early 413 or 401): it was written before the upload broke off.
 EARLY_ANSWER_WAIT = 1.0
 
-_CL, _TE, _CONN = 1, 2, 3
-_RESP_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN}
+_CL, _TE, _CONN, _UPG = 1, 2, 3, 4
+_RESP_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN, b"upgrade": _UPG}
 
 
 class _Trailing(Exception):
@@ -87,30 +87,41 @@ class H1ClientConnection:
         self._te: bytes | None = None
         self._conn_hdr = b""
         self._expecting = False
+        self._sent_whole = False    # the current request went out to its last byte
+        self._upgrade: bytes | None = None  # the protocol the current request asks to switch to
+        self._upgrade_to = b""      # the Upgrade field of the response
         self.body_cut: UpstreamError | None = None  # why the current request body was not sent whole
 
     # ------------------------------------------------------------------ public API
 
     @property
     def reusable(self) -> bool:
-        """True once the response was read to its end and both sides allow keep-alive."""
-        return self._complete and self._keep and not self._broken and not self._rest
+        """True once the request was written whole, its response read to its end, and both
+        sides allow keep-alive: only then can the next request not be taken for part of this
+        one."""
+        return self._sent_whole and self._complete and self._keep and not self._broken and not self._rest
 
     def on_done(self, callback: Callable[["H1ClientConnection"], None]) -> None:
         """Run ``callback(conn)`` once when the current response body ends or is dropped."""
         self._callbacks.append(callback)
 
-    def send_request(self, req: Request, headers: Headers) -> None:
+    def send_request(self, req: Request, headers: Headers, upgrade: bytes | None = None) -> None:
         """Write the request line, ``headers`` plus framing, and stream the body.
 
-        ``req.path``/``req.query`` form the target. Content-Length is sent when the body length
-        is known (and for an empty POST/PUT/PATCH), chunked coding otherwise.
+        ``req.path``/``req.query`` form the target. The framing is the codec's alone, from the
+        body: Content-Length when its length is known (and for an empty POST/PUT/PATCH),
+        chunked coding otherwise; framing and connection fields in ``headers`` are dropped.
+        ``upgrade`` (e.g. ``b"websocket"``) asks the backend to switch protocols: the request
+        then has no body, and only a 101 naming that protocol is accepted.
         """
         if self.requests and not self.reusable:
             raise UpstreamConnectError("connection not reusable (previous response unfinished)")
         self.bytes_sent = 0
         self.bytes_received = 0
         self._complete = False
+        self._sent_whole = False
+        self._upgrade = upgrade
+        self._upgrade_to = b""
         self.body_cut = None
         method = req.method
         target = req.path if not req.query else f"{req.path}?{req.query}"
@@ -125,6 +136,11 @@ class H1ClientConnection:
         body = req.body
         length = body.length
         chunked = False
+        if upgrade is not None:
+            if length != 0:
+                raise ValueError("an upgrade request carries no body")
+            parts += (b"connection: upgrade\r\nupgrade: ", upgrade, CRLF)
+            lines += 2
         if length is None:
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
             chunked = True
@@ -139,9 +155,11 @@ class H1ClientConnection:
         if length == 0:
             body.close()
             self._send(head)
+            self._sent_whole = True
             return
         try:
             self._send_body(head, body, chunked)
+            self._sent_whole = True
         except UpstreamError as exc:
             if not self.bytes_sent:
                 raise
@@ -330,6 +348,8 @@ class H1ClientConnection:
                 self._cl = value
             elif kind == _CONN:
                 self._conn_hdr += value.lower()
+            elif kind == _UPG:
+                self._upgrade_to = value.strip().lower()
             else:
                 if self._te is not None or value.lower() != b"chunked":
                     raise UpstreamProtocolError("unsupported Transfer-Encoding", True, True)
@@ -346,6 +366,16 @@ class H1ClientConnection:
         if status < 200 and status != 101:
             self._reset_message()
             return                  # interim response: skipped
+        if status == 101:
+            self._broken = True     # whatever follows, the connection never carries HTTP again
+            if self._upgrade is None:
+                raise UpstreamProtocolError("101 to a request that asked for no upgrade", True, True)
+            if not parser.should_upgrade():
+                raise UpstreamProtocolError("101 without Connection: upgrade", True, True)
+            if self._upgrade_to != self._upgrade:
+                raise UpstreamProtocolError(
+                    f"101 switching to {self._upgrade_to[:40]!r}, not the {self._upgrade.decode()!r} asked for",
+                    True, True)
         self._expecting = False
         self._keep = parser.should_keep_alive()
         self._eof_body = False
@@ -359,8 +389,6 @@ class H1ClientConnection:
                     self._keep = b"close" not in self._conn_hdr
                 else:
                     self._keep = b"keep-alive" in self._conn_hdr
-            if status == 101 and not parser.should_upgrade():
-                raise UpstreamProtocolError("101 without Connection: upgrade", True, True)
         elif self._te is not None:
             self._cur = body
         elif self._cl is not None:
@@ -394,3 +422,4 @@ class H1ClientConnection:
         self._hlist = []
         self._cl = self._te = None
         self._conn_hdr = b""
+        self._upgrade_to = b""

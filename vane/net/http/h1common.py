@@ -32,8 +32,10 @@ recv_view = memoryview(recv_buffer)
 # Bodies up to this size are joined with the head into one send.
 COALESCE_LIMIT = 65536
 
-# Large writes go out in slices so a slow but live reader is not cut by the write timeout.
-SEND_SLICE = 1 << 20
+# Writes through a stream that cannot report progress (TLS) go out in slices, each bounded by
+# the write timeout, so a slow but live reader is not cut off; plain sockets are bounded per
+# wait for room instead.
+SEND_SLICE = 1 << 16
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -173,16 +175,33 @@ class StreamIO:
         return sent
 
     def sendall(self, data: bytes, seconds: float) -> None:
-        """Send all of ``data``; ``IoTimeout`` if the peer stops reading for ``seconds``."""
-        if self._plain:
+        """Send all of ``data``; ``IoTimeout`` if the peer takes nothing for ``seconds``."""
+        if not self._plain:
+            sendall_timed(self.stream, data, self.timers, seconds)
+            return
+        stream = self.stream
+        sock = stream._sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)
+        total = len(view)
+        while sent < total:
+            timer = self.timers.start(seconds)
             try:
-                sent = self.stream._sock.send(data)
+                event = stream._write_event
+                if event is None:
+                    raise OSError(EBADF, "socket closed")
+                stream._wait(event)
+            finally:
+                timer.stop()
+            try:
+                sent += sock.send(view[sent:])
             except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
-        sendall_timed(self.stream, data, self.timers, seconds)
+                continue
 
 
 class BodySource(Protocol):

@@ -35,6 +35,7 @@ from vane.net.http.h1common import (
     status_line,
 )
 from vane.net.http.message import Body, FileBody, Headers, Request, Response
+from vane.net.http.target import check_query, normalize_authority, normalize_path
 from vane.net.tunnel import linger
 
 # Unread request body left when the next request is due: drain up to this much, else close.
@@ -75,6 +76,7 @@ class H1Limits:
     header_timeout: float = 30.0
     body_idle_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    send_timeout: float = 10.0          # a response write during which the client takes nothing
 
 
 IDLE = Request("", "")  # next_request(idle=...): no request yet, nothing consumed
@@ -252,7 +254,7 @@ class H1ServerConnection:
 
         if not send_body:
             body.close()
-            self._io.sendall(head, self.limits.body_idle_timeout)
+            self._io.sendall(head, self.limits.send_timeout)
             self.bytes_out += len(head)
             return len(head)
         try:
@@ -397,7 +399,7 @@ class H1ServerConnection:
         """Read more of ``body`` (called by its iterator)."""
         if self._continue_due and body is self._body:
             self._continue_due = False
-            self._io.sendall(_CONTINUE, self.limits.body_idle_timeout)
+            self._io.sendall(_CONTINUE, self.limits.send_timeout)
             self.bytes_out += len(_CONTINUE)
         self._read_body_bytes()
 
@@ -539,17 +541,28 @@ class H1ServerConnection:
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
         host = self._host
 
+        if host is None and version == "1.1":
+            raise HttpError(400, "missing Host header")
         if url[:1] == b"/":
             i = url.find(b"?")
             if i < 0:
-                path, query = url.decode("latin-1"), ""
+                path, query = normalize_path(url.decode("latin-1")), ""
             else:
-                path, query = url[:i].decode("latin-1"), url[i + 1:].decode("latin-1")
-            authority = host.decode("latin-1") if host is not None else ""
+                path, query = normalize_path(url[:i].decode("latin-1")), check_query(url[i + 1:].decode("latin-1"))
+            raw_authority = host
         else:
-            path, query, authority = _other_target(method, url, host)
-        if host is None and version == "1.1":
-            raise HttpError(400, "missing Host header")
+            path, query, raw_authority = _other_target(method, url, host)
+        if raw_authority is None:
+            authority = ""
+        else:
+            # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host. Either way the
+            # Host field carries the normalised authority the request is routed on.
+            authority = normalize_authority(raw_authority) if method != "CONNECT" else raw_authority.decode("latin-1")
+            if host is None:
+                hlist.insert(0, (b"host", authority.encode("latin-1")))
+            elif authority.encode("latin-1") != host:
+                value = authority.encode("latin-1")
+                hlist = [(k, value if k == b"host" else v) for k, v in hlist]
 
         te = self._te
         flags = _F_KEEP if parser.should_keep_alive() else 0
@@ -566,16 +579,20 @@ class H1ServerConnection:
             body = NO_BODY
         if self._expect:
             flags |= _F_EXPECT
+        upgrade = None
         if (self._upgrade or method == "CONNECT") and parser.should_upgrade():
             flags |= _F_UPGRADE
             if self._cur is not None and method != "CONNECT":
                 self._upgrade_body = self._cur
                 # the body is read as a plain request's; the upgrade cannot be taken
                 hlist = [kv for kv in hlist if kv[0] != b"upgrade"]
+            elif method == "GET" and version == "1.1" and _offers_websocket(hlist):
+                upgrade = "websocket"
         if self._cur is None:
             self._reset_message()
-        self._ready.append((Request(method, path, query, version, Headers(hlist), body,
-                                    self.scheme, authority), flags))
+        req = Request(method, path, query, version, Headers(hlist), body, self.scheme, authority)
+        req.upgrade = upgrade
+        self._ready.append((req, flags))
 
     def on_chunk_header(self) -> None:
         self._chunk_count += 1
@@ -602,7 +619,7 @@ class H1ServerConnection:
 
     def _send_body(self, head: bytes, body: Body, chunked: bool) -> int:
         sendall = self._io.sendall
-        timeout = self.limits.body_idle_timeout
+        timeout = self.limits.send_timeout
         if body.is_buffered:
             data = body.read_all(body.length or 0)
             if len(data) <= COALESCE_LIMIT:
@@ -653,20 +670,30 @@ class H1ServerConnection:
         return sent
 
 
+def _offers_websocket(hlist: list[tuple[bytes, bytes]]) -> bool:
+    """``Upgrade`` lists the ``websocket`` protocol (RFC 9110 §7.8 tokens, RFC 6455 §4.1)."""
+    for k, v in hlist:
+        if k == b"upgrade":
+            for token in v.split(b","):
+                if token.strip().lower() == b"websocket":
+                    return True
+    return False
+
+
 def _clean(value: bytes) -> bool:
     return b"\r" not in value and b"\n" not in value
 
 
-def _other_target(method: str, url: bytes, host: bytes | None) -> tuple[str, str, str]:
-    """Path, query and authority of a request-target that is not origin-form."""
+def _other_target(method: str, url: bytes, host: bytes | None) -> tuple[str, str, bytes | None]:
+    """Path, query and raw authority of a request-target that is not origin-form."""
     if method == "CONNECT":
         if b"/" in url or b":" not in url or b"@" in url:
             raise HttpError(400, "bad CONNECT target")
-        return "", "", url.decode("latin-1")
+        return "", "", url
     if url == b"*":
         if method != "OPTIONS":
             raise HttpError(400, "'*' target outside OPTIONS")
-        return "*", "", host.decode("latin-1") if host is not None else ""
+        return "*", "", host
     low = url[:8].lower()
     if low.startswith(b"http://") or low.startswith(b"https://"):
         rest = url[url.index(b"//") + 2:]
@@ -682,7 +709,6 @@ def _other_target(method: str, url: bytes, host: bytes | None) -> tuple[str, str
             target = b"/" + target
         i = target.find(b"?")
         if i < 0:
-            return target.decode("latin-1"), "", authority.decode("latin-1")
-        return (target[:i].decode("latin-1"), target[i + 1:].decode("latin-1"),
-                authority.decode("latin-1"))
+            return normalize_path(target.decode("latin-1")), "", authority
+        return normalize_path(target[:i].decode("latin-1")), check_query(target[i + 1:].decode("latin-1")), authority
     raise HttpError(400, "bad request-target")

@@ -48,7 +48,7 @@ _DROP = HOP_BY_HOP | {b"host"}
 
 class _ClientStream:
     __slots__ = ("id", "status", "headers", "chunks", "buffered", "ended", "error", "trailers",
-                 "ev", "win_ev", "released", "request_done", "body")
+                 "ev", "win_ev", "released", "request_done", "body", "on_done")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -64,6 +64,7 @@ class _ClientStream:
         self.released = False
         self.request_done = False
         self.body: Body | None = None
+        self.on_done: Callable[[], None] | None = None
 
 
 def _request_block(req: Request, headers: Headers) -> HeaderList:
@@ -157,18 +158,33 @@ class H2ClientConnection:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def request(self, req: Request, headers: Headers, timeout: float) -> Response:
+    def request(self, req: Request, headers: Headers, timeout: float,
+                on_done: Callable[[], None] | None = None) -> Response:
         """Send ``req`` (pseudo-headers from it, fields from ``headers``) and await the response head.
 
-        The returned body streams; closing it early cancels the stream.
+        The returned body streams; closing it early cancels the stream. ``on_done`` runs once
+        when the stream is finished with: its response read or dropped, or the request failed.
         """
+        try:
+            st = self._open(req, headers)
+        except BaseException:
+            if on_done is not None:
+                on_done()
+            raise
+        st.on_done = on_done               # from here the stream calls it, once, on release
+        try:
+            return self._exchange(st, req, timeout)
+        except BaseException:
+            self._cancel(st)               # a no-op when the stream was already released
+            raise
+
+    def _open(self, req: Request, headers: Headers) -> _ClientStream:
+        """A new stream with the request head sent."""
         if not self.is_available():
             raise UpstreamConnectError("HTTP/2 upstream connection not available")
         if not (req.authority or headers.getb(b"host")):
             raise UpstreamProtocolError("HTTP/2 request without an authority")
         conn = self._h2
-        body = req.body
-        no_body = body.length == 0
         try:
             sid = conn.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
@@ -176,7 +192,7 @@ class H2ClientConnection:
             raise UpstreamConnectError("HTTP/2 stream ids exhausted") from None
         st = _ClientStream(sid)
         try:
-            conn.send_headers(sid, _request_block(req, headers), end_stream=no_body)
+            conn.send_headers(sid, _request_block(req, headers), end_stream=req.body.length == 0)
         except h2.exceptions.TooManyStreamsError:
             raise UpstreamConnectError("HTTP/2 upstream stream limit reached") from None
         except h2.exceptions.ProtocolError as exc:
@@ -187,6 +203,13 @@ class H2ClientConnection:
                 self.close()
             raise UpstreamProtocolError(f"HTTP/2 request header block rejected: {exc}") from None
         self._streams[sid] = st
+        return st
+
+    def _exchange(self, st: _ClientStream, req: Request, timeout: float) -> Response:
+        conn = self._h2
+        sid = st.id
+        body = req.body
+        no_body = body.length == 0
         self.requests += 1
         self.last_used = time.monotonic()
         self._out.flush()
@@ -285,6 +308,9 @@ class H2ClientConnection:
             return
         st.released = True
         self._streams.pop(st.id, None)
+        done, st.on_done = st.on_done, None
+        if done is not None:
+            done()
         pending, st.buffered = st.buffered, 0
         st.chunks.clear()
         if not self._closed and self._out.error is None:

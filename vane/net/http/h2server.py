@@ -22,11 +22,12 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 from gevent import get_hub, getcurrent
 from gevent.event import Event
 from h2.errors import ErrorCodes
 
-from vane.net.http.errors import HttpError
+from vane.net.http.errors import HttpError, UpstreamError
 from vane.net.http.h2common import (
     _PREFACE_LEN,
     RECV_SIZE,
@@ -40,6 +41,7 @@ from vane.net.http.h2common import (
     trailer_block,
     write_data,
 )
+from vane.net.http.h2request import check_trailers, request_head
 from vane.net.http.message import Body, HeaderList, Headers, Request, Response
 from vane.net.tunnel import linger
 
@@ -56,11 +58,33 @@ class H2Limits:
 
     max_concurrent_streams: int = 100
     max_header_list_size: int = 65536
+    max_header_count: int = 100        # fields per header block (431 on the stream past it)
     header_timeout: float = 30.0       # until the first request has arrived
     idle_timeout: float = 300.0        # no open stream for this long: GOAWAY and close
-    body_idle_timeout: float = 30.0    # a body (either way) that does not move for this long
+    body_idle_timeout: float = 30.0    # a request body that does not move for this long
+    send_timeout: float = 10.0         # a response the client grants no window for this long
     stream_buffer: int = 65536         # per-stream inbound buffer = advertised stream window
     connection_window: int = 1 << 20   # inbound window shared by all streams of the connection
+
+
+class _LenientStream(h2.stream.H2Stream):
+    """h2's stream with its content-length checks left to ``request_head`` and ``_on_data``:
+    h2 raises those as connection errors, RFC 9113 §8.1.1 makes them stream errors."""
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        self._expected_content_length = None
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        pass
+
+
+class _ServerH2(h2.connection.H2Connection):
+    """The h2 connection state machine with per-stream (not per-connection) request checks."""
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> h2.stream.H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _LenientStream
+        return stream
 
 
 class _Wakeup(Exception):
@@ -72,10 +96,12 @@ class _Wakeup(Exception):
 
 class _ServerStream:
     __slots__ = ("id", "chunks", "buffered", "ended", "reset", "trailers", "body", "discard",
-                 "data_ev", "win_ev", "headers_sent")
+                 "data_ev", "win_ev", "headers_sent", "length", "received")
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, length: int | None = None) -> None:
         self.id = stream_id
+        self.length = length             # the request's content-length, if announced
+        self.received = 0                # body bytes received so far
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.ended = False               # the client finished its side
@@ -107,9 +133,13 @@ class H2ServerConnection:
         window = max(limits.stream_buffer, 65535)
         # Outbound header blocks are built by response_header_block/trailer_block, which
         # already apply h2's outbound rules; h2 re-checking them costs ~10% per request.
+        # Inbound blocks are checked by request_head, per stream (h2 would fail the whole
+        # connection on a malformed request).
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_outbound_headers=False)
-        conn = h2.connection.H2Connection(config=config)
+                                           validate_outbound_headers=False,
+                                           validate_inbound_headers=False,
+                                           normalize_inbound_headers=False)
+        conn = _ServerH2(config=config)
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             _SETTING.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             _SETTING.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
@@ -130,6 +160,11 @@ class H2ServerConnection:
         self._peer_goaway = False
         self._seen_request = False
         self._last_active = time.monotonic()
+        self._new: list[tuple[_ServerStream, Request]] = []  # parsed in this read, not started yet
+        # rapid reset (CVE-2023-44487): streams the client cancels before their answer draw
+        # on a budget that refills at half the stream limit per second
+        self._reset_budget = float(limits.max_concurrent_streams)
+        self._reset_refill = time.monotonic()
         self.bytes_in = 0
         self.requests = 0
 
@@ -205,9 +240,13 @@ class H2ServerConnection:
                 return False
             for event in events:
                 self._dispatch(event)
+            new, self._new = self._new, []
+            for st, request in new:     # a stream reset in the same read never starts
+                if st.reset is None and not self._closed:
+                    self._spawn(self._run, st, request)
         if goaways:
             self._peer_goaway = True
-        return True
+        return not self._closed
 
     def goaway(self) -> None:
         """Graceful drain: send GOAWAY, let in-flight streams finish, then ``serve`` returns."""
@@ -266,6 +305,9 @@ class H2ServerConnection:
         elif kind is h2.events.StreamEnded:
             st = self._streams.get(event.stream_id)
             if st is not None:
+                if st.length is not None and st.received != st.length:
+                    self._malformed(st, "request body shorter than its content-length")
+                    return
                 st.ended = True
                 st.data_ev.set()
         elif kind is h2.events.WindowUpdated:
@@ -282,12 +324,20 @@ class H2ServerConnection:
                 st.reset = event.error_code
                 st.data_ev.set()
                 st.win_ev.set()
+                if not st.headers_sent:
+                    self._count_early_reset()
         elif kind is h2.events.TrailersReceived:
             st = self._streams.get(event.stream_id)
             if st is not None:
-                st.trailers = [(k, v) for k, v in event.headers]
+                trailers = [(k, v) for k, v in event.headers]
+                try:
+                    check_trailers(trailers, self._limits.max_header_count)
+                except HttpError as exc:
+                    self._malformed(st, exc.reason)
+                    return
+                st.trailers = trailers
                 if st.body is not None:
-                    st.body.trailers = st.trailers
+                    st.body.trailers = trailers
         elif kind is h2.events.RemoteSettingsChanged:
             if _SETTING.INITIAL_WINDOW_SIZE in event.changed_settings:
                 for st in self._streams.values():
@@ -299,48 +349,75 @@ class H2ServerConnection:
         self._last_active = time.monotonic()
         if (self._draining and sid > self._last_stream_id) or self._closed \
                 or len(self._streams) >= self._limits.max_concurrent_streams:
-            self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self._reset_quietly(sid, ErrorCodes.REFUSED_STREAM)
             return
-        method = path = authority = scheme = b""
-        host = None
-        items: HeaderList = []
-        length: int | None = None
-        for k, v in event.headers:
-            if k[:1] == b":":
-                if k == b":method":
-                    method = v
-                elif k == b":path":
-                    path = v
-                elif k == b":authority":
-                    authority = v
-                elif k == b":scheme":
-                    scheme = v
-                continue
-            if k == b"host":
-                host = v
-            elif k == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    length = None
-            items.append((k, v))
-        if not authority and host is not None:
-            authority = host
-        target, _, query = path.partition(b"?")
-        st = _ServerStream(sid)
+        try:
+            request, length = request_head(event.headers, self._scheme, self._limits.max_header_count)
+        except HttpError as exc:
+            self._reject(sid, exc, event.stream_ended is not None)
+            return
+        request.stream_id = sid
+        st = _ServerStream(sid, length)
         self._streams[sid] = st
         if event.stream_ended is not None:
+            if length:
+                self._streams.pop(sid, None)
+                self._reject(sid, HttpError(400, "content-length without a body"), True)
+                return
             st.ended = True
             body = Body.empty()
         else:
             body = Body(self._body_chunks(st), length, close=lambda: self._discard(st))
         st.body = body
-        request = Request(method.decode("latin-1"), target.decode("latin-1"),
-                          query.decode("latin-1"), "2", Headers(items), body,
-                          scheme.decode("latin-1") or self._scheme, authority.decode("latin-1"),
-                          stream_id=sid)
+        request.body = body
         self.requests += 1
-        self._spawn(self._run, st, request)
+        self._new.append((st, request))
+
+    def _reject(self, sid: int, exc: HttpError, ended: bool) -> None:
+        """Answer a malformed request on its own stream (RFC 9113 §8.1.1); the connection
+        and its other streams go on."""
+        data = f"{exc.status} {exc.reason}\n".encode()
+        try:
+            self._h2.send_headers(sid, [(b":status", b"%d" % exc.status),
+                                        (b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", b"%d" % len(data))])
+            self._h2.send_data(sid, data, end_stream=True)
+            if not ended:
+                self._h2.reset_stream(sid, ErrorCodes.NO_ERROR)
+        except h2.exceptions.ProtocolError:   # closed meanwhile, or no window for the answer
+            self._reset_quietly(sid, ErrorCodes.PROTOCOL_ERROR)
+        log.debug("h2 stream %d: malformed request (%s)", sid, exc)
+
+    def _malformed(self, st: _ServerStream, reason: str) -> None:
+        """A stream's request turned out malformed after its head (body length, trailers)."""
+        log.debug("h2 stream %d: malformed request (%s)", st.id, reason)
+        if st.reset is None:
+            st.reset = ErrorCodes.PROTOCOL_ERROR
+        st.data_ev.set()
+        st.win_ev.set()
+        self._reset_quietly(st.id, ErrorCodes.PROTOCOL_ERROR)
+
+    def _reset_quietly(self, sid: int, code: int) -> None:
+        try:
+            self._h2.reset_stream(sid, code)
+        except h2.exceptions.ProtocolError:   # the client reset or ended it first
+            pass
+
+    def _count_early_reset(self) -> None:
+        limit = self._limits.max_concurrent_streams
+        now = time.monotonic()
+        budget = min(float(limit), self._reset_budget + (now - self._reset_refill) * limit / 2.0)
+        self._reset_refill = now
+        self._reset_budget = budget - 1.0
+        if self._reset_budget < 0 and not self._closed:
+            log.info("h2: client cancels streams faster than they can be served; closing the connection")
+            self._out.raw(goaway_frame(self._h2.highest_inbound_stream_id, ErrorCodes.ENHANCE_YOUR_CALM))
+            self._closed = True
+            for each in self._streams.values():
+                if each.reset is None:
+                    each.reset = ErrorCodes.CANCEL
+                each.data_ev.set()
+                each.win_ev.set()
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         sid = event.stream_id
@@ -354,6 +431,11 @@ class H2ServerConnection:
         if size > len(data):  # padding is never handed to the consumer: credit it now
             self._h2.acknowledge_received_data(size - len(data), sid)
         if data:
+            st.received += len(data)
+            if st.length is not None and st.received > st.length:
+                self._h2.acknowledge_received_data(len(data), sid)
+                self._malformed(st, "request body longer than its content-length")
+                return
             st.chunks.append(data)
             st.buffered += len(data)
             st.data_ev.set()
@@ -400,6 +482,9 @@ class H2ServerConnection:
             self._respond(st, request, response)
         except StreamGone:
             pass
+        except UpstreamError as exc:    # the backend broke off mid-body (the proxy logged it)
+            log.debug("h2 stream %d: response aborted: %s", st.id, exc)
+            self._reset(st, ErrorCodes.INTERNAL_ERROR)
         except Exception:
             log.exception("h2 response failed on stream %d", st.id)
             self._reset(st, ErrorCodes.INTERNAL_ERROR)
@@ -465,7 +550,7 @@ class H2ServerConnection:
         self._out.wait_room(self._tick)
 
     def _send_data(self, st: _ServerStream, data: bytes, end: bool) -> None:
-        timeout = self._limits.body_idle_timeout
+        timeout = self._limits.send_timeout
         if not write_data(self._h2, self._out, st, data, end, timeout, self._check, self._tick):
             log.debug("h2 stream %d: peer window stayed closed for %.0fs", st.id, timeout)
             self._reset(st, ErrorCodes.CANCEL)

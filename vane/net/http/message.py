@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator
 
+from .target import host_of
+
 HeaderList = list[tuple[bytes, bytes]]
 
 
@@ -213,20 +215,21 @@ class Request:
     """One HTTP request as received (or as sent upstream after rewriting)."""
 
     __slots__ = ("method", "scheme", "authority", "path", "query", "version", "headers", "body",
-                 "stream_id")
+                 "stream_id", "upgrade")
 
     def __init__(self, method: str, path: str, query: str = "", version: str = "1.1",
                  headers: Headers | None = None, body: Body | None = None, scheme: str = "http",
                  authority: str = "", stream_id: int | None = None) -> None:
         self.method = method
         self.scheme = scheme
-        self.authority = authority  # Host header (HTTP/1) or :authority (HTTP/2)
-        self.path = path            # raw path, no query
+        self.authority = authority  # normalised host[:port] (Host, :authority or the target's)
+        self.path = path            # normalised path (vane.net.http.target), no query
         self.query = query          # raw query, no leading '?'
         self.version = version      # "1.0" | "1.1" | "2"
         self.headers = headers if headers is not None else Headers()
         self.body = body if body is not None else Body.empty()
         self.stream_id = stream_id
+        self.upgrade: str | None = None  # "websocket": an HTTP/1.1 upgrade the parser accepted
 
     @property
     def uri(self) -> str:
@@ -234,12 +237,8 @@ class Request:
 
     @property
     def host(self) -> str:
-        """Host without port, lower-cased."""
-        auth = self.authority
-        if auth.startswith("["):
-            end = auth.find("]")
-            return auth[: end + 1].lower() if end > 0 else auth.lower()
-        return auth.rsplit(":", 1)[0].lower() if ":" in auth else auth.lower()
+        """Host without port, lower-cased, no trailing dot."""
+        return host_of(self.authority)
 
 
 class Response:

@@ -6,6 +6,13 @@ most ``max_idle_per_host`` idle); at most ``max_active_per_host`` are leased at 
 further callers wait up to the connect timeout. HTTP/2 connections are shared by many
 streams. A reaper greenlet closes connections idle past ``idle_timeout``.
 
+Fair shares: leases (HTTP/1.1 connections and HTTP/2 streams) are counted per client IP.
+When fewer than ``max_active_per_client`` of an endpoint's ``max_active_per_host`` leases
+are free, a client that already holds ``max_active_per_client`` waits for one of its own to
+end (then gets 503) while the others still get theirs: clients that do not read their
+responses cannot take every connection to a backend away from the rest, and a lone client
+(or a load balancer in front) still uses the whole pool when nobody competes.
+
 The pool survives reloads; ``configure`` applies config.json's ``upstream_pool`` section.
 Endpoints are keyed by the configured upstream (a templated upstream could make that client
 data), so their number is capped: past ``MAX_ENDPOINTS`` an endpoint is transient (no reuse).
@@ -20,7 +27,7 @@ from typing import Any, Mapping
 import gevent
 from gevent.event import Event
 
-from .errors import UpstreamConnectError, UpstreamTimeout
+from .errors import UpstreamBusy, UpstreamConnectError, UpstreamTimeout
 from .pool_endpoint import Endpoint, EndpointSpec, PooledH1
 from .upstream_conn import connect
 
@@ -32,8 +39,9 @@ MAX_ENDPOINTS = 1024
 H2_STREAMS_PER_CONN = 100
 _monotonic = time.monotonic
 
-DEFAULTS: dict[str, float] = {"max_idle_per_host": 128, "max_active_per_host": 256, "idle_timeout": 60.0,
-                              "connect_timeout": 5.0}
+DEFAULTS: dict[str, float | None] = {"max_idle_per_host": 128, "max_active_per_host": 256, "idle_timeout": 60.0,
+                                     "connect_timeout": 5.0, "max_active_per_client": None,
+                                     "response_buffer": 262144}
 
 
 class UpstreamPool:
@@ -46,6 +54,9 @@ class UpstreamPool:
         self.max_active = int(DEFAULTS["max_active_per_host"])
         self.idle_timeout = float(DEFAULTS["idle_timeout"])
         self.connect_timeout = float(DEFAULTS["connect_timeout"])
+        self.max_per_client = max(1, self.max_active // 4)
+        self.share_reserve = self.max_active // 4
+        self.response_buffer = int(DEFAULTS["response_buffer"])
         self.max_header_bytes = getattr(settings, "sec_max_header_bytes", 65536) if settings else 65536
         self._eps: dict[str, Endpoint] = {}
         self._reaper: Any = None
@@ -61,6 +72,13 @@ class UpstreamPool:
         self.max_active = max(1, int(opts["max_active_per_host"]))
         self.idle_timeout = max(0.0, float(opts["idle_timeout"]))
         self.connect_timeout = max(0.001, float(opts["connect_timeout"]))
+        per_client = opts["max_active_per_client"]
+        if per_client is None:
+            self.max_per_client, self.share_reserve = max(1, self.max_active // 4), self.max_active // 4
+        else:
+            self.max_per_client = max(1, int(per_client))
+            self.share_reserve = min(self.max_per_client, self.max_active - 1)
+        self.response_buffer = max(0, int(opts["response_buffer"]))
         for ep in self._eps.values():
             while len(ep.idle) > self.max_idle:
                 ep.idle.pop(0).close()
@@ -91,16 +109,32 @@ class UpstreamPool:
     # -- leasing ---------------------------------------------------------------------------------
 
     def acquire(self, ep: Endpoint, connect_timeout: float | None = None, fresh: bool = False,
-                probe: bool = False) -> Any:
+                probe: bool = False, client: str | None = None) -> Any:
         """A connection for one request: a leased ``PooledH1`` or a shared H2 connection.
 
         ``fresh`` skips idle connections (a retry after a stale one). ``probe`` checks an idle
-        connection for staleness first (for requests that must not be retried). Waits for a
-        free slot up to the connect timeout; raises ``UpstreamConnectError`` /
-        ``UpstreamTimeout``.
+        connection for staleness first (for requests that must not be retried). ``client``
+        (an IP) draws on that client's share of the endpoint: for a ``PooledH1`` the share
+        comes back with the lease, for an HTTP/2 connection the caller passes
+        ``client_done(ep, client)`` as the stream's ``on_done``. Waits for a free slot up to
+        the connect timeout; raises ``UpstreamConnectError`` / ``UpstreamTimeout`` /
+        ``UpstreamBusy``.
         """
         timeout = connect_timeout if connect_timeout is not None else self.connect_timeout
         ep.last_used = _monotonic()
+        if client is not None:
+            self._take_share(ep, client, timeout)
+        try:
+            conn = self._acquire(ep, timeout, fresh, probe)
+        except BaseException:
+            if client is not None:
+                self.client_done(ep, client)
+            raise
+        if client is not None and conn.__class__ is PooledH1:
+            conn.client = client
+        return conn
+
+    def _acquire(self, ep: Endpoint, timeout: float, fresh: bool, probe: bool) -> Any:
         if ep.proto == "h2":
             return self._acquire_h2(ep, timeout)
         if ep.active >= self.max_active:
@@ -124,7 +158,7 @@ class UpstreamPool:
             if ep.connecting is not None:
                 started = _monotonic()
                 ep.connecting.wait(timeout)
-                return self.acquire(ep, max(timeout - (_monotonic() - started), 0.001), fresh, probe)
+                return self._acquire(ep, max(timeout - (_monotonic() - started), 0.001), fresh, probe)
             learning = ep.connecting = Event()
         ep.active += 1
         try:
@@ -168,13 +202,66 @@ class UpstreamPool:
                     f"no free connection to {ep.label} within {timeout:g}s "
                     f"({self.max_active} in use, max_active_per_host)")
 
+    # -- client shares ---------------------------------------------------------------------------
+
+    def _share_free(self, ep: Endpoint, client: str) -> bool:
+        """May ``client`` take one more lease on ``ep`` now? Yes below its share, or while
+        more than the reserve of leases is free."""
+        return (ep.by_client.get(client, 0) < self.max_per_client
+                or self.max_active - ep.client_leases > self.share_reserve)
+
+    def _take_share(self, ep: Endpoint, client: str, timeout: float) -> None:
+        if not self._share_free(ep, client):
+            deadline = _monotonic() + timeout
+            while not self._share_free(ep, client):
+                remaining = deadline - _monotonic()
+                ev = Event()
+                entry = (client, ev)
+                ep.share_waiters.append(entry)
+                try:
+                    ok = remaining > 0 and ev.wait(remaining)
+                finally:
+                    try:
+                        ep.share_waiters.remove(entry)
+                    except ValueError:
+                        pass
+                if not ok and not self._share_free(ep, client):
+                    if ep.client_leases >= self.max_active:
+                        raise UpstreamTimeout(
+                            f"no free connection to {ep.label} within {timeout:g}s "
+                            f"({self.max_active} in use, max_active_per_host)")
+                    raise UpstreamBusy(f"this client holds {ep.by_client.get(client, 0)} of the busy "
+                                       f"connections to {ep.label} (max_active_per_client)")
+        ep.by_client[client] = ep.by_client.get(client, 0) + 1
+        ep.client_leases += 1
+
+    def client_done(self, ep: Endpoint, client: str) -> None:
+        """One of ``client``'s leases on ``ep`` ended (a stream, a connection)."""
+        left = ep.by_client.get(client, 1) - 1
+        if left > 0:
+            ep.by_client[client] = left
+        else:
+            ep.by_client.pop(client, None)
+        ep.client_leases -= 1
+        for waiting, ev in ep.share_waiters:
+            if self._share_free(ep, waiting):
+                ev.set()
+                break
+
+    def _unlease(self, conn: PooledH1) -> None:
+        conn.leased = False
+        ep = conn.endpoint
+        ep.active -= 1
+        client, conn.client = conn.client, None
+        if client is not None:
+            self.client_done(ep, client)
+
     def _release(self, conn: PooledH1) -> None:
         """A response body ended (or was dropped): keep the connection or close it."""
         if not conn.leased:
             return
-        conn.leased = False
+        self._unlease(conn)
         ep = conn.endpoint
-        ep.active -= 1
         if conn.reusable and not ep.transient and not self._closed and len(ep.idle) < self.max_idle:
             conn.idle_since = _monotonic()
             ep.idle.append(conn)
@@ -187,16 +274,14 @@ class UpstreamPool:
         """The request failed on ``conn`` (or the stream was taken over): give the slot back."""
         if isinstance(conn, PooledH1):
             if conn.leased:
-                conn.leased = False
-                conn.endpoint.active -= 1
+                self._unlease(conn)
                 self._wake(conn.endpoint)
             conn.close()
 
     def forget(self, conn: PooledH1) -> None:
         """Give the slot back without closing: the stream was detached (WebSocket)."""
         if conn.leased:
-            conn.leased = False
-            conn.endpoint.active -= 1
+            self._unlease(conn)
             self._wake(conn.endpoint)
 
     @staticmethod
@@ -239,7 +324,7 @@ class UpstreamPool:
                 if ep.spec.version == "h2":
                     raise UpstreamConnectError(f"{ep.label} did not negotiate HTTP/2 (ALPN {alpn!r})")
                 ep.proto = "h1"
-                return self.acquire(ep, remaining)
+                return self._acquire(ep, remaining, False, False)
             return self._add_h2(ep, stream)
 
     def _add_h2(self, ep: Endpoint, stream: Any) -> Any:
@@ -307,7 +392,8 @@ class UpstreamPool:
             rows.append({"upstream": ep.label, "idle": len(ep.idle) + sum(1 for c in h2 if not c.active_streams),
                          "active": ep.active + streams, "max_idle": self.max_idle,
                          "max_active": self.max_active, "protocol": ep.proto or "auto",
-                         "h2_connections": len(h2), "waiting": len(ep.waiters),
+                         "h2_connections": len(h2), "waiting": len(ep.waiters) + len(ep.share_waiters),
+                         "clients": len(ep.by_client), "max_active_per_client": self.max_per_client,
                          "connects": ep.connects, "reuses": ep.reuses})
         return rows
 
@@ -325,6 +411,8 @@ class UpstreamPool:
                 conn.close()
             ep.h2 = []
             for ev in ep.waiters:
+                ev.set()
+            for _, ev in ep.share_waiters:
                 ev.set()
 
 

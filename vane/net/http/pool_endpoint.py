@@ -69,6 +69,7 @@ class PooledH1(H1ClientConnection):
         self.leased = False
         self.reused = False
         self.idle_since = 0.0
+        self.client: str | None = None      # whose share of the endpoint this lease is
 
     def alive(self) -> bool:
         """Cheap staleness probe of a plain socket (one non-blocking MSG_PEEK): an idle
@@ -88,7 +89,7 @@ class PooledH1(H1ClientConnection):
 
 class Endpoint:
     __slots__ = ("spec", "idle", "active", "waiters", "h2", "connecting", "proto", "last_used",
-                 "transient", "connects", "reuses", "label")
+                 "transient", "connects", "reuses", "label", "by_client", "client_leases", "share_waiters")
 
     def __init__(self, spec: EndpointSpec, transient: bool = False) -> None:
         self.spec = spec
@@ -96,6 +97,10 @@ class Endpoint:
         self.idle: list[PooledH1] = []
         self.active = 0                     # HTTP/1.1 connections leased or being opened
         self.waiters: deque[Event] = deque()
+        # leases per client IP: only clients holding one are present, so bounded by the leases
+        self.by_client: dict[str, int] = {}
+        self.client_leases = 0              # the sum of by_client
+        self.share_waiters: deque[tuple[str, Event]] = deque()
         self.h2: list[Any] = []             # H2ClientConnection
         self.connecting: Event | None = None
         # "h2" once a connection negotiated it (or version h2), "h1" once one did not
@@ -107,4 +112,5 @@ class Endpoint:
         self.reuses = 0
 
     def empty(self) -> bool:
-        return not (self.idle or self.active or self.waiters or self.h2 or self.connecting)
+        return not (self.idle or self.active or self.waiters or self.h2 or self.connecting
+                    or self.by_client or self.share_waiters)

@@ -17,7 +17,7 @@ import gevent
 
 from vane.engine.executor import walk
 from vane.engine.node import Node
-from vane.engine.outcome import ERROR, TIMEOUT
+from vane.engine.outcome import ERROR, TIMEOUT, Rejected
 from vane.observe.flowlog import LazyEntry
 
 from ..peek import H2_PREFACE
@@ -47,7 +47,7 @@ class H1Session:
     def __init__(self, ctx: Any, root: Node, env: Any, scheme: str) -> None:
         s = env.settings
         limits = H1Limits(s.sec_max_header_bytes, s.sec_max_header_count, s.sec_header_timeout,
-                          s.sec_body_idle_timeout, s.sec_keepalive_timeout)
+                          s.sec_body_idle_timeout, s.sec_keepalive_timeout, s.sec_send_timeout)
         self.ctx = ctx
         self.root = root
         self.env = env
@@ -85,7 +85,7 @@ class H1Session:
             return not (services is None or services.draining.is_set() or self._park())
         if req is None:
             return False
-        rctx = L7Context(ctx, req, services, self.env.settings)
+        rctx = L7Context(ctx, req, services, self.env.settings, conn.requests)
         rctx.h1 = conn
         record = ctx.record
         if record is not None:
@@ -96,7 +96,7 @@ class H1Session:
             finish_request(rctx, rctx.response or simple_response(101), 0)
             return False
         resp = rctx.final_response()
-        if resp is None or outcome is ERROR or outcome is TIMEOUT:
+        if resp is None or outcome is ERROR or outcome is TIMEOUT or outcome.__class__ is Rejected:
             resp = failure_response(rctx, outcome)
             conn.close_after()
         if services is not None and services.draining.is_set():
@@ -165,20 +165,22 @@ def serve_h2(ctx: Any, root: Node, env: Any, scheme: str) -> None:
     record = ctx.record
 
     def handle(req: Request) -> Response:
-        rctx = L7Context(ctx, req, services, settings)
+        rctx = L7Context(ctx, req, services, settings, req.stream_id or 0)
         if record is not None:
             record.requests += 1
         outcome = walk(root, rctx, timeout)
         resp = rctx.final_response()
-        if resp is None or outcome is ERROR or outcome is TIMEOUT:
+        if resp is None or outcome is ERROR or outcome is TIMEOUT or outcome.__class__ is Rejected:
             resp = failure_response(rctx, outcome)
         finish_request(rctx, resp, resp.body.length or 0)
         return resp
 
     limits = H2Limits(max_concurrent_streams=settings.sec_h2_max_streams,
                       max_header_list_size=settings.sec_max_header_bytes,
+                      max_header_count=settings.sec_max_header_count,
                       header_timeout=settings.sec_header_timeout,
-                      body_idle_timeout=settings.sec_body_idle_timeout)
+                      body_idle_timeout=settings.sec_body_idle_timeout,
+                      send_timeout=settings.sec_send_timeout)
     conn = H2ServerConnection(ctx.stream, handle, limits, scheme)
     watcher = None
     if services is not None:
@@ -200,7 +202,9 @@ def _goaway_on_drain(draining: Any, conn: Any) -> None:
 
 def failure_response(rctx: L7Context, outcome: Any) -> Response:
     """What a request gets when its flow did not produce a response."""
-    if rctx.fail_status is not None:
+    if outcome.__class__ is Rejected:
+        status = outcome.status
+    elif rctx.fail_status is not None:
         status = rctx.fail_status
     elif outcome is TIMEOUT:
         status = 504
@@ -230,15 +234,17 @@ def finish_request(rctx: L7Context, resp: Response, sent: int, aborted: bool = F
     conn = rctx.conn
     now = time.time()
     services.flow_log.record(LazyEntry(
-        now, _l7_entry, traj, now, rctx.conn_id, conn.listener, resp.status, req.method, req.host, req.path,
-        req.version, conn.peer, req.body.length or 0, sent, "aborted" if aborted else (traj.outcome or "finished"),
-        seconds))
+        now, _l7_entry, traj, now, rctx.conn_id, rctx.seq, conn.listener, resp.status, req.method, req.host,
+        req.path, req.version, conn.peer, req.body.length or 0, sent,
+        "aborted" if aborted else (traj.outcome or "finished"), seconds))
 
 
-def _l7_entry(traj: Any, ts: float, conn_id: str, listener: str, status: int, method: str, host: str, path: str,
-              version: str, peer: tuple, bytes_in: int, bytes_out: int, outcome: str, seconds: float) -> dict:
+def _l7_entry(traj: Any, ts: float, conn_id: str, seq: int, listener: str, status: int, method: str, host: str,
+              path: str, version: str, peer: tuple, bytes_in: int, bytes_out: int, outcome: str,
+              seconds: float) -> dict:
     entry = traj.to_dict()
-    entry.update({"ts": ts, "conn": conn_id, "listener": listener, "layer": "l7", "status": status,
+    entry.update({"ts": ts, "conn": conn_id, "request": f"{conn_id}/{seq}", "listener": listener,
+                  "layer": "l7", "status": status,
                   "method": method, "host": host, "path": path, "version": version,
                   "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in, "bytes_out": bytes_out,
                   "outcome": outcome, "ms": round(seconds * 1000.0, 3)})

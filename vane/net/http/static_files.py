@@ -45,7 +45,10 @@ def split_url_path(path: str) -> list[str] | None:
     low = path.lower()
     if "%2f" in low or "%5c" in low or "%00" in low:
         return None
-    decoded = unquote(path, errors="strict") if "%" in path else path
+    try:
+        decoded = unquote(path, errors="strict") if "%" in path else path
+    except UnicodeDecodeError:      # not UTF-8: no file is named so
+        return None
     if "\0" in decoded or "\\" in decoded:
         return None
     segments = []

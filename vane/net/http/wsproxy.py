@@ -1,72 +1,39 @@
 """WebSocket through the L7 ``proxy`` (DESIGN.md §6 ``websocket``): HTTP/1.1 upgrade, then a tunnel.
 
-The upgrade request goes upstream on a fresh HTTP/1.1 connection with ``Connection: upgrade``
-and the client's ``Upgrade``. A ``101`` is relayed to the client, both connections are
-detached from their codecs and the bytes are tunnelled both ways (``vane.net.tunnel.relay``),
-bytes already read past either head going first. Any other answer is passed back as a
-normal response.
+Only a request the HTTP/1 parser accepted as an upgrade to ``websocket`` comes here
+(``Request.upgrade``: ``Connection: upgrade``, an ``Upgrade`` token ``websocket``, a GET without
+a body). It goes upstream on a fresh HTTP/1.1 connection through the client codec, which
+owns the framing (no body, no framing fields from the client) and names ``websocket`` alone
+in ``Upgrade`` whatever else the client listed; only a ``101`` that switches to
+``websocket`` is accepted. Then the 101 is relayed, both connections are detached from their
+codecs and the bytes are tunnelled both ways (``vane.net.tunnel.relay``), bytes already read
+past either head going first. Any other answer is passed back as a normal response, and the
+upstream connection goes back to the pool only if that exchange went through whole.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gevent import Timeout
-
 from vane.engine.outcome import FINISHED, Outcome
 
 from ..tunnel import relay
-from .errors import UpstreamConnectError, UpstreamTimeout
-from .forward import strip_response, upstream_headers
+from .forward import strip_response, upstream_headers, upstream_request
 from .forward_options import Options
-from .h1common import CRLF, head_is_clean
 from .pool import UpstreamPool
 
-
-def _send(stream: Any, data: bytes, seconds: float) -> None:
-    timer = Timeout(seconds)
-    timer.start()
-    try:
-        stream.sendall(data)
-    except Timeout as exc:
-        if exc is not timer:
-            raise
-        raise UpstreamTimeout("upgrade request send timeout", True) from None
-    except OSError as exc:
-        raise UpstreamConnectError(f"upgrade request send failed: {exc}") from None
-    finally:
-        timer.close()
-
-
-def is_websocket(req: Any) -> bool:
-    """An HTTP/1.1 request asking to upgrade to WebSocket."""
-    value = req.headers.getb(b"upgrade")
-    return value is not None and b"websocket" in value.lower() and req.version == "1.1"
+WEBSOCKET = b"websocket"
 
 
 def proxy_websocket(pool: UpstreamPool, ctx: Any, opts: Options) -> Outcome:
     """Forward the upgrade; on 101 tunnel until either side ends. Raises ``UpstreamError``."""
     req = ctx.request
-    headers = upstream_headers(ctx, opts, keep_upgrade=True)
-    headers.items_.append((b"connection", b"upgrade"))
-    up = opts.upstream
-    target = up.target(req.path)
-    if req.query:
-        target += "?" + req.query
-    parts = [req.method.encode("latin-1"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n"]
-    for k, v in headers.items_:
-        parts += (k, b": ", v, CRLF)
-    parts.append(CRLF)
-    head = b"".join(parts)
-    if " " in target or not head_is_clean(head, len(headers.items_) + 2):
-        raise ValueError("CR, LF or space in the upgrade request")
-
+    headers = upstream_headers(ctx, opts)
     ep = pool.endpoint(opts.h1_spec)
     conn = pool.acquire(ep, opts.connect_timeout, fresh=True)
     try:
-        _send(conn.stream, head, opts.timeout)
-        conn.bytes_sent = len(head)
         conn.idle_timeout = opts.read_timeout
+        conn.send_request(upstream_request(req, opts, headers, False), headers, upgrade=WEBSOCKET)
         resp = conn.read_response(False, opts.timeout)
     except BaseException:
         pool.discard(conn)

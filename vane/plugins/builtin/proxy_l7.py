@@ -8,18 +8,13 @@ when ``websocket`` is on (the default). ``forwarded`` (default on) adds X-Forwar
 
 from __future__ import annotations
 
-from vane.engine.outcome import ERROR, FINISHED
-from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.forward import (
-    client_failed,
-    exchange,
-    failed,
-    strip_response,
-    upstream_headers,
-)
+from vane.engine.outcome import FINISHED
+from vane.net.http.errors import UpstreamError
+from vane.net.http.forward import exchange, failed, failed_midway, strip_response, upstream_headers
 from vane.net.http.forward_options import OptionsSource
 from vane.net.http.pool import pool_for
-from vane.net.http.wsproxy import is_websocket, proxy_websocket
+from vane.net.http.readahead import read_ahead
+from vane.net.http.wsproxy import proxy_websocket
 from vane.plugins.base import LinkEnv, Terminator
 
 
@@ -38,15 +33,16 @@ class L7Proxy(Terminator):
             ctx.trajectory.note_error("proxy: CONNECT is not forwarded")
             return ctx.respond_status(405)
         try:
-            if opts.websocket and ctx.h1 is not None and is_websocket(ctx.request):
+            if opts.websocket and ctx.request.upgrade == "websocket" and ctx.h1 is not None:
                 return proxy_websocket(self.pool, ctx, opts)
             resp, _ = exchange(self.pool, ctx, opts, upstream_headers(ctx, opts))
         except UpstreamError as exc:
             return ctx.respond_status(failed(ctx, opts, exc))
-        except HttpError as exc:
-            client_failed(ctx, exc)
-            return ERROR
         strip_response(resp)
+        try:
+            resp.body = read_ahead(resp.body, self.pool.response_buffer, failed_midway, ctx, opts)
+        except UpstreamError as exc:        # the backend broke off before the client got a byte
+            return ctx.respond_status(exc.status)
         ctx.response = resp
         record = ctx.conn.record
         if record is not None:

@@ -1,0 +1,145 @@
+"""An HTTP/2 request head checked and turned into a ``Request`` (RFC 9113 §8.1-§8.3).
+
+The server codec runs h2 with its own inbound header validation off and calls
+``request_head`` instead, so that a malformed request is a stream error answered on that
+stream (400, 431) and never a connection error that takes the other streams down. The same
+rules as for HTTP/1 apply to what is routed and forwarded: the path and the authority go
+through ``vane.net.http.target``; the method must be a token; the header count is limited.
+
+Malformed (400): an upper-case, empty or non-token field name; a value holding NUL, CR or LF
+or starting or ending with whitespace; a connection-specific field (``connection``,
+``keep-alive``, ``proxy-connection``, ``transfer-encoding``, ``upgrade``) or ``te`` other than
+``trailers``; an unknown, repeated or late pseudo-header; a missing ``:method``, ``:scheme`` or
+``:path`` (``:authority`` for CONNECT); a ``:path`` that is neither origin-form nor ``*`` for
+OPTIONS; ``host`` and ``:authority`` naming different authorities; a ``content-length`` that
+is not digits or disagrees with another one.
+"""
+
+from __future__ import annotations
+
+from .errors import HttpError
+from .message import HeaderList, Headers, Request
+from .target import check_query, is_token, normalize_authority, normalize_path
+
+__all__ = ["request_head", "check_trailers"]
+
+_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                  b"upgrade"})
+_NAME_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+_CACHE_MAX = 4096
+_good_names: set[bytes] = set()
+
+
+def _check_name(name: bytes) -> None:
+    if name in _good_names:
+        return
+    if not name or not _NAME_CHARS.issuperset(name):
+        raise HttpError(400, f"invalid header field name {name[:64]!r}")
+    if len(_good_names) < _CACHE_MAX:
+        _good_names.add(name)
+
+
+def _check_value(value: bytes) -> None:
+    if value and (b"\r" in value or b"\n" in value or b"\0" in value
+                  or value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
+        raise HttpError(400, "invalid header field value")
+
+
+def request_head(headers: HeaderList, default_scheme: str, max_fields: int) -> tuple[Request, int | None]:
+    """The ``Request`` (its body still to be attached) and the announced content length of a
+    received header block; raises ``HttpError``."""
+    if len(headers) > max_fields:
+        raise HttpError(431, "too many header fields")
+    method = path = scheme = authority = host = length = None
+    items: HeaderList = []
+    cookies: list[bytes] | None = None
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular or name not in _PSEUDO:
+                raise HttpError(400, f"unexpected pseudo-header {name[:32]!r}")
+            if name == b":method":
+                if method is not None:
+                    raise HttpError(400, "repeated :method")
+                method = value
+            elif name == b":path":
+                if path is not None:
+                    raise HttpError(400, "repeated :path")
+                path = value
+            elif name == b":authority":
+                if authority is not None:
+                    raise HttpError(400, "repeated :authority")
+                authority = value
+            else:
+                if scheme is not None:
+                    raise HttpError(400, "repeated :scheme")
+                scheme = value
+            continue
+        regular = True
+        _check_name(name)
+        _check_value(value)
+        if name in _CONNECTION_SPECIFIC:
+            raise HttpError(400, f"connection-specific field {name.decode()!r} in an HTTP/2 request")
+        if name == b"te":
+            if value.lower() != b"trailers":
+                raise HttpError(400, "te other than trailers")
+        elif name == b"host":
+            if host is not None:
+                raise HttpError(400, "several host fields")
+            host = value
+            continue
+        elif name == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise HttpError(400, "invalid content-length")
+            length = int(value)
+        elif name == b"cookie":
+            # RFC 9113 §8.2.3: the crumbs travel as one field to an HTTP/1.1 hop
+            if cookies is None:
+                cookies = [value]
+                items.append((name, value))
+            else:
+                cookies.append(value)
+            continue
+        items.append((name, value))
+    if method is None:
+        raise HttpError(400, "missing :method")
+    text_method = method.decode("latin-1")
+    if not is_token(text_method):
+        raise HttpError(400, "the method is not a token")
+    if authority is not None and host is not None and normalize_authority(authority) != normalize_authority(host):
+        raise HttpError(400, ":authority and host name different authorities")
+    raw_authority = authority if authority is not None else host
+    if text_method == "CONNECT":
+        if path is not None or scheme is not None or raw_authority is None:
+            raise HttpError(400, "malformed CONNECT request")
+        target, query, auth = "", "", raw_authority.decode("latin-1")
+    else:
+        if path is None or scheme is None:
+            raise HttpError(400, "missing :path or :scheme")
+        raw_path, _, raw_query = path.partition(b"?")
+        if raw_path == b"*" and text_method == "OPTIONS" and not raw_query:
+            target = "*"
+        elif raw_path[:1] == b"/":
+            target = normalize_path(raw_path.decode("latin-1"))
+        else:
+            raise HttpError(400, ":path is not origin-form")
+        query = check_query(raw_query.decode("latin-1"))
+        auth = normalize_authority(raw_authority) if raw_authority is not None else ""
+    if cookies is not None and len(cookies) > 1:
+        joined = b"; ".join(cookies)
+        items = [(k, joined if k == b"cookie" else v) for k, v in items]
+    request = Request(text_method, target, query, "2", Headers(items), None,
+                      scheme.decode("latin-1") if scheme else default_scheme, auth)
+    return request, length
+
+
+def check_trailers(trailers: HeaderList, max_fields: int) -> None:
+    """Trailers may hold no pseudo-header and follow the field rules; raises ``HttpError``."""
+    if len(trailers) > max_fields:
+        raise HttpError(431, "too many trailer fields")
+    for name, value in trailers:
+        if name[:1] == b":":
+            raise HttpError(400, "pseudo-header in trailers")
+        _check_name(name)
+        _check_value(value)

@@ -1,0 +1,134 @@
+"""Reading a proxied response from the backend ahead of the client (``proxy``'s buffering).
+
+The upstream connection (or HTTP/2 stream) is held until its response body has been read
+to the end. ``read_ahead`` decouples that from how fast the client reads: a body that is
+already complete, or announces a length within the buffer, is read at once and the lease
+goes back before the client gets a byte; any other body is read by a pump greenlet into at
+most ``limit`` bytes while the client drains it, so a response up to the buffer size frees
+its upstream lease as soon as the backend has sent it, and a longer one streams with at most
+``limit`` bytes held. Streaming responses (server-sent events, long polls) still reach the
+client chunk by chunk as they arrive.
+
+Failures reading the backend surface to the consumer as the ``UpstreamError`` that caused
+them, after ``on_error`` has reported it once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Iterator
+
+import gevent
+from gevent.event import Event
+
+from .errors import UpstreamError
+from .h1common import StreamBody
+from .message import Body
+
+__all__ = ["read_ahead"]
+
+# The pump waits this long at most for the client to take buffered bytes (the client's own
+# send timeout normally ends a stalled response long before).
+PUMP_STALL = 600.0
+
+
+def read_ahead(body: Body, limit: int, on_error: Callable[..., None], *error_args: Any) -> Body:
+    """``body`` (an upstream response body) as the client should get it; see module doc.
+
+    ``on_error(exc, *error_args)`` reports a failure of the backend while the body is read.
+    Raises ``UpstreamError`` when the body fails before the answer starts.
+    """
+    if limit <= 0 or body.is_buffered:
+        return body
+    length = body.length
+    if length == 0:
+        return body
+    if (body.__class__ is StreamBody and body.done) or (length is not None and length <= limit):
+        trailers_of = body
+        try:
+            data = b"".join(body)
+        except UpstreamError as exc:
+            on_error(exc, *error_args)
+            raise
+        out = Body.from_bytes(data)
+        out.trailers = trailers_of.trailers
+        return out
+    return _PumpedBody(body, limit, on_error, error_args)
+
+
+class _PumpedBody(Body):
+    """A body filled by a pump greenlet from ``inner``, at most ``limit`` bytes ahead."""
+
+    __slots__ = ("_inner", "_limit", "_on_error", "_error_args", "_queue", "_queued", "_data", "_room",
+                 "_pump", "_ended", "_error", "_closed")
+
+    def __init__(self, inner: Body, limit: int, on_error: Callable[..., None], error_args: tuple) -> None:
+        super().__init__((), inner.length)
+        self._chunks = None
+        self._inner = inner
+        self._limit = limit
+        self._on_error = on_error
+        self._error_args = error_args
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._data = Event()        # the pump added a chunk, ended or failed
+        self._room = Event()        # the consumer took chunks
+        self._pump: Any = None
+        self._ended = False
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._pump is None and not self._closed:
+            self._pump = gevent.spawn(self._run)
+        queue = self._queue
+        while True:
+            if queue:
+                chunk = queue.popleft()
+                self._queued -= len(chunk)
+                self._room.set()
+                yield chunk
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._ended or self._closed:
+                return
+            self._data.clear()
+            self._data.wait()       # the pump always ends by setting it (end, error, close)
+
+    def _run(self) -> None:
+        inner = self._inner
+        try:
+            for chunk in inner:
+                if self._closed:
+                    return
+                self._queue.append(chunk)
+                self._queued += len(chunk)
+                self._data.set()
+                while self._queued >= self._limit and not self._closed:
+                    self._room.clear()
+                    if not self._room.wait(PUMP_STALL):
+                        self._error = UpstreamError("the client took nothing for a long time")
+                        return
+            self.trailers = inner.trailers
+            self._ended = True
+        except UpstreamError as exc:
+            self._on_error(exc, *self._error_args)
+            self._error = exc
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, never lost
+            self._error = exc
+        finally:
+            inner.close()
+            self._data.set()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        self._room.set()
+        pump = self._pump
+        if pump is None:
+            self._inner.close()
+        elif not pump.dead and pump is not gevent.getcurrent():
+            pump.kill(block=False)  # it may be waiting on the backend; its finally closes inner
