@@ -132,6 +132,9 @@ def cmd_reload(args: dict, ctx: Context) -> int:
         ctx.print(render.to_json(result))
     else:
         ctx.print(f"{result.get('status')} {result.get('hash')}")
+        for lst in result.get("not_bound") or ():
+            ctx.error(f"warning: listener {lst.get('listener')} is not bound ({lst.get('state')}): "
+                      f"{lst.get('error') or 'binding'}")
     return EXIT_OK
 
 

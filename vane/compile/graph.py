@@ -28,6 +28,9 @@ class FlowGraph:
         self.sources = sources
         self.registry = registry
         self.linked = False
+        # (listener label, id of an ``upgrade http`` node) -> the L7 tree after it: where a
+        # keep-alive connection opened on another graph finds its requests' tree in this one
+        self.http_roots: dict[tuple[str, str], Node] = {}
 
     @property
     def config_dir(self) -> str:
@@ -46,6 +49,11 @@ class FlowGraph:
         """Instantiate every node's plugin (imports implementations, builds TLS contexts, ...)."""
         if self.linked:
             return
+        env.graph = self
+        for addr, plan in self.listeners.items():
+            for node in plan.root.walk():
+                if node.plugin == "upgrade" and node.next is not None and node.input.raw.get("protocol") == "http":
+                    self.http_roots[(str(addr), node.id)] = node.next
         classes: dict[str, type] = {}
         for node in self.nodes():
             cls = classes.get(node.spec.impl)

@@ -103,7 +103,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "properties": {"max_idle_per_host": {"type": "integer", "minimum": 0},
                            "max_active_per_host": {"type": "integer", "minimum": 1},
                            "idle_timeout": {"type": "number", "minimum": 0},
-                           "connect_timeout": {"type": "number", "exclusiveMinimum": 0}},
+                           "connect_timeout": {"type": "number", "exclusiveMinimum": 0},
+                           "max_active_per_client": {"type": "integer", "minimum": 1},
+                           "response_buffer": {"type": "integer", "minimum": 0}},
         },
     },
 }

@@ -59,6 +59,7 @@ class Services:
         self.draining = Event()
         self._pool = None
         self.pool_config: dict | None = None
+        self.graph: FlowGraph | None = None  # the graph serving now (requests look theirs up in it)
 
     @property
     def tls_cache(self) -> Any:
@@ -112,6 +113,19 @@ class Daemon:
     def compile(self, config_dir: str | None = None) -> FlowGraph:
         return compile_dir(config_dir or self.config_dir, settings=self.settings)
 
+    def compile_off_hub(self, config_dir: str | None = None) -> FlowGraph:
+        """``compile`` in a worker thread: reading and compiling a large config must not stall
+        the connections the hub is serving meanwhile (they share the GIL, not the loop)."""
+        return gevent.get_hub().threadpool.apply(self.compile, (config_dir,))
+
+    def _prepare(self) -> FlowGraph:
+        """Compile, and link unless the hash is the serving one's (runs off the hub: link
+        reads certificates and compiles WASM modules; no plugin binds or spawns at link)."""
+        graph = self.compile()
+        if self.graph is None or graph.hash != self.graph.hash:
+            self.link(graph)
+        return graph
+
     def link(self, graph: FlowGraph) -> None:
         """Instantiate plugins; a failure (e.g. an unreadable certificate) is a compile error."""
         try:
@@ -125,7 +139,7 @@ class Daemon:
         """Compile, link and start serving. Raises CompileFailed on a broken config."""
         graph = self.compile()
         self.link(graph)
-        self.graph = graph
+        self.graph = self.services.graph = graph
         self.services.configure_pool(graph.sources.config.get("upstream_pool"))
         self.acknowledged = graph.hash
         self.last_reload = {"time": time.time(), "result": "boot", "error": None}
@@ -170,6 +184,8 @@ class Daemon:
     # -- listeners -----------------------------------------------------------------------------
 
     def _sync_listeners(self, graph: FlowGraph) -> tuple[list, list]:
+        """Diff the listener set against ``graph``: stop the removed, start the added, and
+        bind again the ones that gave up earlier (their port may be free by now)."""
         wanted = set(graph.listeners)
         added, removed = [], []
         for addr in sorted(set(self.listeners) - wanted):
@@ -177,6 +193,7 @@ class Daemon:
             lst.stop()
             removed.append(addr)
             self._retire(lst)
+        self._retry_failed()
         for addr in sorted(wanted - set(self.listeners)):
             inherited = self._inherited.pop((addr.transport, addr.ip, addr.port), None)
             lst = Listener(addr, self._handle, self.settings, inherited,
@@ -185,6 +202,18 @@ class Daemon:
             lst.start()
             added.append(addr)
         return added, removed
+
+    def _retry_failed(self) -> None:
+        for lst in self.listeners.values():
+            if lst.retry():
+                log.info("listener %s: binding again", lst.addr, extra={"listener": str(lst.addr)})
+
+    def _not_bound(self, settle: float = 1.0) -> list[dict]:
+        """Listeners not accepting after their first bind attempt, for the reload answer."""
+        for lst in self.listeners.values():
+            lst.settle(settle)
+        return [{"listener": str(lst.addr), "state": lst.state, "error": lst.last_error}
+                for lst in self.listeners.values() if lst.state != "listening"]
 
     def _retire(self, lst: Listener) -> None:
         """A removed listener: in-flight connections finish on their graph, up to the drain budget."""
@@ -297,6 +326,9 @@ class Daemon:
         if result["status"] == "unchanged" and result["hash"] != self.acknowledged:
             result = {"status": "reloaded", "hash": result["hash"]}
         self.acknowledged = result["hash"]
+        not_bound = self._not_bound()
+        if not_bound:
+            result["not_bound"] = not_bound
         return result
 
     def reload_now(self) -> dict:
@@ -311,19 +343,19 @@ class Daemon:
     def _reload(self) -> dict:
         now = time.time()
         try:
-            graph = self.compile()
+            graph = gevent.get_hub().threadpool.apply(self._prepare)
             if self.graph is not None and graph.hash == self.graph.hash:
                 self.last_reload = {"time": now, "result": "unchanged", "error": None}
                 self.metrics.reload("unchanged")
+                self._retry_failed()
                 return {"status": "unchanged", "hash": graph.hash}
-            self.link(graph)
         except CompileFailed as exc:
             self.last_reload = {"time": now, "result": "failed", "error": [e.to_dict() for e in exc.errors]}
             self.metrics.reload("failed")
             for err in exc.errors:
-                log.error("reload failed: %s", err)
+                log.warning("reload failed, the running configuration stays: %s", err)
             raise
-        self.graph = graph
+        self.graph = self.services.graph = graph
         self.services.configure_pool(graph.sources.config.get("upstream_pool"))
         added, removed = self._sync_listeners(graph)
         self.last_reload = {"time": now, "result": "reloaded", "error": None}
@@ -418,7 +450,7 @@ class Daemon:
         gevent.spawn(self.drain)
 
     def compile_dry_run(self, dir: str) -> dict:
-        graph = self.compile(dir or self.config_dir)
+        graph = self.compile_off_hub(dir or self.config_dir)
         data = graph.to_json()
         return {"hash": graph.hash, "listeners": [str(a) for a in graph.listeners], "trees": data["listeners"]}
 

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from typing import Any, Callable
 
 import gevent
@@ -61,6 +62,21 @@ class Listener:
 
     def start(self) -> None:
         self._loop = gevent.spawn(self._run)
+
+    def retry(self) -> bool:
+        """Start binding again if this listener gave up (a reload asks); True if it did."""
+        if self.state != "failed" or self.inherited:
+            return False
+        self.bind_attempts = 0
+        self.state = "pending"
+        self.start()
+        return True
+
+    def settle(self, timeout: float) -> None:
+        """Wait until the first bind attempt is over (bound, or failed once), up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.state in ("pending", "binding") and not self.bind_attempts and time.monotonic() < deadline:
+            gevent.sleep(0.01)
 
     def stop(self) -> None:
         """Stop accepting now; connections already accepted are not touched."""

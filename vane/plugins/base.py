@@ -77,6 +77,7 @@ class LinkEnv:
         self.services = services
         self.clock = clock
         self.breakers: dict = {}  # graph-scoped circuit breakers of external plugins, by name
+        self.graph: Any = None    # the graph being linked (set by FlowGraph.link)
 
 
 class Plugin:

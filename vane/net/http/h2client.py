@@ -35,7 +35,7 @@ from vane.net.http.h2common import (
     trailer_block,
     write_data,
 )
-from vane.net.http.message import HOP_BY_HOP, Body, HeaderList, Headers, Request, Response
+from vane.net.http.message import HOP_BY_HOP, Body, HeaderList, Headers, Request, Response, connection_tokens
 
 __all__ = ["H2ClientConnection"]
 
@@ -77,13 +77,9 @@ def _request_block(req: Request, headers: Headers) -> HeaderList:
     ]
     if req.method == "CONNECT":
         block = [block[0], block[2]]
-    drop: set[bytes] | None = None
+    drop = connection_tokens(headers.items_)
     for k, v in headers.items_:
-        if k == b"connection":
-            drop = drop or set()
-            drop.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    for k, v in headers.items_:
-        if k[:1] == b":" or (drop is not None and k in drop):
+        if k[:1] == b":" or k in drop:
             continue
         if k in _DROP:
             if k == b"te" and v.strip().lower() == b"trailers":

@@ -165,6 +165,7 @@ class H2ServerConnection:
         # on a budget that refills at half the stream limit per second
         self._reset_budget = float(limits.max_concurrent_streams)
         self._reset_refill = time.monotonic()
+        self._calmed = False    # closed for abuse (GOAWAY ENHANCE_YOUR_CALM sent)
         self.bytes_in = 0
         self.requests = 0
 
@@ -244,6 +245,8 @@ class H2ServerConnection:
             for st, request in new:     # a stream reset in the same read never starts
                 if st.reset is None and not self._closed:
                     self._spawn(self._run, st, request)
+                else:
+                    self._streams.pop(st.id, None)
         if goaways:
             self._peer_goaway = True
         return not self._closed
@@ -265,6 +268,8 @@ class H2ServerConnection:
                 self._draining = True
                 self._out.raw(goaway_frame(self._h2.highest_inbound_stream_id))
             self._linger()
+        elif self._calmed and self._out.error is None:
+            self._linger()      # the GOAWAY must arrive before the close resets the connection
         for st in list(self._streams.values()):
             if st.reset is None:
                 st.reset = ErrorCodes.CANCEL
@@ -350,6 +355,8 @@ class H2ServerConnection:
         if (self._draining and sid > self._last_stream_id) or self._closed \
                 or len(self._streams) >= self._limits.max_concurrent_streams:
             self._reset_quietly(sid, ErrorCodes.REFUSED_STREAM)
+            if not self._draining:
+                self._count_early_reset()   # a client past the advertised limit
             return
         try:
             request, length = request_head(event.headers, self._scheme, self._limits.max_header_count)
@@ -412,6 +419,7 @@ class H2ServerConnection:
         if self._reset_budget < 0 and not self._closed:
             log.info("h2: client cancels streams faster than they can be served; closing the connection")
             self._out.raw(goaway_frame(self._h2.highest_inbound_stream_id, ErrorCodes.ENHANCE_YOUR_CALM))
+            self._calmed = True
             self._closed = True
             for each in self._streams.values():
                 if each.reset is None:

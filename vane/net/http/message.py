@@ -263,15 +263,23 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
 
+# End-to-end fields a ``Connection`` token never removes: the authority requests are routed
+# on, the framing, and the forwarding chain a trusted proxy in front of vane reports.
+KEEP_END_TO_END: frozenset[bytes] = frozenset({
+    b"host", b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"forwarded", b"x-real-ip",
+})
+
 
 def connection_tokens(items: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    """Field names listed in ``Connection`` (RFC 9110 §7.6.1); empty for the usual values."""
+    """Field names listed in ``Connection`` (RFC 9110 §7.6.1) that may be dropped as
+    hop-by-hop; empty for the usual values. Never one of ``KEEP_END_TO_END``."""
     tokens: set[bytes] = set()
     for k, v in items:
         if k == b"connection" and v not in _PLAIN_CONNECTION:
             for token in v.split(b","):
                 token = token.strip().lower()
-                if token:
+                if token and token not in KEEP_END_TO_END:
                     tokens.add(token)
     return tokens
 

@@ -6,12 +6,11 @@ most ``max_idle_per_host`` idle); at most ``max_active_per_host`` are leased at 
 further callers wait up to the connect timeout. HTTP/2 connections are shared by many
 streams. A reaper greenlet closes connections idle past ``idle_timeout``.
 
-Fair shares: leases (HTTP/1.1 connections and HTTP/2 streams) are counted per client IP.
-When fewer than ``max_active_per_client`` of an endpoint's ``max_active_per_host`` leases
-are free, a client that already holds ``max_active_per_client`` waits for one of its own to
-end (then gets 503) while the others still get theirs: clients that do not read their
-responses cannot take every connection to a backend away from the rest, and a lone client
-(or a load balancer in front) still uses the whole pool when nobody competes.
+Fair shares: leases (HTTP/1.1 connections and HTTP/2 streams) are counted per client IP, and
+one client holds at most ``max_active_per_client`` of an endpoint's leases at once (default a
+quarter of ``max_active_per_host``, at least 2); its further requests wait for one of its own
+leases to end, then get 503. Clients that do not read their responses cannot take every
+connection to a backend away from the others.
 
 The pool survives reloads; ``configure`` applies config.json's ``upstream_pool`` section.
 Endpoints are keyed by the configured upstream (a templated upstream could make that client
@@ -54,8 +53,7 @@ class UpstreamPool:
         self.max_active = int(DEFAULTS["max_active_per_host"])
         self.idle_timeout = float(DEFAULTS["idle_timeout"])
         self.connect_timeout = float(DEFAULTS["connect_timeout"])
-        self.max_per_client = max(1, self.max_active // 4)
-        self.share_reserve = self.max_active // 4
+        self.max_per_client = max(2, self.max_active // 4)
         self.response_buffer = int(DEFAULTS["response_buffer"])
         self.max_header_bytes = getattr(settings, "sec_max_header_bytes", 65536) if settings else 65536
         self._eps: dict[str, Endpoint] = {}
@@ -73,11 +71,7 @@ class UpstreamPool:
         self.idle_timeout = max(0.0, float(opts["idle_timeout"]))
         self.connect_timeout = max(0.001, float(opts["connect_timeout"]))
         per_client = opts["max_active_per_client"]
-        if per_client is None:
-            self.max_per_client, self.share_reserve = max(1, self.max_active // 4), self.max_active // 4
-        else:
-            self.max_per_client = max(1, int(per_client))
-            self.share_reserve = min(self.max_per_client, self.max_active - 1)
+        self.max_per_client = max(1, int(per_client)) if per_client is not None else max(2, self.max_active // 4)
         self.response_buffer = max(0, int(opts["response_buffer"]))
         for ep in self._eps.values():
             while len(ep.idle) > self.max_idle:
@@ -205,10 +199,8 @@ class UpstreamPool:
     # -- client shares ---------------------------------------------------------------------------
 
     def _share_free(self, ep: Endpoint, client: str) -> bool:
-        """May ``client`` take one more lease on ``ep`` now? Yes below its share, or while
-        more than the reserve of leases is free."""
-        return (ep.by_client.get(client, 0) < self.max_per_client
-                or self.max_active - ep.client_leases > self.share_reserve)
+        """May ``client`` take one more lease on ``ep`` now?"""
+        return ep.by_client.get(client, 0) < self.max_per_client
 
     def _take_share(self, ep: Endpoint, client: str, timeout: float) -> None:
         if not self._share_free(ep, client):
@@ -226,14 +218,9 @@ class UpstreamPool:
                     except ValueError:
                         pass
                 if not ok and not self._share_free(ep, client):
-                    if ep.client_leases >= self.max_active:
-                        raise UpstreamTimeout(
-                            f"no free connection to {ep.label} within {timeout:g}s "
-                            f"({self.max_active} in use, max_active_per_host)")
                     raise UpstreamBusy(f"this client holds {ep.by_client.get(client, 0)} of the busy "
                                        f"connections to {ep.label} (max_active_per_client)")
         ep.by_client[client] = ep.by_client.get(client, 0) + 1
-        ep.client_leases += 1
 
     def client_done(self, ep: Endpoint, client: str) -> None:
         """One of ``client``'s leases on ``ep`` ended (a stream, a connection)."""
@@ -242,7 +229,6 @@ class UpstreamPool:
             ep.by_client[client] = left
         else:
             ep.by_client.pop(client, None)
-        ep.client_leases -= 1
         for waiting, ev in ep.share_waiters:
             if self._share_free(ep, waiting):
                 ev.set()

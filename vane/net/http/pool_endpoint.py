@@ -89,7 +89,7 @@ class PooledH1(H1ClientConnection):
 
 class Endpoint:
     __slots__ = ("spec", "idle", "active", "waiters", "h2", "connecting", "proto", "last_used",
-                 "transient", "connects", "reuses", "label", "by_client", "client_leases", "share_waiters")
+                 "transient", "connects", "reuses", "label", "by_client", "share_waiters")
 
     def __init__(self, spec: EndpointSpec, transient: bool = False) -> None:
         self.spec = spec
@@ -99,7 +99,6 @@ class Endpoint:
         self.waiters: deque[Event] = deque()
         # leases per client IP: only clients holding one are present, so bounded by the leases
         self.by_client: dict[str, int] = {}
-        self.client_leases = 0              # the sum of by_client
         self.share_waiters: deque[tuple[str, Event]] = deque()
         self.h2: list[Any] = []             # H2ClientConnection
         self.connecting: Event | None = None

@@ -5,6 +5,10 @@ HTTP/1.1 otherwise. Every request (HTTP/1 keep-alive and pipelining in order; ev
 stream in its own greenlet) walks the L7 tree with its own context; the response the
 terminator left in the context is written here. Drain: HTTP/1 answers with
 ``Connection: close``; HTTP/2 sends GOAWAY and lets open streams finish.
+
+Reload (DESIGN.md §7): each request takes the L7 tree of the graph serving now, found in it
+by listener and ``upgrade http`` node (``HttpEntry``); a request, once started, finishes on
+its tree. When the new graph no longer has that entry the connection ends at the boundary.
 """
 
 from __future__ import annotations
@@ -31,25 +35,49 @@ log = logging.getLogger("vane.http")
 PARK_AFTER = 0.2  # seconds a keep-alive connection waits with its greenlet before it is parked
 
 
-def serve_http(ctx: Any, root: Node, env: Any) -> None:
+def serve_http(ctx: Any, upgrade: Node, env: Any) -> None:
+    """Serve HTTP on ``ctx``'s stream; ``upgrade`` is the ``upgrade http`` node that led here."""
     scheme = "https" if ctx.layer == "l4+" else "http"
+    entry = HttpEntry(env.services, ctx.listener, upgrade, env.graph)
     if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
-        serve_h2(ctx, root, env, scheme)
+        serve_h2(ctx, entry, env, scheme)
         return
-    H1Session(ctx, root, env, scheme).run()
+    H1Session(ctx, entry, env, scheme).run()
+
+
+class HttpEntry:
+    """Where a connection's requests start: the L7 tree after its ``upgrade http`` node, in
+    the graph serving now (looked up again only when the daemon's graph changed)."""
+
+    __slots__ = ("services", "key", "graph", "root")
+
+    def __init__(self, services: Any, listener: str, upgrade: Node, graph: Any) -> None:
+        self.services = services
+        self.key = (listener, upgrade.id)
+        self.graph = graph
+        self.root: Node | None = upgrade.next
+
+    def current(self) -> Node | None:
+        """The tree for the next request; None when the graph serving now has no such entry."""
+        services = self.services
+        graph = services.graph if services is not None else None
+        if graph is not None and graph is not self.graph:
+            self.graph = graph
+            self.root = graph.http_roots.get(self.key)
+        return self.root
 
 
 class H1Session:
     """One HTTP/1 connection's request loop; between requests it may park (vane.net.parking)."""
 
-    __slots__ = ("ctx", "root", "env", "conn", "services", "timeout")
+    __slots__ = ("ctx", "entry", "env", "conn", "services", "timeout")
 
-    def __init__(self, ctx: Any, root: Node, env: Any, scheme: str) -> None:
+    def __init__(self, ctx: Any, entry: HttpEntry, env: Any, scheme: str) -> None:
         s = env.settings
         limits = H1Limits(s.sec_max_header_bytes, s.sec_max_header_count, s.sec_header_timeout,
                           s.sec_body_idle_timeout, s.sec_keepalive_timeout, s.sec_send_timeout)
         self.ctx = ctx
-        self.root = root
+        self.entry = entry
         self.env = env
         self.conn = H1ServerConnection(ctx.stream, limits, scheme)
         self.services = env.services
@@ -85,13 +113,17 @@ class H1Session:
             return not (services is None or services.draining.is_set() or self._park())
         if req is None:
             return False
+        root = self.entry.current()
+        if root is None:                # reloaded away: this listener serves no such HTTP any more
+            _write_error(conn, 421, ctx)
+            return False
         rctx = L7Context(ctx, req, services, self.env.settings, conn.requests)
         rctx.h1 = conn
         record = ctx.record
         if record is not None:
             record.ctx = rctx
             record.requests += 1
-        outcome = walk(self.root, rctx, self.timeout)
+        outcome = walk(root, rctx, self.timeout)
         if rctx.hijack is not None:  # a WebSocket tunnel took the connection over, and has ended
             finish_request(rctx, rctx.response or simple_response(101), 0)
             return False
@@ -156,7 +188,7 @@ def _h2c_preface(ctx: Any) -> bool:
     return ctx.layer == "l4" and ctx.peeked().startswith(H2_PREFACE)
 
 
-def serve_h2(ctx: Any, root: Node, env: Any, scheme: str) -> None:
+def serve_h2(ctx: Any, entry: HttpEntry, env: Any, scheme: str) -> None:
     from .h2server import H2Limits, H2ServerConnection
 
     settings = env.settings
@@ -165,6 +197,10 @@ def serve_h2(ctx: Any, root: Node, env: Any, scheme: str) -> None:
     record = ctx.record
 
     def handle(req: Request) -> Response:
+        root = entry.current()
+        if root is None:                # reloaded away: the client retries on a new connection
+            conn.goaway()
+            return simple_response(421)
         rctx = L7Context(ctx, req, services, settings, req.stream_id or 0)
         if record is not None:
             record.requests += 1

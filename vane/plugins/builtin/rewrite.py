@@ -1,8 +1,11 @@
 """``rewrite`` (DESIGN.md §6): replace the request ``path`` and/or ``query`` (templated) before
-it goes upstream. The new path must be origin-form (start with ``/``)."""
+it goes upstream. The new path must be origin-form (start with ``/``) and is normalised like
+a received one (``vane.net.http.target``): what later nodes match is what the backend gets.
+A path built from client data that cannot be normalised answers 400."""
 
 from __future__ import annotations
 
+from vane.net.http.target import check_query, normalize_path
 from vane.plugins.base import HttpMiddleware
 
 NEXT = ("next", None)
@@ -13,14 +16,14 @@ class Rewrite(HttpMiddleware):
         req = ctx.request
         if "path" in args:
             path = args["path"]
-            if not path.startswith("/") or any(c in path for c in " \r\n\0"):
-                raise ValueError(f"rewrite produced an invalid path {path!r}")
+            if not path.startswith("/"):
+                raise ValueError(f"rewrite produced a path that does not start with '/': {path!r}")
             path, sep, query = path.partition("?")
-            req.path = path
+            req.path = normalize_path(path)
             if sep:
-                req.query = query
+                req.query = check_query(query)
         if "query" in args:
-            req.query = args["query"].lstrip("?")
+            req.query = check_query(args["query"].lstrip("?"))
         ctx.kv.set("req.path", req.path)
         ctx.kv.set("req.query", req.query)
         ctx.kv.set("req.uri", req.uri)

@@ -137,7 +137,8 @@ class Static(HttpMiddleware):
 
     def _redirect_slash(self, ctx):
         req = ctx.request
-        location = req.path + "/" + (f"?{req.query}" if req.query else "")
+        # a path, never a scheme-relative URL ("//host/..."): a browser would go to another host
+        location = "/" + req.path.lstrip("/\\") + "/" + (f"?{req.query}" if req.query else "")
         ctx.response = simple_response(301, "", {"location": location})
         return "success", None
 

@@ -36,7 +36,7 @@ class Upgrade(Terminator):
     def terminate(self, ctx, args):
         if self.protocol == "http":
             from vane.net.http.serve import serve_http
-            serve_http(ctx, self.node.next, self.env)
+            serve_http(ctx, self.node, self.env)
             return FINISHED
         services = self.env.services
         floor = services.floor if services is not None else None
