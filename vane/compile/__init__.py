@@ -7,6 +7,7 @@ rules, and digests of the files they name).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from vane.config.errors import CompileFailed, ConfigError, pointer
 from vane.config.load import Sources, load_dir, load_single_rule_file
 from vane.config.settings import Settings
 from vane.engine.template import Limits
+from vane.plugins.base import LinkEnv
 from vane.plugins.registry import registry_from_config
 
 from .flows import FlowBuilder, infer_layer
@@ -23,7 +25,8 @@ from .graph import FlowGraph
 from .listen import ListenAddr, ListenError, parse_listen
 from .lower import L4_PREDICATE_PREFIXES, CompiledRule, Lowerer, rule_conditions, tls_paths
 
-__all__ = ["compile_sources", "compile_dir", "compile_path", "FlowGraph", "ListenAddr", "graph_hash"]
+__all__ = ["compile_sources", "compile_dir", "compile_path", "link_offline", "FlowGraph", "ListenAddr",
+           "graph_hash"]
 
 
 def graph_hash(sources: Sources) -> str:
@@ -109,3 +112,12 @@ def compile_path(path: str, config_dir: str | None = None, environ: Mapping[str,
         raise CompileFailed([ConfigError("", "", f"{path}: no such file or directory")])
     sources = load_single_rule_file(path, config_dir, environ)
     return compile_sources(sources)
+
+
+def link_offline(graph: FlowGraph) -> None:
+    """Link ``graph`` with no daemon, as `vane compile` does: every plugin is set up (certificates
+    load, programs are under ``bin/``, WASM modules compile, CGI scripts are executable) with no
+    daemon services, so nothing is bound, no greenlet starts and nothing is written (the WASM
+    cache of ``VANE_STATE_DIR`` is left alone). Raises CompileFailed like ``FlowGraph.link``."""
+    settings = dataclasses.replace(Settings.from_env(graph.sources.env), state_dir=None)
+    graph.link(LinkEnv(settings, graph.config_dir, services=None))

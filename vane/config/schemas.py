@@ -59,7 +59,7 @@ RULE_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["cert", "key"],
             "additionalProperties": False,
-            "properties": {"cert": {"type": "string"}, "key": {"type": "string"}},
+            "properties": {"cert": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}},
         },
         "flow": {"$ref": "#/$defs/node"},
     },
@@ -71,10 +71,10 @@ _PLUGIN_DECL: dict[str, Any] = {
     "required": ["branches"],
     "additionalProperties": False,
     "properties": {
-        "wasm": {"type": "string"},
+        "wasm": {"type": "string", "minLength": 1},
         "http": {"type": "string", "pattern": r"^https?://"},
-        "unix": {"type": "string"},
-        "command": {"type": "string"},
+        "unix": {"type": "string", "minLength": 1},
+        "command": {"type": "string", "minLength": 1},
         "args": {"type": "array", "items": {"type": "string"}},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
         "branches": {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -124,7 +124,14 @@ def validator_for(schema: dict) -> Draft202012Validator:
 def schema_errors(validator: Draft202012Validator, instance: Any, file: str, base: str = "") -> Iterator[ConfigError]:
     """Every schema violation, located by JSON pointer (``base`` prefixes it), with a plain message."""
     for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
-        yield ConfigError(file, base + _pointer(err.absolute_path), describe(err))
+        yield ConfigError(file, base + _pointer(err.absolute_path), _clip(describe(err), MAX_MESSAGE))
+
+
+MAX_MESSAGE = 300  # a message quotes the offending value: a huge one is cut
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _pointer(path: Any) -> str:
@@ -141,15 +148,17 @@ def describe(err: ValidationError) -> str:
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         return "unknown key" + ("s " if len(extra) > 1 else " ") + ", ".join(f'"{k}"' for k in extra)
     if v == "enum":
-        return f"{err.instance!r} is not one of " + ", ".join(repr(x) for x in err.validator_value)
+        return f"{_clip(repr(err.instance), 80)} is not one of " + ", ".join(repr(x) for x in err.validator_value)
     if v == "type":
         want = err.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
         return f"must be of type {want}, got {type(err.instance).__name__}"
     if v == "propertyNames":
-        return f"invalid name {err.instance!r}" if not isinstance(err.instance, dict) else err.message
+        return f"invalid name {_clip(repr(err.instance), 80)}" if not isinstance(err.instance, dict) else err.message
+    if v == "minLength" and err.validator_value == 1:
+        return "must not be empty"
     if v in ("maxProperties", "minProperties") and err.schema is NODE_SCHEMA:
         return f"a node has exactly one key, the plugin name (found {len(err.instance)})"
     if v == "anyOf":
-        return f"invalid value {err.instance!r}"
+        return f"invalid value {_clip(repr(err.instance), 80)}"
     return err.message
