@@ -50,6 +50,7 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
         if name not in registry:
             errors.append(ConfigError("config.json", pointer("defaults", name), f'unknown plugin "{name}"'))
     seen: dict[str, str] = {}
+    listen_of: dict[str, list[ListenAddr] | ListenError] = {}  # most rules share a few listen texts
     compiled: list[CompiledRule] = []
     for rs in sources.rules:
         rule = rs.rule
@@ -78,19 +79,25 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
                 errors.append(ConfigError(rs.file, rs.pointer + "/tls",
                                           '"tls" terminates TLS for HTTP rules; this rule is L4 (use an '
                                           '"upgrade" node with protocol "tls" in its flow instead)'))
-        addrs: list[ListenAddr] = []
+        addrs: dict[ListenAddr, None] = {}  # distinct, in listen order
         listens = rule["listen"] if isinstance(rule["listen"], list) else [rule["listen"]]
         for i, text in enumerate(listens):
-            try:
-                addrs.extend(a for a in parse_listen(text, settings.bind_ipv4, settings.bind_ipv6) if a not in addrs)
-            except ListenError as exc:
+            parsed = listen_of.get(text)
+            if parsed is None:
+                try:
+                    parsed = listen_of[text] = parse_listen(text, settings.bind_ipv4, settings.bind_ipv6)
+                except ListenError as exc:
+                    parsed = listen_of[text] = exc
+            if isinstance(parsed, ListenError):
                 where = "/listen" + (f"/{i}" if isinstance(rule["listen"], list) else "")
-                errors.append(ConfigError(rs.file, rs.pointer + where, str(exc)))
+                errors.append(ConfigError(rs.file, rs.pointer + where, str(parsed)))
+            else:
+                addrs.update(dict.fromkeys(parsed))
         builder = FlowBuilder(registry, limits, rs.file, name, errors, defaults)
         flow = builder.build(rule["flow"], rs.pointer + "/flow", "l4" if layer == "L4" else "l7")
         if flow is None or len(errors) > n_errors:
             continue
-        compiled.append(CompiledRule(rs, name, layer, conds, flow, addrs,
+        compiled.append(CompiledRule(rs, name, layer, conds, flow, list(addrs),
                                      tls_paths(sources.config_dir, rule.get("tls")), rule.get("priority", 0)))
     listeners = Lowerer(registry, limits, errors).lower(compiled)
     if errors:

@@ -76,12 +76,7 @@ class FlowGraph:
         self.linked = True
 
     def certs(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        for plan in self.listeners.values():
-            for pair in plan.certs:
-                if pair not in out:
-                    out.append(pair)
-        return out
+        return list(dict.fromkeys(pair for plan in self.listeners.values() for pair in plan.certs))
 
     # -- renderings ----------------------------------------------------------------------------
 
