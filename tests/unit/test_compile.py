@@ -1,6 +1,7 @@
 """The compiler: validation errors with file and JSON pointer, lowering, hash."""
 
 import json
+import sys
 
 import pytest
 
@@ -363,3 +364,34 @@ def test_proxy_protocol_v1_refused_on_udp(tmp_path):
     v2 = {"proxy": {"input": {"target": "127.0.0.1:53", "proxy_protocol": "v2"}}}
     write_config(tmp_path, {"dns.json": rule("dns", v2, listen="udp:127.0.0.1:53")})
     compile_dir(str(tmp_path), environ={})
+
+
+def compile_calls(root, n: int) -> int:
+    """Function calls (Python and C) made compiling ``n`` rules on three listeners, each rule
+    with its own certificate: a measure of the work that does not depend on the machine."""
+    rules = [rule(f"r{i}", {"headers": {"input": {"response": {"set": {"x": str(i)}}},
+                                        "output": {"next": {"respond": {"input": {"body": "{{req.host}}"}}}}}},
+                  listen=[":8080", "127.0.0.1:9090"], match={"req.host": f"h{i}.test", "req.path": {"prefix": f"/{i}"}},
+                  tls={"cert": f"certs/{i}.pem", "key": f"certs/{i}.key"}) for i in range(n)]
+    write_config(root, {"r.json": rules})
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        compile_dir(str(root), environ={})
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_compile_work_grows_linearly_with_the_rules(tmp_path):
+    """Four times the rules, about four times the work (a per-listener scan of the rules seen
+    so far made it grow with the square)."""
+    small = compile_calls(tmp_path / "small", 200)
+    large = compile_calls(tmp_path / "large", 800)
+    assert large / small < 4.5, (small, large)

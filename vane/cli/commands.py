@@ -176,12 +176,13 @@ def _compile_offline(path: str, config_dir: str | None, ctx: Context) -> int:
     from vane.config.errors import CompileFailed
 
     try:
-        from vane.compile import compile_path
+        from vane.compile import compile_path, link_offline
     except ImportError as e:
         ctx.error(f"vane: the offline compiler is not available: {e}")
         return EXIT_DAEMON_ERROR
     try:
         graph = compile_path(path, config_dir=config_dir)
+        link_offline(graph)
     except CompileFailed as e:
         errors = [err.to_dict() for err in e.errors]
         if ctx.json:

@@ -7,6 +7,7 @@ rules, and digests of the files they name).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from vane.config.errors import CompileFailed, ConfigError, pointer
 from vane.config.load import Sources, load_dir, load_single_rule_file
 from vane.config.settings import Settings
 from vane.engine.template import Limits
+from vane.plugins.base import LinkEnv
 from vane.plugins.registry import registry_from_config
 
 from .flows import FlowBuilder, infer_layer
@@ -23,7 +25,8 @@ from .graph import FlowGraph
 from .listen import ListenAddr, ListenError, parse_listen
 from .lower import L4_PREDICATE_PREFIXES, CompiledRule, Lowerer, rule_conditions, tls_paths
 
-__all__ = ["compile_sources", "compile_dir", "compile_path", "FlowGraph", "ListenAddr", "graph_hash"]
+__all__ = ["compile_sources", "compile_dir", "compile_path", "link_offline", "FlowGraph", "ListenAddr",
+           "graph_hash"]
 
 
 def graph_hash(sources: Sources) -> str:
@@ -47,6 +50,7 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
         if name not in registry:
             errors.append(ConfigError("config.json", pointer("defaults", name), f'unknown plugin "{name}"'))
     seen: dict[str, str] = {}
+    listen_of: dict[str, list[ListenAddr] | ListenError] = {}  # most rules share a few listen texts
     compiled: list[CompiledRule] = []
     for rs in sources.rules:
         rule = rs.rule
@@ -75,19 +79,25 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
                 errors.append(ConfigError(rs.file, rs.pointer + "/tls",
                                           '"tls" terminates TLS for HTTP rules; this rule is L4 (use an '
                                           '"upgrade" node with protocol "tls" in its flow instead)'))
-        addrs: list[ListenAddr] = []
+        addrs: dict[ListenAddr, None] = {}  # distinct, in listen order
         listens = rule["listen"] if isinstance(rule["listen"], list) else [rule["listen"]]
         for i, text in enumerate(listens):
-            try:
-                addrs.extend(a for a in parse_listen(text, settings.bind_ipv4, settings.bind_ipv6) if a not in addrs)
-            except ListenError as exc:
+            parsed = listen_of.get(text)
+            if parsed is None:
+                try:
+                    parsed = listen_of[text] = parse_listen(text, settings.bind_ipv4, settings.bind_ipv6)
+                except ListenError as exc:
+                    parsed = listen_of[text] = exc
+            if isinstance(parsed, ListenError):
                 where = "/listen" + (f"/{i}" if isinstance(rule["listen"], list) else "")
-                errors.append(ConfigError(rs.file, rs.pointer + where, str(exc)))
+                errors.append(ConfigError(rs.file, rs.pointer + where, str(parsed)))
+            else:
+                addrs.update(dict.fromkeys(parsed))
         builder = FlowBuilder(registry, limits, rs.file, name, errors, defaults)
         flow = builder.build(rule["flow"], rs.pointer + "/flow", "l4" if layer == "L4" else "l7")
         if flow is None or len(errors) > n_errors:
             continue
-        compiled.append(CompiledRule(rs, name, layer, conds, flow, addrs,
+        compiled.append(CompiledRule(rs, name, layer, conds, flow, list(addrs),
                                      tls_paths(sources.config_dir, rule.get("tls")), rule.get("priority", 0)))
     listeners = Lowerer(registry, limits, errors).lower(compiled)
     if errors:
@@ -109,3 +119,12 @@ def compile_path(path: str, config_dir: str | None = None, environ: Mapping[str,
         raise CompileFailed([ConfigError("", "", f"{path}: no such file or directory")])
     sources = load_single_rule_file(path, config_dir, environ)
     return compile_sources(sources)
+
+
+def link_offline(graph: FlowGraph) -> None:
+    """Link ``graph`` with no daemon, as `vane compile` does: every plugin is set up (certificates
+    load, programs are under ``bin/``, WASM modules compile, CGI scripts are executable) with no
+    daemon services, so nothing is bound, no greenlet starts and nothing is written (the WASM
+    cache of ``VANE_STATE_DIR`` is left alone). Raises CompileFailed like ``FlowGraph.link``."""
+    settings = dataclasses.replace(Settings.from_env(graph.sources.env), state_dir=None)
+    graph.link(LinkEnv(settings, graph.config_dir, services=None))

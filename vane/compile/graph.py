@@ -8,10 +8,12 @@ recursion limit.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Iterator
 
-from vane.config.load import Sources
+from vane.config.errors import CompileFailed, ConfigError, pointer
+from vane.config.load import RuleSource, Sources, resolve_path
 from vane.engine.node import Node
 from vane.plugins.base import LinkEnv
 from vane.plugins.registry import Registry
@@ -46,7 +48,12 @@ class FlowGraph:
                     yield node
 
     def link(self, env: LinkEnv) -> None:
-        """Instantiate every node's plugin (imports implementations, builds TLS contexts, ...)."""
+        """Instantiate every node's plugin (imports implementations, builds TLS contexts, ...).
+
+        A plugin that cannot be set up (a certificate that does not load, a program outside
+        ``bin/``, a module that does not compile) is a config error: every failing node is
+        tried and reported, each located by file and JSON pointer; raises CompileFailed.
+        """
         if self.linked:
             return
         env.graph = self
@@ -55,20 +62,29 @@ class FlowGraph:
                 if node.plugin == "upgrade" and node.next is not None and node.input.raw.get("protocol") == "http":
                     self.http_roots[(str(addr), node.id)] = node.next
         classes: dict[str, type] = {}
+        failures: dict[tuple[str, str, str], ConfigError] = {}  # one report per place and reason
+        locator: _Locator | None = None
+        failed_externals: set[int] = set()  # one attempt per declaration: its error is the same everywhere
         for node in self.nodes():
-            cls = classes.get(node.spec.impl)
-            if cls is None:
-                cls = classes[node.spec.impl] = node.spec.load()
-            node.impl = cls(node, env)
+            if id(node.spec) in failed_externals:
+                continue
+            try:
+                cls = classes.get(node.spec.impl)
+                if cls is None:
+                    cls = classes[node.spec.impl] = node.spec.load()
+                node.impl = cls(node, env)
+            except Exception as exc:  # noqa: BLE001 - any set-up failure is the config's, located below
+                locator = locator or _Locator(self)
+                if node.spec.external:
+                    failed_externals.add(id(node.spec))
+                for err in locator.errors(node, exc):
+                    failures.setdefault((err.file, err.pointer, err.message), err)
+        if failures:
+            raise CompileFailed(sorted(failures.values(), key=lambda e: (e.file, e.pointer)))
         self.linked = True
 
     def certs(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        for plan in self.listeners.values():
-            for pair in plan.certs:
-                if pair not in out:
-                    out.append(pair)
-        return out
+        return list(dict.fromkeys(pair for plan in self.listeners.values() for pair in plan.certs))
 
     # -- renderings ----------------------------------------------------------------------------
 
@@ -103,6 +119,60 @@ class FlowGraph:
             shared[id(plan.root)] = str(addr)
             lines.extend(render_tree(plan.root, "  "))
         return "\n".join(lines)
+
+
+class _Locator:
+    """Finds where the config says what made a node's plugin fail to set up (built on the
+    first failure, so each later one is a lookup)."""
+
+    def __init__(self, graph: FlowGraph) -> None:
+        self.config_dir = graph.config_dir
+        self.by_rule = {rs.rule["rule"]: rs for rs in graph.sources.rules}
+        self.by_path: dict[str, list[tuple[RuleSource, str]]] = {}
+        for rs in graph.sources.rules:
+            tls = rs.rule.get("tls")
+            if not tls:
+                continue
+            cert, key = (os.path.abspath(resolve_path(self.config_dir, tls[k])) for k in ("cert", "key"))
+            if cert == key:
+                self.by_path.setdefault(cert, []).append((rs, "/tls"))
+            else:
+                self.by_path.setdefault(cert, []).append((rs, "/tls/cert"))
+                self.by_path.setdefault(key, []).append((rs, "/tls/key"))
+
+    def errors(self, node: Node, exc: Exception) -> list[ConfigError]:
+        """An external plugin: its declaration in config.json (``/plugins/<name>/<driver>``).
+        A file the error names (a certificate or key of an ``upgrade tls``): every rule whose
+        ``tls`` names it. Any other node: the node itself (its id is ``<file>#<pointer>``)."""
+        spec = node.spec
+        if spec.external:
+            return [ConfigError("config.json", pointer("plugins", spec.name, spec.driver or ""), _reason(exc))]
+        failed = getattr(exc, "path", None)
+        if isinstance(failed, str) and failed:
+            target = os.path.abspath(failed)
+            users = self.by_path.get(target, ())
+            if users:
+                shown = os.path.relpath(target, self.config_dir) \
+                    if target.startswith(self.config_dir + os.sep) else target
+                message = f"{shown}: {getattr(exc, 'message', None) or _reason(exc)}"
+                return [ConfigError(rs.file, rs.pointer + where, message) for rs, where in users]
+        rs = self.by_rule.get(node.rule or "")
+        if rs is not None and not node.synthetic and node.id.startswith(rs.file + "#"):
+            return [ConfigError(rs.file, node.id[len(rs.file) + 1:], _reason(exc))]
+        return [ConfigError("", "", f"{node.id}: {_reason(exc)}")]
+
+
+def _reason(exc: Exception) -> str:
+    """One line saying why: a library's multi-line report is joined, Python's own error types
+    (a bug rather than a bad config) keep their name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        text = str(exc)
+    text = ": ".join(line.strip() for line in text.splitlines() if line.strip() and line.strip() != "Caused by:")
+    if type(exc).__module__ == "builtins" and not isinstance(exc, (ValueError, OSError)) or not text:
+        text = f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text
 
 
 def node_to_json(root: Node) -> dict:

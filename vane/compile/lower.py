@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from vane.config.errors import ConfigError, pointer
@@ -38,7 +39,7 @@ class Cond:
         return json.dumps([self.key, self.op, self.right], sort_keys=True)
 
 
-@dataclass
+@dataclass(eq=False)  # rules are compared by identity: a deep compare of flows costs O(rule)
 class CompiledRule:
     source: RuleSource
     name: str
@@ -53,7 +54,7 @@ class CompiledRule:
     def sort_key(self) -> tuple[int, int, int]:
         return (-self.priority, -len(self.conds), self.source.index)
 
-    @property
+    @cached_property
     def predicates_key(self) -> frozenset[str]:
         return frozenset(c.canonical() for c in self.conds)
 
@@ -93,10 +94,8 @@ class Lowerer:
     def lower(self, rules: list[CompiledRule]) -> dict[ListenAddr, ListenerPlan]:
         by_addr: dict[ListenAddr, list[CompiledRule]] = {}
         for rule in rules:
-            for addr in rule.addrs:
-                bucket = by_addr.setdefault(addr, [])
-                if rule not in bucket:
-                    bucket.append(rule)
+            for addr in rule.addrs:  # distinct per rule (compile_sources drops repeats)
+                by_addr.setdefault(addr, []).append(rule)
         self._check_overlaps(by_addr)
         plans: dict[ListenAddr, ListenerPlan] = {}
         for addr in sorted(by_addr):
@@ -231,11 +230,8 @@ class Lowerer:
 
 
 def _certs(http: list[CompiledRule]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for rule in http:
-        if rule.tls and rule.tls not in out:
-            out.append(rule.tls)
-    return out
+    """The distinct (cert, key) pairs of the rules, in rule order."""
+    return list(dict.fromkeys(rule.tls for rule in http if rule.tls))
 
 
 def tls_paths(config_dir: str, tls: dict | None) -> tuple[str, str] | None:

@@ -2,12 +2,19 @@
 
 Plugin inputs are checked against each plugin's own schema by the compiler, which knows the
 layer and so which implementation a name stands for.
+
+Every document is checked first by jsonschema-rs (compiled; a reload checks thousands of rules
+and plugin inputs), which only says valid or not; a document it does not accept, or cannot
+take (a string that is not valid Unicode), is checked again by jsonschema, whose errors are
+the ones reported. The verdict and the messages are jsonschema's: the fast check only skips
+the slow one for documents it accepts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -59,7 +66,7 @@ RULE_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["cert", "key"],
             "additionalProperties": False,
-            "properties": {"cert": {"type": "string"}, "key": {"type": "string"}},
+            "properties": {"cert": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}},
         },
         "flow": {"$ref": "#/$defs/node"},
     },
@@ -71,10 +78,10 @@ _PLUGIN_DECL: dict[str, Any] = {
     "required": ["branches"],
     "additionalProperties": False,
     "properties": {
-        "wasm": {"type": "string"},
+        "wasm": {"type": "string", "minLength": 1},
         "http": {"type": "string", "pattern": r"^https?://"},
-        "unix": {"type": "string"},
-        "command": {"type": "string"},
+        "unix": {"type": "string", "minLength": 1},
+        "command": {"type": "string", "minLength": 1},
         "args": {"type": "array", "items": {"type": "string"}},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
         "branches": {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -110,23 +117,67 @@ CONFIG_SCHEMA: dict[str, Any] = {
     },
 }
 
-RULE_VALIDATOR = Draft202012Validator(RULE_SCHEMA)
-CONFIG_VALIDATOR = Draft202012Validator(CONFIG_SCHEMA)
-_VALIDATORS: dict[int, Draft202012Validator] = {}
+class Validator:
+    """One schema's two validators: jsonschema-rs to accept valid documents fast, jsonschema
+    for the verdict on the others and for every error message."""
+
+    __slots__ = ("schema", "fast", "full")
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.schema = schema
+        self.full = Draft202012Validator(schema)
+        try:
+            self.fast: Any = jsonschema_rs.validator_for(dict(schema))
+        except Exception:  # noqa: BLE001 - a schema the fast validator cannot take is checked by jsonschema alone
+            self.fast = None
+
+    def accepts(self, instance: Any) -> bool:
+        """True when the fast validator accepts ``instance`` (False: ask jsonschema)."""
+        if self.fast is None:
+            return False
+        try:
+            return bool(self.fast.is_valid(instance))
+        except Exception:  # noqa: BLE001 - e.g. a lone surrogate in a string: jsonschema decides
+            return False
+
+    def iter_errors(self, instance: Any) -> Iterator[ValidationError]:
+        if self.accepts(instance):
+            return iter(())
+        return self.full.iter_errors(instance)
 
 
-def validator_for(schema: dict) -> Draft202012Validator:
-    """Validators cached per schema object (plugin schemas are module-level constants)."""
+RULE_VALIDATOR = Validator(RULE_SCHEMA)
+CONFIG_VALIDATOR = Validator(CONFIG_SCHEMA)
+_CACHE_MAX = 256
+_VALIDATORS: dict[int, Validator] = {}
+
+
+def validator_for(schema: Mapping[str, Any]) -> Validator:
+    """The validator of a plugin's input schema, cached per schema object.
+
+    Built-in schemas are module constants; an external plugin's is built anew by every
+    compile, so the cache is bounded, and an entry counts only for the very object it was
+    made for (it holds that object, so its id cannot be reused while it is cached).
+    """
     v = _VALIDATORS.get(id(schema))
-    if v is None:
-        v = _VALIDATORS[id(schema)] = Draft202012Validator(schema)
+    if v is None or v.schema is not schema:
+        if len(_VALIDATORS) >= _CACHE_MAX:
+            _VALIDATORS.clear()
+        v = _VALIDATORS[id(schema)] = Validator(schema)
     return v
 
 
-def schema_errors(validator: Draft202012Validator, instance: Any, file: str, base: str = "") -> Iterator[ConfigError]:
+def schema_errors(validator: Validator, instance: Any, file: str, base: str = "") -> Iterator[ConfigError]:
     """Every schema violation, located by JSON pointer (``base`` prefixes it), with a plain message."""
     for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
-        yield ConfigError(file, base + _pointer(err.absolute_path), describe(err))
+        yield ConfigError(file, base + _pointer(err.absolute_path), _clip(describe(err), MAX_MESSAGE))
+
+
+MAX_MESSAGE = 300  # a message quotes the offending value: a huge one is cut
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _pointer(path: Any) -> str:
@@ -143,15 +194,17 @@ def describe(err: ValidationError) -> str:
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         return "unknown key" + ("s " if len(extra) > 1 else " ") + ", ".join(f'"{k}"' for k in extra)
     if v == "enum":
-        return f"{err.instance!r} is not one of " + ", ".join(repr(x) for x in err.validator_value)
+        return f"{_clip(repr(err.instance), 80)} is not one of " + ", ".join(repr(x) for x in err.validator_value)
     if v == "type":
         want = err.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
         return f"must be of type {want}, got {type(err.instance).__name__}"
     if v == "propertyNames":
-        return f"invalid name {err.instance!r}" if not isinstance(err.instance, dict) else err.message
+        return f"invalid name {_clip(repr(err.instance), 80)}" if not isinstance(err.instance, dict) else err.message
+    if v == "minLength" and err.validator_value == 1:
+        return "must not be empty"
     if v in ("maxProperties", "minProperties") and err.schema is NODE_SCHEMA:
         return f"a node has exactly one key, the plugin name (found {len(err.instance)})"
     if v == "anyOf":
-        return f"invalid value {err.instance!r}"
+        return f"invalid value {_clip(repr(err.instance), 80)}"
     return err.message

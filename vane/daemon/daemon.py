@@ -24,7 +24,7 @@ from gevent.lock import Semaphore
 
 from vane import __version__
 from vane.compile import FlowGraph, compile_dir
-from vane.config.errors import CompileFailed, ConfigError
+from vane.config.errors import CompileFailed
 from vane.config.settings import Settings
 from vane.engine.executor import walk
 from vane.engine.ids import uuid7
@@ -127,13 +127,9 @@ class Daemon:
         return graph
 
     def link(self, graph: FlowGraph) -> None:
-        """Instantiate plugins; a failure (e.g. an unreadable certificate) is a compile error."""
-        try:
-            graph.link(LinkEnv(self.settings, graph.config_dir, self.services))
-        except Exception as exc:  # noqa: BLE001 - any link failure must leave the old graph serving
-            path = getattr(exc, "path", "")
-            rel = os.path.relpath(path, graph.config_dir) if path else ""
-            raise CompileFailed([ConfigError(rel, "", f"{type(exc).__name__}: {exc}")]) from exc
+        """Instantiate plugins; a failure (e.g. an unreadable certificate) is a CompileFailed
+        naming the file and pointer of each node that caused it."""
+        graph.link(LinkEnv(self.settings, graph.config_dir, self.services))
 
     def boot(self) -> None:
         """Compile, link and start serving. Raises CompileFailed on a broken config."""

@@ -29,6 +29,8 @@ from gevent.socket import wait as wait_watcher
 from gevent.socket import wait_read, wait_write
 from OpenSSL import SSL
 
+from vane.config.files import MAX_CERT_BYTES, read_regular
+
 __all__ = [
     "TLSConfigError", "TLSError", "TLSHandshakeError", "TLSHandshakeTimeout",
     "ContextCache", "ServerTLS", "TLSStream",
@@ -94,9 +96,9 @@ class CertContext:
 
 
 def _read(path: str) -> bytes:
+    """A certificate or key file: a regular file of at most MAX_CERT_BYTES (never a FIFO or a device)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path, MAX_CERT_BYTES)
     except OSError as exc:
         raise TLSConfigError(path, exc.strerror or str(exc)) from None
 

@@ -15,6 +15,8 @@ import os
 
 import wasmtime
 
+from vane.config.files import MAX_WASM_BYTES, read_regular
+
 from .base import MAX_REPLY, ExternalError, ExternalPlugin
 
 log = logging.getLogger("vane.wasm")
@@ -34,8 +36,7 @@ def engine() -> wasmtime.Engine:
 
 
 def load_module(path: str, state_dir: str | None) -> wasmtime.Module:
-    with open(path, "rb") as fh:
-        data = fh.read()
+    data = read_regular(path, MAX_WASM_BYTES)  # a regular file, bounded: never a FIFO or /dev/zero
     digest = hashlib.sha256(data).hexdigest()
     cache = os.path.join(state_dir, "wasm", f"{digest}.cwasm") if state_dir else None
     if cache and os.path.exists(cache):
