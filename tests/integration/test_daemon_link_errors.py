@@ -50,7 +50,7 @@ def test_reload_with_plugins_that_cannot_be_set_up_keeps_the_old_graph(lab):
     mark = len(d.lines)
     expected = broken_link_config(lab, other)
     for pattern in expected:
-        d.wait_log(r"reload failed: " + pattern, since=mark)
+        d.wait_log(r"reload failed, the running configuration stays: " + pattern, since=mark)
     res = d.cli("reload")
     assert res.returncode == 1, (res.stdout, res.stderr)
     for pattern in expected:

@@ -138,7 +138,7 @@ def test_compiling_a_large_config_does_not_stop_the_data_plane(lab, backend):
     d = lab.vaned({"site.json": site(port, backend.url, 1)}, env={"VANE_RELOAD_DEBOUNCE_MS": "100000"})
     d.wait_listening(port)
     many = [{"rule": f"r{i}", "listen": [f"127.0.0.1:{port}"], "match": {"req.host": f"h{i}.test"},
-             "flow": {"respond": {"input": {"body": str(i)}}}} for i in range(8000)]
+             "flow": {"respond": {"input": {"body": str(i)}}}} for i in range(30000)]
     (lab.conf / "rules" / "many.json").write_text(json.dumps(many))
     mgmt = Client(socket_path=d.sock_path)
     took = {}

@@ -45,6 +45,21 @@ from .watcher import Watcher
 log = logging.getLogger("vane.daemon")
 
 
+def off_hub(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in the hub's thread pool; its exception is raised here, in the caller
+    (the pool itself would print it as a crash)."""
+    def call() -> tuple[bool, Any]:
+        try:
+            return True, fn(*args)
+        except Exception as exc:  # noqa: BLE001 - handed back to the calling greenlet
+            return False, exc
+
+    ok, value = gevent.get_hub().threadpool.apply(call)
+    if not ok:
+        raise value
+    return value
+
+
 class Services:
     """Daemon-scoped state plugins may use; it survives reloads (DESIGN.md §7)."""
 
@@ -116,7 +131,7 @@ class Daemon:
     def compile_off_hub(self, config_dir: str | None = None) -> FlowGraph:
         """``compile`` in a worker thread: reading and compiling a large config must not stall
         the connections the hub is serving meanwhile (they share the GIL, not the loop)."""
-        return gevent.get_hub().threadpool.apply(self.compile, (config_dir,))
+        return off_hub(self.compile, config_dir)
 
     def _prepare(self) -> FlowGraph:
         """Compile, and link unless the hash is the serving one's (runs off the hub: link
@@ -339,7 +354,7 @@ class Daemon:
     def _reload(self) -> dict:
         now = time.time()
         try:
-            graph = gevent.get_hub().threadpool.apply(self._prepare)
+            graph = off_hub(self._prepare)
             if self.graph is not None and graph.hash == self.graph.hash:
                 self.last_reload = {"time": now, "result": "unchanged", "error": None}
                 self.metrics.reload("unchanged")
