@@ -1,9 +1,12 @@
 """``proxy`` at L7 (DESIGN.md §6): forward the request to ``upstream`` and stream the answer back.
 
-Bodies stream end to end both ways; nothing is buffered unless a node read ``req.body``.
-Response fields are stripped of hop-by-hop ones. ``Upgrade: websocket`` requests are tunnelled
-when ``websocket`` is on (the default). ``forwarded`` (default on) adds X-Forwarded-* and
-``Forwarded``. Upstream failure answers 502, a timeout 504, the reason in the flow log.
+Request bodies stream upstream as they arrive (unless a node read ``req.body``); answers are
+read ahead of the client into the pool's ``response_buffer`` (``vane.net.http.readahead``) so
+the upstream connection goes back as soon as the backend is done. Response fields are
+stripped of hop-by-hop ones. Requests the HTTP/1 parser accepted as WebSocket upgrades are
+tunnelled when ``websocket`` is on (the default). ``forwarded`` (default on) adds
+X-Forwarded-* and ``Forwarded``. Upstream failure answers 502, a timeout 504, a client past
+its share of the backend 503; the reason goes to the flow log and one warning to the log.
 """
 
 from __future__ import annotations
