@@ -42,7 +42,9 @@ CELLS = {
     "small": [("direct", "backend", "BACKEND_PORT", False, None),
               ("nginx", "nginx", "NGINX_PORT", True, None),
               ("haproxy", "haproxy", "HAPROXY_PORT", True, None),
+              ("ceiling", "ceiling", "CEILING_PORT", True, None),
               ("vaned", "vaned", "VANED_PORT", True, "bench"),
+              ("ceiling_respond", "ceiling", "CEILING_RESPOND_PORT", False, None),
               ("vaned_respond", "vaned", "VANED_RESPOND_PORT", False, "bench-respond")],
     "mib": [("direct", "backend", "BACKEND_PORT", False, None),
             ("nginx", "nginx", "NGINX_PORT", True, None),
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             lab.start_nginx()
         if sections & {"small", "mib", "h2", "tls", "l4"} and "haproxy" not in lab.down:
             lab.start_haproxy()
+        if "small" in sections:
+            lab.start_ceiling()
         lab.prepare_vaned()
         if cell_sections:
             lab.start_vaned()

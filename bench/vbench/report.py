@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-COLUMNS = ("direct", "nginx", "haproxy", "vaned", "vaned_respond")
-HEADERS = ("direct", "nginx", "haproxy", "vaned", "vaned respond")
+COLUMNS = ("direct", "nginx", "haproxy", "ceiling", "vaned", "ceiling_respond", "vaned_respond")
+HEADERS = ("direct", "nginx", "haproxy", "ceiling", "vaned", "ceiling respond", "vaned respond")
 
 # (section, metric, label, reference for vaned's ratio, better)
 ROWS = (
@@ -28,14 +28,22 @@ ROWS = (
     ("rss", "kib_per_conn", "  KiB per idle connection", None, "lower"),
 )
 
-# (name, section, metric, kind, limit): kind "ratio_min" = vaned ≥ limit × nginx,
-# "ratio_max" = vaned ≤ limit × nginx, "abs_max" = vaned ≤ limit.
+# (name, section, metric, kind, limit, vaned column, reference column): kind "ratio_min" =
+# vaned ≥ limit × reference, "ratio_max" = vaned ≤ limit × reference, "abs_max" = vaned ≤ limit.
+# The ceiling is bench/ceiling.py: gevent + httptools with no routing, pool or flow.
 TARGETS = (
-    ("small-response req/s ≥ 0.35 × nginx", "small", "rps", "ratio_min", 0.35),
-    ("1 MiB throughput ≥ 0.85 × nginx", "mib", "mib_s", "ratio_min", 0.85),
-    ("small-response p99 ≤ 3 × nginx", "small", "p99_ms", "ratio_max", 3.0),
-    ("10k idle connections ≤ 150 MiB RSS", "rss", "rss_after_mib", "abs_max", 150.0),
+    ("proxy req/s ≥ 0.9 × ceiling pass-through", "small", "rps", "ratio_min", 0.9, "vaned", "ceiling"),
+    ("respond req/s ≥ 0.85 × ceiling responder", "small", "rps", "ratio_min", 0.85, "vaned_respond",
+     "ceiling_respond"),
+    ("proxy CPU per request ≤ 1.0 × ceiling's", "small", "cpu_us_per_req", "ratio_max", 1.0, "vaned", "ceiling"),
+    ("small-response p99 ≤ 3 × nginx", "small", "p99_ms", "ratio_max", 3.0, "vaned", "nginx"),
+    ("1 MiB throughput ≥ 1.0 × nginx", "mib", "mib_s", "ratio_min", 1.0, "vaned", "nginx"),
+    ("HTTP/2 over TLS req/s ≥ 0.24 × nginx", "h2", "rps", "ratio_min", 0.24, "vaned", "nginx"),
+    ("TLS handshakes/s ≥ 0.7 × nginx", "tls", "per_s", "ratio_min", 0.7, "vaned", "nginx"),
+    ("L4 new connections/s ≥ 0.67 × haproxy", "l4conn", "rps", "ratio_min", 0.67, "vaned", "haproxy"),
+    ("10k idle connections ≤ 150 MiB RSS", "rss", "rss_after_mib", "abs_max", 150.0, "vaned", None),
 )
+UNITS = {"rss_after_mib": "MiB", "cpu_us_per_req": "µs"}
 
 
 def fmt(value) -> str:
@@ -75,10 +83,10 @@ def cell(results: dict, section: str, column: str):
     return entry, None
 
 
-def ratio(results: dict, section: str, metric: str, ref: str | None) -> float | None:
+def ratio(results: dict, section: str, metric: str, ref: str | None, column: str = "vaned") -> float | None:
     if not ref:
         return None
-    v, _ = cell(results, section, "vaned")
+    v, _ = cell(results, section, column)
     r, _ = cell(results, section, ref)
     if not v or not r or v.get(metric) in (None, 0) or not r.get(metric):
         return None
@@ -102,7 +110,11 @@ def build_table(results: dict, sections: set[str], conns: int = 10000) -> tuple[
             else:
                 line.append(fmt(value.get(metric)))
         r = ratio(results, section, metric, ref)
-        line.append(f"{r:.2f}× {ref}" if r is not None else "")
+        text = f"{r:.2f}× {ref}" if r is not None else ""
+        c = ratio(results, section, metric, "ceiling") if section == "small" else None
+        if c is not None:
+            text += f", {c:.2f}× ceiling"
+        line.append(text)
         rows.append(line)
     return rows, notes.items
 
@@ -120,27 +132,27 @@ def render_table(rows: list[list[str]]) -> str:
 
 def evaluate_targets(results: dict, rss_conns: int = 10000) -> list[dict]:
     out = []
-    for name, section, metric, kind, limit in TARGETS:
-        item = {"target": name, "section": section, "metric": metric, "limit": limit}
-        v, reason = cell(results, section, "vaned")
+    for name, section, metric, kind, limit, column, ref in TARGETS:
+        item = {"target": name, "section": section, "metric": metric, "limit": limit, "ref": ref}
+        v, reason = cell(results, section, column)
         if kind == "abs_max":
             value = v.get(metric) if v else None
-            item.update(value=value, unit="MiB")
+            item.update(value=value, unit=UNITS.get(metric, ""))
             ok = value is not None and value <= limit
         else:
-            value = ratio(results, section, metric, "nginx")
-            item.update(value=round(value, 3) if value is not None else None, unit="× nginx")
+            value = ratio(results, section, metric, ref, column)
+            item.update(value=round(value, 3) if value is not None else None, unit=f"× {ref}")
             ok = value is not None and (value >= limit if kind == "ratio_min" else value <= limit)
         # Capacity estimate from the server CPU time per request (1 / CPU per request is the
         # rate one core could reach): steadier than req/s when other work competes for the CPUs.
         if kind == "ratio_min":
-            rv, _ = cell(results, section, "nginx")
+            rv, _ = cell(results, section, ref)
             key = "cpu_us_per_req"
             if v and rv and v.get(key) and rv.get(key):
                 item["cpu_estimate"] = round(rv[key] / v[key], 3)
         if item["value"] is None:
-            _ref, ref_reason = cell(results, section, "nginx")
-            why = reason or (ref_reason and f"nginx: {ref_reason}") or "not measured"
+            _ref, ref_reason = cell(results, section, ref) if ref else (None, None)
+            why = reason or (ref_reason and f"{ref}: {ref_reason}") or "not measured"
             item.update(status="n/a", reason=why)
         elif section == "rss" and rss_conns != 10000:
             item.update(status="n/a", reason=f"measured with {rss_conns} connections, not 10000")
@@ -155,16 +167,17 @@ def render_targets(targets: list[dict], footnotes: list[str]) -> str:
     number, a new one is appended to ``footnotes`` (print them after this table)."""
     rows = [["target", "vaned", "limit", "result", "by CPU time"]]
     for t in targets:
-        unit = t["unit"] if "unit" in t else ""
-        value = "-" if t["value"] is None else (f"{t['value']:.2f}× nginx" if unit == "× nginx"
-                                                 else f"{t['value']:.1f} MiB")
-        limit = f"{t['limit']:.2f}× nginx" if unit == "× nginx" else f"{t['limit']:.0f} MiB"
+        unit = t.get("unit", "")
+        ratio_unit = unit.startswith("×")
+        value = "-" if t["value"] is None else (f"{t['value']:.2f}{unit}" if ratio_unit
+                                                 else f"{t['value']:.1f} {unit}")
+        limit = f"{t['limit']:.2f}{unit}" if ratio_unit else f"{t['limit']:.0f} {unit}"
         result = t["status"]
         if t["status"] == "n/a":
             if t["reason"] not in footnotes:
                 footnotes.append(t["reason"])
             result += f"[{footnotes.index(t['reason']) + 1}]"
-        est = f"{t['cpu_estimate']:.2f}× nginx" if t.get("cpu_estimate") is not None else ""
+        est = f"{t['cpu_estimate']:.2f}× {t['ref']}" if t.get("cpu_estimate") is not None else ""
         rows.append([t["target"], value, limit, result, est])
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = []

@@ -18,6 +18,8 @@ BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 CONFIGS = os.path.join(BENCH_DIR, "configs")
 VANED = os.path.join(REPO_DIR, ".venv", "bin", "vaned")
+PYTHON = os.path.join(REPO_DIR, ".venv", "bin", "python")
+CEILING = os.path.join(BENCH_DIR, "ceiling.py")
 MIB = 1 << 20
 
 PORT_NAMES = (
@@ -25,6 +27,7 @@ PORT_NAMES = (
     "NGINX_PORT", "NGINX_H2_PORT", "NGINX_TLS_PORT",
     "HAPROXY_PORT", "HAPROXY_H2_PORT", "HAPROXY_TLS_PORT", "HAPROXY_L4_PORT",
     "VANED_PORT", "VANED_RESPOND_PORT", "VANED_H2_PORT", "VANED_H2_RESPOND_PORT", "VANED_L4_PORT",
+    "CEILING_PORT", "CEILING_RESPOND_PORT",
 )
 
 # vaned rules (bench/configs/vaned-rules.json) and the ports they listen on.
@@ -178,6 +181,17 @@ class Lab:
                                 nofile=self.nofile)
         ports = ["HAPROXY_PORT", "HAPROXY_L4_PORT"] + (["HAPROXY_H2_PORT", "HAPROXY_TLS_PORT"] if self.tls else [])
         self._wait("haproxy", proc, [self.ports[p] for p in ports])
+
+    def start_ceiling(self) -> None:
+        """The bare gevent + httptools pass-through and responder (bench/ceiling.py)."""
+        if not os.access(PYTHON, os.X_OK):
+            self.down["ceiling"] = f"{os.path.relpath(PYTHON, REPO_DIR)} missing: run `make install`"
+            return
+        argv = [PYTHON, CEILING, "--proxy", str(self.ports["CEILING_PORT"]),
+                "--backend", f"{LOOPBACK}:{self.ports['BACKEND_PORT']}",
+                "--respond", str(self.ports["CEILING_RESPOND_PORT"])]
+        proc = self.procs.start("ceiling", argv, log=os.path.join(self.tmp, "ceiling.log"), nofile=self.nofile)
+        self._wait("ceiling", proc, [self.ports["CEILING_PORT"], self.ports["CEILING_RESPOND_PORT"]])
 
     # ---- vaned -----------------------------------------------------------------------------
 
