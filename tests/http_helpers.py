@@ -231,7 +231,7 @@ class Backend:
         return False
 
     def _serve_h2(self, stream: Any, conn_id: int) -> None:
-        from vane.net.http.h2server import H2ServerConnection
+        from vane.net.h2.server import H2ServerConnection
         from vane.net.http.message import Body, Headers, Response
 
         def handle(request: Any) -> Response:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.daemon_helpers import free_ports, rule, wait_until
 from vane.config.settings import Settings
-from vane.plugins.base import LinkEnv
+from vane.engine.plugin import LinkEnv
 from vane.plugins.external.base import MAX_REPLY, ExternalError
 from vane.plugins.registry import registry_from_config
 

@@ -15,8 +15,8 @@ from vane.config.errors import ConfigError
 from vane.config.settings import Settings
 from vane.engine.executor import walk
 from vane.engine.kv import KV
+from vane.engine.plugin import LinkEnv
 from vane.engine.template import Limits
-from vane.plugins.base import LinkEnv
 from vane.plugins.registry import Registry, registry_from_config
 
 FLOW = {"xp": {"input": {"who": "{{conn.ip}}"}, "output": {

@@ -7,8 +7,8 @@ import httptools
 import pytest
 from gevent.server import StreamServer
 
+from vane.net.h1.client import H1ClientConnection
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from vane.net.http.h1client import H1ClientConnection
 from vane.net.http.message import Body, Headers, Request
 
 CANNED = {

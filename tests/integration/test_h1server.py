@@ -11,8 +11,8 @@ import httpx
 import pytest
 from gevent.server import StreamServer
 
+from vane.net.h1.server import H1Limits, H1ServerConnection
 from vane.net.http.errors import HttpError
-from vane.net.http.h1server import H1Limits, H1ServerConnection
 from vane.net.http.message import Body, Headers, Response
 
 LIMITS = H1Limits(header_timeout=1.0, keepalive_timeout=5.0, body_idle_timeout=5.0)

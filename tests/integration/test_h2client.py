@@ -12,12 +12,12 @@ import trustme
 from gevent.pool import Pool
 
 from tests.integration.test_h2server import BLOB, BLOB_SHA, H2TestServer, wait_until
+from vane.net.h2.client import H2ClientConnection
+from vane.net.h2.server import H2Limits
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from vane.net.http.h2client import H2ClientConnection
-from vane.net.http.h2server import H2Limits
 from vane.net.http.message import Body, Headers, Request
-from vane.net.tls import ServerTLS
-from vane.net.tls_client import client_context, wrap
+from vane.net.tls.client import client_context, wrap
+from vane.net.tls.server import ServerTLS
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ import trustme
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from vane.net.http.h2common import GoawayFilter, goaway_frame
-from vane.net.http.h2server import H2Limits, H2ServerConnection
+from vane.net.h2.common import GoawayFilter, goaway_frame
+from vane.net.h2.server import H2Limits, H2ServerConnection
 from vane.net.http.message import Body, Headers, Request, Response
-from vane.net.tls import ServerTLS
+from vane.net.tls.server import ServerTLS
 
 BLOB = os.urandom(20 * 1024 * 1024)
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()

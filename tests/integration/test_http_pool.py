@@ -11,10 +11,10 @@ from gevent.server import StreamServer
 from tests.http_helpers import Backend, backend_tls_context, free_port
 from vane.engine.trajectory import Trajectory
 from vane.net.http.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from vane.net.http.forward import exchange, upstream_headers
-from vane.net.http.forward_options import Options
 from vane.net.http.message import Body, Headers, Request
-from vane.net.http.pool import UpstreamPool
+from vane.net.upstream.forward import exchange, upstream_headers
+from vane.net.upstream.options import Options
+from vane.net.upstream.pool import UpstreamPool
 
 
 def make_ctx(path="/", method="GET", body=b"", headers=(), host="app.test"):

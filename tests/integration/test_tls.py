@@ -16,7 +16,7 @@ import trustme
 from cryptography import x509
 from gevent.server import StreamServer
 
-from vane.net.tls import (
+from vane.net.tls.server import (
     ContextCache,
     ServerTLS,
     TLSConfigError,
@@ -390,7 +390,7 @@ def test_openssl_s_client_sni_and_alpn(certs, two_cert_server):
 
 # --- upstream (client) side ---------------------------------------------------------------------
 
-from vane.net.tls_client import ClientTLSSocket, client_context, wrap  # noqa: E402
+from vane.net.tls.client import ClientTLSSocket, client_context, wrap  # noqa: E402
 
 
 def raw_connect(port: int) -> socket.socket:

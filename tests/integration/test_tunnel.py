@@ -354,7 +354,7 @@ def test_many_concurrent_relays():
 def test_real_tls_stream_to_plain_upstream(setup, tmp_path):
     """The buffered path driving the project's TLS stream: integrity and half-close."""
     trustme = pytest.importorskip("trustme")
-    tls = pytest.importorskip("vane.net.tls")
+    tls = pytest.importorskip("vane.net.tls.server")
     import ssl
 
     ca = trustme.CA()

@@ -7,7 +7,7 @@ import gevent
 from vane.engine.context import Context
 from vane.engine.kv import KV
 from vane.engine.outcome import FINISHED, Upgrade
-from vane.plugins.base import LAYERS_ALL, HttpMiddleware, Kind, Middleware, PluginSpec, Terminator
+from vane.engine.plugin import LAYERS_ALL, HttpMiddleware, Kind, Middleware, PluginSpec, Terminator
 
 
 class Branch(Middleware):

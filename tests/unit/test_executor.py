@@ -12,8 +12,8 @@ from vane.engine.breaker import Breaker
 from vane.engine.executor import walk
 from vane.engine.kv import KV
 from vane.engine.outcome import ERROR, FINISHED, TIMEOUT
+from vane.engine.plugin import LinkEnv
 from vane.engine.template import Limits
-from vane.plugins.base import LinkEnv
 from vane.plugins.catalog import BUILTINS
 from vane.plugins.registry import Registry
 

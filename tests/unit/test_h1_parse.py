@@ -6,8 +6,8 @@ import time
 import gevent
 import pytest
 
+from vane.net.h1.server import DRAIN_LIMIT, H1Limits, H1ServerConnection
 from vane.net.http.errors import HttpError
-from vane.net.http.h1server import DRAIN_LIMIT, H1Limits, H1ServerConnection
 from vane.net.http.message import Body, Headers, Response
 
 

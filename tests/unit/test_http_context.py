@@ -9,10 +9,10 @@ from vane.engine.context import Context
 from vane.engine.executor import walk
 from vane.engine.kv import KV
 from vane.engine.outcome import FINISHED, Rejected
+from vane.engine.plugin import LinkEnv
 from vane.engine.template import Limits
-from vane.net.http.context import L7Context
+from vane.flow.l7context import L7Context
 from vane.net.http.message import Body, Headers, Request
-from vane.plugins.base import LinkEnv
 from vane.plugins.registry import builtin_registry
 
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vane.net.http.cgi_process import CgiError, _head_end, parse_head
+from vane.net.cgi_process import CgiError, _head_end, parse_head
 from vane.net.http.message import Body, Headers, Request
 from vane.plugins.builtin.cgi import Cgi, resolve_script
 

@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from vane.net.http.forward import strip_response, upstream_headers, upstream_request
-from vane.net.http.forward_options import Options, OptionsSource
 from vane.net.http.message import Body, Headers, Request, Response
+from vane.net.upstream.forward import strip_response, upstream_headers, upstream_request
+from vane.net.upstream.options import Options, OptionsSource
 
 
 def ctx_for(headers, peer="203.0.113.7", version="1.1", scheme="http", authority="app.example"):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from vane.net.http import static_files as sf
+from vane.net import static_files as sf
 from vane.net.http.message import FileBody, Headers
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vane.net.http.upstream import UpstreamURLError, parse_upstream
+from vane.net.upstream.url import UpstreamURLError, parse_upstream
 
 
 @pytest.mark.parametrize("url,scheme,host,port,base,authority,name", [

@@ -5,7 +5,7 @@ from tests.unit.fakeplugins import RecCtx
 from vane.compile import compile_dir
 from vane.config.settings import Settings
 from vane.engine.kv import KV
-from vane.plugins.base import LinkEnv
+from vane.engine.plugin import LinkEnv
 from vane.plugins.builtin.route import Route
 
 

@@ -16,8 +16,8 @@ from typing import Mapping
 from vane.config.errors import CompileFailed, ConfigError, pointer
 from vane.config.load import Sources, load_dir, load_single_rule_file
 from vane.config.settings import Settings
+from vane.engine.plugin import LinkEnv
 from vane.engine.template import Limits
-from vane.plugins.base import LinkEnv
 from vane.plugins.registry import registry_from_config
 
 from .flows import FlowBuilder, infer_layer

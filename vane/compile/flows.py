@@ -13,8 +13,8 @@ from typing import Any
 from vane.config.errors import ConfigError
 from vane.config.schemas import schema_errors, validator_for
 from vane.engine.node import Node
+from vane.engine.plugin import PluginSpec
 from vane.engine.template import CompiledInput, Limits, TemplateError, TemplateErrors, static_keys
-from vane.plugins.base import PluginSpec
 from vane.plugins.catalog import L4_PROXY_KEYS, L7_PROXY_KEYS
 from vane.plugins.registry import Registry
 

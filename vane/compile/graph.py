@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from vane.config.errors import CompileFailed, ConfigError, pointer
 from vane.config.load import RuleSource, Sources, resolve_path
 from vane.engine.node import Node
-from vane.plugins.base import LinkEnv
+from vane.engine.plugin import LinkEnv
 from vane.plugins.registry import Registry
 
 from .listen import ListenAddr

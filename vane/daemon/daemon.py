@@ -28,17 +28,17 @@ from vane.config.errors import CompileFailed
 from vane.config.settings import Settings
 from vane.engine.executor import walk
 from vane.engine.ids import uuid7
-from vane.net.l4context import L4Context
+from vane.engine.plugin import LinkEnv
+from vane.flow.connection import ConnRecord, ConnTable
+from vane.flow.l4context import L4Context
 from vane.net.listeners import Listener, activated_sockets, socket_key
 from vane.net.parking import Parking
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub
 from vane.observe.metrics import Metrics
-from vane.plugins.base import LinkEnv
 from vane.plugins.builtin.deny import reset
 
 from . import sdnotify
-from .connections import ConnRecord, ConnTable
 from .floor import Floor
 from .watcher import Watcher
 
@@ -80,7 +80,7 @@ class Services:
     def tls_cache(self) -> Any:
         """Daemon-scoped TLS contexts (session tickets survive reloads); pyOpenSSL loads on first use."""
         if self._tls_cache is None:
-            from vane.net.tls import ContextCache
+            from vane.net.tls.server import ContextCache
             self._tls_cache = ContextCache()
         return self._tls_cache
 
@@ -88,7 +88,7 @@ class Services:
     def pool(self) -> Any:
         """The upstream connection pool, created on first use."""
         if self._pool is None:
-            from vane.net.http.pool import UpstreamPool
+            from vane.net.upstream.pool import UpstreamPool
             self._pool = UpstreamPool(self.settings, self.metrics)
             self._pool.configure(self.pool_config)
         return self._pool

@@ -8,9 +8,8 @@ import logging
 import time
 from collections import OrderedDict
 
+from vane.flow.connection import ConnTable
 from vane.observe.logging import log_once_per_second
-
-from .connections import ConnTable
 
 MAX_TRACKED_IPS = 65536
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .template import CompiledInput
 
 if TYPE_CHECKING:
-    from vane.plugins.base import Plugin, PluginSpec
+    from vane.engine.plugin import Plugin, PluginSpec
 
 
 class Node:

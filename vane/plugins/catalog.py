@@ -6,7 +6,7 @@ Inputs that may be templated accept a string wherever a number is expected.
 
 from __future__ import annotations
 
-from .base import LAYERS_ALL, LAYERS_L4, LAYERS_L7, Kind, PluginSpec
+from vane.engine.plugin import LAYERS_ALL, LAYERS_L4, LAYERS_L7, Kind, PluginSpec
 
 MATCH_OPS = ("eq", "ne", "prefix", "suffix", "contains", "regex", "glob", "cidr", "in", "not_in",
              "exists", "lt", "gt")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from vane.config.errors import ConfigError, pointer
+from vane.engine.plugin import LAYERS_ALL, Kind, PluginSpec
 
-from .base import LAYERS_ALL, Kind, PluginSpec
 from .catalog import BUILTINS
 
 DRIVERS = ("wasm", "http", "unix", "command")

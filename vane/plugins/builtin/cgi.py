@@ -17,9 +17,9 @@ import logging
 import os
 
 from vane.engine.outcome import FINISHED
-from vane.net.http.cgi_process import CgiError, CgiRun, CgiTimeout
+from vane.engine.plugin import LinkEnv, Terminator
+from vane.net.cgi_process import CgiError, CgiRun, CgiTimeout
 from vane.net.http.message import Response
-from vane.plugins.base import LinkEnv, Terminator
 
 log = logging.getLogger("vane.cgi")
 

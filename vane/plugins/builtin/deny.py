@@ -7,7 +7,7 @@ import socket
 import struct
 
 from vane.engine.outcome import FINISHED
-from vane.plugins.base import Terminator
+from vane.engine.plugin import Terminator
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 

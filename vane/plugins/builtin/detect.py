@@ -5,7 +5,7 @@ Branch = ``peek.protocol``: tls, http, h2c, ssh, dns, quic or unknown.
 
 from __future__ import annotations
 
-from vane.plugins.base import Middleware
+from vane.engine.plugin import Middleware
 
 
 class Detect(Middleware):

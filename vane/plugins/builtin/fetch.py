@@ -7,8 +7,10 @@ later ``respond`` flushes it. Branch ``success`` when a response arrived (any st
 
 from __future__ import annotations
 
+from vane.engine.plugin import HttpMiddleware, LinkEnv
 from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.forward import (
+from vane.net.http.message import Body
+from vane.net.upstream.forward import (
     GuardedBody,
     client_failed,
     exchange,
@@ -16,10 +18,8 @@ from vane.net.http.forward import (
     strip_response,
     upstream_headers,
 )
-from vane.net.http.forward_options import OptionsSource
-from vane.net.http.message import Body
-from vane.net.http.pool import pool_for
-from vane.plugins.base import HttpMiddleware, LinkEnv
+from vane.net.upstream.options import OptionsSource
+from vane.net.upstream.pool import pool_for
 
 SUCCESS = ("success", None)
 

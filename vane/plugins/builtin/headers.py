@@ -6,7 +6,7 @@ container when a ``fetch`` already filled it, else to whatever response the flow
 
 from __future__ import annotations
 
-from vane.plugins.base import HttpMiddleware
+from vane.engine.plugin import HttpMiddleware
 
 NEXT = ("next", None)
 

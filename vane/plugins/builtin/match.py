@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from vane.engine.ops import Predicate, compile_op, compile_op_cached
+from vane.engine.plugin import LinkEnv, Middleware
 from vane.engine.template import Ref, parse, render
-from vane.plugins.base import LinkEnv, Middleware
 
 TRUE = ("true", None)
 FALSE = ("false", None)

@@ -15,11 +15,11 @@ from collections import OrderedDict
 from gevent import socket as gsocket
 
 from vane.engine.outcome import FINISHED
+from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.balance import Balancer
 from vane.net.proxy_protocol import header_v1, header_v2
 from vane.net.tunnel import relay
 from vane.net.udp import relay_session
-from vane.plugins.base import LinkEnv, Terminator
 
 log = logging.getLogger("vane.proxy")
 

@@ -1,7 +1,7 @@
 """``proxy`` at L7 (DESIGN.md §6): forward the request to ``upstream`` and stream the answer back.
 
 Request bodies stream upstream as they arrive (unless a node read ``req.body``); answers are
-read ahead of the client into the pool's ``response_buffer`` (``vane.net.http.readahead``) so
+read ahead of the client into the pool's ``response_buffer`` (``vane.net.upstream.readahead``) so
 the upstream connection goes back as soon as the backend is done. Response fields are
 stripped of hop-by-hop ones. Requests the HTTP/1 parser accepted as WebSocket upgrades are
 tunnelled when ``websocket`` is on (the default). ``forwarded`` (default on) adds
@@ -12,13 +12,13 @@ its share of the backend 503; the reason goes to the flow log and one warning to
 from __future__ import annotations
 
 from vane.engine.outcome import FINISHED
+from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.http.errors import UpstreamError
-from vane.net.http.forward import exchange, failed, failed_midway, strip_response, upstream_headers
-from vane.net.http.forward_options import OptionsSource
-from vane.net.http.pool import pool_for
-from vane.net.http.readahead import read_ahead
-from vane.net.http.wsproxy import proxy_websocket
-from vane.plugins.base import LinkEnv, Terminator
+from vane.net.upstream.forward import exchange, failed, failed_midway, strip_response, upstream_headers
+from vane.net.upstream.options import OptionsSource
+from vane.net.upstream.pool import pool_for
+from vane.net.upstream.readahead import read_ahead
+from vane.net.upstream.websocket import proxy_websocket
 
 
 class L7Proxy(Terminator):

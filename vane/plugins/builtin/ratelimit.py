@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from vane.plugins.base import LinkEnv, Middleware
+from vane.engine.plugin import LinkEnv, Middleware
 
 DEFAULT_MAX_KEYS = 100_000
 

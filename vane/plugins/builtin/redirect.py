@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from vane.engine.outcome import FINISHED
-from vane.net.http.context import simple_response
-from vane.plugins.base import Terminator
+from vane.engine.plugin import Terminator
+from vane.flow.l7context import simple_response
 
 
 class Redirect(Terminator):

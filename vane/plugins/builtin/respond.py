@@ -7,9 +7,9 @@ from __future__ import annotations
 import base64
 
 from vane.engine.outcome import FINISHED
-from vane.net.http.context import simple_response
+from vane.engine.plugin import LinkEnv, Terminator
+from vane.flow.l7context import simple_response
 from vane.net.http.message import Body
-from vane.plugins.base import LinkEnv, Terminator
 
 
 class Respond(Terminator):

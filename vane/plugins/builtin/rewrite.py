@@ -5,8 +5,8 @@ A path built from client data that cannot be normalised answers 400."""
 
 from __future__ import annotations
 
+from vane.engine.plugin import HttpMiddleware
 from vane.net.http.target import check_query, normalize_path
-from vane.plugins.base import HttpMiddleware
 
 NEXT = ("next", None)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from vane.engine.ops import compile_op, expand_predicates
-from vane.plugins.base import LinkEnv, Middleware
+from vane.engine.plugin import LinkEnv, Middleware
 
 INDEX_KEYS = ("req.host", "tls.sni")
 NO_MATCH = ("*", None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vane.engine.ops import as_text
-from vane.plugins.base import Middleware
+from vane.engine.plugin import Middleware
 
 NEXT = ("next", None)
 

@@ -6,7 +6,7 @@ an existing file), ``not_found`` (nothing to serve; the container is left alone 
 node can fall back, e.g. to ``proxy``), ``failure`` (the file exists but cannot be read;
 ``error`` says why). Stored: ``file`` (the path served). Hidden names (a segment starting
 with ``.``, except ``.well-known``) are never served. Path safety lives in
-``vane.net.http.static_files``.
+``vane.net.static_files``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import os
 
-from vane.net.http import static_files as sf
-from vane.net.http.context import simple_response
+from vane.engine.plugin import HttpMiddleware, LinkEnv
+from vane.flow.l7context import simple_response
+from vane.net import static_files as sf
 from vane.net.http.message import Body, Headers, Response
-from vane.plugins.base import HttpMiddleware, LinkEnv
 
 log = logging.getLogger("vane.static")
 

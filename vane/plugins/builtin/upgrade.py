@@ -12,7 +12,7 @@ import logging
 
 from vane.engine.outcome import FINISHED
 from vane.engine.outcome import Upgrade as UpgradeOutcome
-from vane.plugins.base import LinkEnv, Terminator
+from vane.engine.plugin import LinkEnv, Terminator
 
 from .deny import reset
 
@@ -26,7 +26,7 @@ class Upgrade(Terminator):
         self.protocol = raw["protocol"]
         self.tls = None
         if self.protocol == "tls":
-            from vane.net.tls import ServerTLS
+            from vane.net.tls.server import ServerTLS
             services = env.services
             certs = [(c["cert"], c["key"]) for c in raw["certs"]]
             self.tls = ServerTLS(certs, tuple(raw.get("alpn") or ("h2", "http/1.1")),
@@ -35,7 +35,7 @@ class Upgrade(Terminator):
 
     def terminate(self, ctx, args):
         if self.protocol == "http":
-            from vane.net.http.serve import serve_http
+            from vane.flow.http import serve_http
             serve_http(ctx, self.node, self.env)
             return FINISHED
         services = self.env.services

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from vane.engine.breaker import Breaker
-from vane.plugins.base import LinkEnv, Middleware
+from vane.engine.plugin import LinkEnv, Middleware
 
 DEFAULT_TIMEOUT = 2.0
 MAX_REPLY = 1024 * 1024

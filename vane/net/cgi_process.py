@@ -21,7 +21,7 @@ import gevent
 from gevent import Timeout
 from gevent import os as gos
 
-from .message import HOP_BY_HOP, Body, Headers
+from vane.net.http.message import HOP_BY_HOP, Body, Headers
 
 log = logging.getLogger("vane.cgi")
 

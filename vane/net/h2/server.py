@@ -27,8 +27,7 @@ from gevent import get_hub, getcurrent
 from gevent.event import Event
 from h2.errors import ErrorCodes
 
-from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.h2common import (
+from vane.net.h2.common import (
     _PREFACE_LEN,
     RECV_SIZE,
     GoawayFilter,
@@ -41,7 +40,8 @@ from vane.net.http.h2common import (
     trailer_block,
     write_data,
 )
-from vane.net.http.h2request import check_trailers, request_head
+from vane.net.h2.request import check_trailers, request_head
+from vane.net.http.errors import HttpError, UpstreamError
 from vane.net.http.message import Body, HeaderList, Headers, Request, Response
 from vane.net.tunnel import linger
 

@@ -13,13 +13,7 @@ from typing import Callable
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from vane.net.http.errors import (
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-)
-from vane.net.http.h1common import (
+from vane.net.h1.framing import (
     COALESCE_LIMIT,
     CRLF,
     LAST_CHUNK,
@@ -32,6 +26,12 @@ from vane.net.http.h1common import (
     head_is_clean,
     recv_buffer,
     recv_view,
+)
+from vane.net.http.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
 )
 from vane.net.http.message import Headers, Request, Response
 

@@ -16,8 +16,7 @@ from time import monotonic
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from vane.net.http.errors import ClientDisconnected, HttpError
-from vane.net.http.h1common import (
+from vane.net.h1.framing import (
     COALESCE_LIMIT,
     CRLF,
     LAST_CHUNK,
@@ -34,6 +33,7 @@ from vane.net.http.h1common import (
     recv_view,
     status_line,
 )
+from vane.net.http.errors import ClientDisconnected, HttpError
 from vane.net.http.message import Body, FileBody, Headers, Request, Response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
 from vane.net.tunnel import linger

@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from vane.engine.outcome import FINISHED, Outcome
-
-from ..tunnel import relay
-from .forward import strip_response, upstream_headers, upstream_request
-from .forward_options import Options
-from .pool import UpstreamPool
+from vane.net.tunnel import relay
+from vane.net.upstream.forward import strip_response, upstream_headers, upstream_request
+from vane.net.upstream.options import Options
+from vane.net.upstream.pool import UpstreamPool
 
 WEBSOCKET = b"websocket"
 

@@ -23,7 +23,7 @@ import stat
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import quote, unquote
 
-from .message import Body, FileBody
+from vane.net.http.message import Body, FileBody
 
 MAX_LISTING = 10000
 _TEXT_TYPES = ("application/javascript", "application/json", "application/xml", "image/svg+xml",

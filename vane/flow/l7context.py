@@ -12,9 +12,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from vane.engine.context import Context
-
-from .errors import HttpError
-from .message import Body, BodyTooLarge, Headers, Request, Response
+from vane.net.http.errors import HttpError
+from vane.net.http.message import Body, BodyTooLarge, Headers, Request, Response
 
 MAX_PARSED_ITEMS = 256  # cookies / query args parsed per request
 

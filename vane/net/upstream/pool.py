@@ -26,9 +26,9 @@ from typing import Any, Mapping
 import gevent
 from gevent.event import Event
 
-from .errors import UpstreamBusy, UpstreamConnectError, UpstreamTimeout
-from .pool_endpoint import Endpoint, EndpointSpec, PooledH1
-from .upstream_conn import connect
+from vane.net.http.errors import UpstreamBusy, UpstreamConnectError, UpstreamTimeout
+from vane.net.upstream.connect import connect
+from vane.net.upstream.endpoint import Endpoint, EndpointSpec, PooledH1
 
 __all__ = ["DEFAULTS", "Endpoint", "EndpointSpec", "PooledH1", "UpstreamPool", "pool_for"]
 
@@ -314,7 +314,7 @@ class UpstreamPool:
             return self._add_h2(ep, stream)
 
     def _add_h2(self, ep: Endpoint, stream: Any) -> Any:
-        from .h2client import H2ClientConnection
+        from vane.net.h2.client import H2ClientConnection
         try:
             conn = H2ClientConnection(stream, max_streams=H2_STREAMS_PER_CONN,
                                       max_header_list_size=self.max_header_bytes)

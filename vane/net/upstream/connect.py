@@ -13,10 +13,9 @@ from typing import Any
 
 from gevent import socket as gsocket
 
-from vane.net import tls_client
-
-from .errors import UpstreamConnectError, UpstreamTimeout
-from .pool_endpoint import EndpointSpec
+from vane.net.http.errors import UpstreamConnectError, UpstreamTimeout
+from vane.net.tls import client as tls_client
+from vane.net.upstream.endpoint import EndpointSpec
 
 
 def tcp_connect(host: str, port: int, family: int, timeout: float) -> Any:

@@ -20,9 +20,7 @@ import logging
 from functools import partial
 from typing import Any
 
-from vane.observe.logging import RateLimitedLogger
-
-from .errors import (
+from vane.net.http.errors import (
     HttpError,
     UpstreamBusy,
     UpstreamConnectError,
@@ -30,9 +28,10 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .forward_options import Options
-from .message import HOP_BY_HOP, Body, Headers, Request, Response, without_hop_by_hop
-from .pool import PooledH1, UpstreamPool
+from vane.net.http.message import HOP_BY_HOP, Body, Headers, Request, Response, without_hop_by_hop
+from vane.net.upstream.options import Options
+from vane.net.upstream.pool import PooledH1, UpstreamPool
+from vane.observe.logging import RateLimitedLogger
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})

@@ -11,8 +11,8 @@ import ipaddress
 import os
 from typing import Any
 
-from .pool import EndpointSpec
-from .upstream import Upstream, parse_upstream
+from vane.net.upstream.pool import EndpointSpec
+from vane.net.upstream.url import Upstream, parse_upstream
 
 _OPTIONS_CACHE = 256
 

@@ -22,13 +22,12 @@ import gevent
 from vane.engine.executor import walk
 from vane.engine.node import Node
 from vane.engine.outcome import ERROR, TIMEOUT, Rejected
+from vane.flow.l7context import L7Context, simple_response
+from vane.net.h1.server import IDLE, H1Limits, H1ServerConnection
+from vane.net.http.errors import HttpError
+from vane.net.http.message import Request, Response
+from vane.net.peek import H2_PREFACE
 from vane.observe.flowlog import LazyEntry
-
-from ..peek import H2_PREFACE
-from .context import L7Context, simple_response
-from .errors import HttpError
-from .h1server import IDLE, H1Limits, H1ServerConnection
-from .message import Request, Response
 
 log = logging.getLogger("vane.http")
 
@@ -189,7 +188,7 @@ def _h2c_preface(ctx: Any) -> bool:
 
 
 def serve_h2(ctx: Any, entry: HttpEntry, env: Any, scheme: str) -> None:
-    from .h2server import H2Limits, H2ServerConnection
+    from vane.net.h2.server import H2Limits, H2ServerConnection
 
     settings = env.settings
     services = env.services

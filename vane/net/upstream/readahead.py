@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterator
 import gevent
 from gevent.event import Event
 
-from .errors import UpstreamError
-from .h1common import StreamBody
-from .message import Body
+from vane.net.h1.framing import StreamBody
+from vane.net.http.errors import UpstreamError
+from vane.net.http.message import Body
 
 __all__ = ["read_ahead"]
 

@@ -14,9 +14,8 @@ from typing import Any
 from vane.engine.context import Context
 from vane.engine.ids import uuid7
 from vane.engine.kv import KV
-
-from .clienthello import ClientHelloError, needed_bytes, parse_client_hello
-from .peek import classify, classify_datagram, peek
+from vane.net.clienthello import ClientHelloError, needed_bytes, parse_client_hello
+from vane.net.peek import classify, classify_datagram, peek
 
 MAX_PEEK = 16 * 1024 + 5      # one TLS record: enough for any ordinary ClientHello
 CLASSIFY_BYTES = 4096

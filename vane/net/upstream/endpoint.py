@@ -17,8 +17,8 @@ from typing import Any
 
 from gevent.event import Event
 
-from .h1client import H1ClientConnection
-from .upstream import Upstream
+from vane.net.h1.client import H1ClientConnection
+from vane.net.upstream.url import Upstream
 
 _monotonic = time.monotonic
 

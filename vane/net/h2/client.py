@@ -23,8 +23,7 @@ import h2.settings
 from gevent.event import Event
 from h2.errors import ErrorCodes
 
-from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from vane.net.http.h2common import (
+from vane.net.h2.common import (
     RECV_SIZE,
     GoawayFilter,
     H2Output,
@@ -35,6 +34,7 @@ from vane.net.http.h2common import (
     trailer_block,
     write_data,
 )
+from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from vane.net.http.message import HOP_BY_HOP, Body, HeaderList, Headers, Request, Response, connection_tokens
 
 __all__ = ["H2ClientConnection"]

@@ -17,9 +17,9 @@ is not digits or disagrees with another one.
 
 from __future__ import annotations
 
-from .errors import HttpError
-from .message import HeaderList, Headers, Request
-from .target import check_query, is_token, normalize_authority, normalize_path
+from vane.net.http.errors import HttpError
+from vane.net.http.message import HeaderList, Headers, Request
+from vane.net.http.target import check_query, is_token, normalize_authority, normalize_path
 
 __all__ = ["request_head", "check_trailers"]
 
