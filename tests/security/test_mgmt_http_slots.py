@@ -7,6 +7,7 @@ import socket
 import time
 
 import gevent
+import httpx
 import pytest
 
 from tests.mgmt_helpers import FakeDaemon, start_http, wait_for
@@ -117,5 +118,27 @@ def test_a_full_table_of_authorised_idle_connections_makes_room(daemon):
         assert closed_by_server(kept[0], within=1.0)
     finally:
         for s in kept:
+            s.close()
+        srv.stop()
+
+
+def test_streams_are_capped(daemon):
+    srv = start_http(daemon, token=TOKEN, max_streams=2)
+    url = f"http://127.0.0.1:{srv.port}"
+    tail = (b"POST /v1/tail_log HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 2\r\n\r\n{}")
+    streams = []
+    try:
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(tail)
+            streams.append(s)
+        assert wait_for(lambda: daemon.log_hub.subscribers == 2)
+        r = httpx.post(f"{url}/v1/tail_log", json={}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert r.status_code == 503 and r.json()["error"]["kind"] == "Unavailable"
+        assert daemon.log_hub.subscribers == 2
+        assert Client(http_url=url, token=TOKEN, timeout=2).call("ping")["pong"]
+    finally:
+        for s in streams:
             s.close()
         srv.stop()
