@@ -256,7 +256,8 @@ class Vaned:
     """One vaned subprocess with its stderr collected line by line."""
 
     def __init__(self, lab: "Lab", env: dict[str, str], argv: list[str] | None = None,
-                 pass_fds: tuple[int, ...] = (), config_dir: Path | None = None) -> None:
+                 pass_fds: tuple[int, ...] = (), config_dir: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.lab = lab
         self.config_dir = config_dir or lab.conf
         self.sock_path = str(lab.base / "vaned.sock")
@@ -269,7 +270,8 @@ class Vaned:
         self.argv = argv if argv is not None else [*VANED, "--config", str(self.config_dir)]
         self.lines: list[str] = []
         self.proc = subprocess.Popen(self.argv, env=full, cwd=str(ROOT), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
+                                     preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         self.stdout = ""
         self._err_reader = gevent.spawn(self._read_stderr)

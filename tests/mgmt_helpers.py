@@ -78,10 +78,12 @@ def flow_entry(i: int = 0, **over: Any) -> dict:
 class FakeDaemon:
     """Implements vane.mgmt.api.DaemonAPI with canned state."""
 
-    def __init__(self, http_port: int | None = None, token: str | None = None, public: bool = False) -> None:
+    def __init__(self, http_port: int | None = None, token: str | None = None, public: bool = False,
+                 token_file: str | None = None) -> None:
         self.settings = SimpleNamespace(
             mgmt_unix=None, mgmt_group=None, mgmt_http_port=http_port, mgmt_http_token=token,
-            mgmt_http_public=public, log_level="info", log_file=None, log_format="text", flow_log_file=None,
+            mgmt_http_token_file=token_file, mgmt_http_public=public, mgmt_http_host=(),
+            log_level="info", log_file=None, log_format="text", flow_log_file=None,
         )
         self.flow_log = FlowLog()
         self.log_hub = Hub()

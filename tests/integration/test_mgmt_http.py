@@ -68,14 +68,14 @@ def test_errors_map_to_statuses(url, daemon):
     assert (r.status_code, r.json()["error"]["kind"]) == (404, "UnknownVerb")
     r = httpx.post(f"{url}/v1/get_metrics", headers=auth, json={"format": "xml"})
     assert (r.status_code, r.json()["error"]["kind"]) == (400, "BadRequest")
-    r = httpx.post(f"{url}/v1/ping", headers=auth, content=b"{nope")
+    r = httpx.post(f"{url}/v1/ping", headers={**auth, "Content-Type": "application/json"}, content=b"{nope")
     assert r.status_code == 400
     r = httpx.get(f"{url}/v1/ping", headers=auth)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     daemon.fail.add("stats")
-    r = httpx.post(f"{url}/v1/stats", headers=auth)
+    r = httpx.post(f"{url}/v1/stats", headers=auth, json={})
     assert (r.status_code, r.json()["error"]["kind"]) == (500, "Internal")
-    assert httpx.post(f"{url}/v1/ping", headers=auth).json()["result"]["pong"]
+    assert httpx.post(f"{url}/v1/ping", headers=auth, json={}).json()["result"]["pong"]
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic czNjcmV0LXRva2Vu", f"Bearer {TOKEN}x"])
@@ -93,22 +93,25 @@ def test_wrong_token_via_client(url):
         Client(http_url=url, token="nope").call("ping")
 
 
-def test_loopback_without_token_is_open(daemon):
-    srv = start_http(daemon, token=None)
-    try:
-        r = httpx.post(f"http://127.0.0.1:{srv.port}/v1/ping")
-        assert r.status_code == 200 and r.json()["result"]["pong"]
-    finally:
-        srv.stop()
-
-
-def test_public_without_token_refuses_to_start(daemon):
-    with pytest.raises(MgmtStartError, match="TOKEN"):
+def test_no_token_refuses_to_start(daemon):
+    with pytest.raises(MgmtStartError, match="token"):
+        HttpMgmtServer(daemon, port=0)
+    with pytest.raises(MgmtStartError, match="token"):
         HttpMgmtServer(daemon, port=0, public=True)
+
+
+def test_management_without_token_binds_no_http(daemon, tmp_path):
+    daemon.settings.mgmt_unix = str(tmp_path / "v.sock")
     daemon.settings.mgmt_http_port = 0
-    daemon.settings.mgmt_http_public = True
-    with pytest.raises(MgmtStartError):
-        start_management(daemon)
+    daemon.settings.mgmt_http_token_file = str(tmp_path / "missing.token")
+    for public in (False, True):
+        daemon.settings.mgmt_http_public = public
+        mgmt = start_management(daemon)
+        try:
+            assert mgmt.http is None
+            assert Client(socket_path=daemon.settings.mgmt_unix).call("ping")["pong"]
+        finally:
+            mgmt.stop()
 
 
 def test_public_with_token_binds_all_addresses(daemon):
@@ -123,7 +126,7 @@ def test_public_with_token_binds_all_addresses(daemon):
 
 
 def test_default_binds_loopback_v4_and_v6_on_one_port(daemon):
-    srv = HttpMgmtServer(daemon, port=0)
+    srv = HttpMgmtServer(daemon, port=0, token=TOKEN)
     assert srv.hosts == LOOPBACK
     srv.start()
     try:
@@ -131,14 +134,15 @@ def test_default_binds_loopback_v4_and_v6_on_one_port(daemon):
         assert "127.0.0.1" in hosts
         assert len({p for _, p in srv.addresses}) == 1
         if "::1" in hosts:
-            assert Client(http_url=f"http://[::1]:{srv.port}").call("ping")["pong"]
+            assert Client(http_url=f"http://[::1]:{srv.port}", token=TOKEN).call("ping")["pong"]
     finally:
         srv.stop()
 
 
 def test_body_too_large_is_413(url):
     big = json.dumps({"dir": "x" * (2 << 20)}).encode()
-    r = httpx.post(f"{url}/v1/compile_dry_run", headers={"Authorization": f"Bearer {TOKEN}"}, content=big)
+    r = httpx.post(f"{url}/v1/compile_dry_run", content=big,
+                   headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["kind"] == "TooLarge"
 
 
@@ -180,8 +184,8 @@ def test_stream_via_client_and_idle_disconnect(client, daemon):
     assert wait_for(lambda: daemon.flow_log.subscribers == 0)
     # a client that vanishes while the stream is idle is noticed too
     s = socket.create_connection(("127.0.0.1", int(client.http_url.rsplit(":", 1)[1])))
-    s.sendall(b"POST /v1/tail_log HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-              + b"\r\nContent-Length: 0\r\n\r\n")
+    s.sendall(b"POST /v1/tail_log HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
+              + b"\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n")
     assert wait_for(lambda: daemon.log_hub.subscribers == 1)
     s.close()
     assert wait_for(lambda: daemon.log_hub.subscribers == 0)

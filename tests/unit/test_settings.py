@@ -44,6 +44,26 @@ def test_dotenv_loaded_and_os_env_wins(tmp_path):
     assert s.log_level == "warning"
 
 
-def test_public_management_without_token_refused():
-    with pytest.raises(CompileFailed, match="VANE_MGMT_HTTP_TOKEN"):
-        Settings.from_env({"VANE_MGMT_HTTP_PUBLIC": "1"})
+def test_public_management_without_token_refused(tmp_path):
+    missing = str(tmp_path / "none")
+    with pytest.raises(CompileFailed, match="VANE_MGMT_HTTP_TOKEN is unset and the token file .*none was not found"):
+        Settings.from_env({"VANE_MGMT_HTTP_PUBLIC": "1", "VANE_MGMT_HTTP_TOKEN_FILE": missing})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(CompileFailed, match="is empty"):
+        Settings.from_env({"VANE_MGMT_HTTP_PUBLIC": "1", "VANE_MGMT_HTTP_TOKEN_FILE": str(tmp_path / "empty")})
+    # a token from the file will do, and without a port nothing is exposed
+    (tmp_path / "token").write_text("abc\n")
+    assert Settings.from_env({"VANE_MGMT_HTTP_PUBLIC": "1", "VANE_MGMT_HTTP_TOKEN_FILE": str(tmp_path / "token")})
+    assert Settings.from_env({"VANE_MGMT_HTTP_PUBLIC": "1", "VANE_MGMT_HTTP_PORT": "",
+                              "VANE_MGMT_HTTP_TOKEN_FILE": missing}).mgmt_http_port is None
+
+
+def test_mgmt_token_file_and_public_host_names():
+    s = Settings.from_env({})
+    assert s.mgmt_http_token_file == "/etc/vaned/mgmt-http.token" and s.mgmt_http_host == ()
+    s = Settings.from_env({"VANE_MGMT_HTTP_TOKEN_FILE": "", "VANE_MGMT_HTTP_HOST": "Mgmt.Example.net, 192.0.2.7,[2001:db8::1]"})
+    assert s.mgmt_http_token_file is None
+    assert s.mgmt_http_host == ("mgmt.example.net", "192.0.2.7", "[2001:db8::1]")
+    for bad in ("mgmt.example.net:3333", "a b", "evil.example/", "[::1"):
+        with pytest.raises(CompileFailed, match="VANE_MGMT_HTTP_HOST"):
+            Settings.from_env({"VANE_MGMT_HTTP_HOST": bad})

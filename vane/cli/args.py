@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from docopt import DocoptExit, docopt
 
 from vane.mgmt.client import Client
+from vane.mgmt.token import DEFAULT_TOKEN_FILE, TOKEN_ENV, TOKEN_FILE_ENV, find_token
 
 __all__ = ["USAGE", "UsageError", "make_client", "parse"]
 
@@ -43,7 +44,9 @@ Options:
                        $XDG_RUNTIME_DIR/vaned.sock, /run/vaned/vaned.sock, /var/run/vaned.sock).
   --http URL           Talk HTTP to the management endpoint, e.g. http://127.0.0.1:3333.
   --token-env VAR      Environment variable holding the bearer token for --http
-                       [default: VANE_MGMT_HTTP_TOKEN].
+                       [default: VANE_MGMT_HTTP_TOKEN]. When it is unset, the token file
+                       is read: $VANE_MGMT_HTTP_TOKEN_FILE, else /etc/vaned/mgmt-http.token
+                       (readable by root and the vaneadm group).
   --json               Machine-readable JSON output (NDJSON for tail).
   --config DIR         Config directory whose plugins a single rule file is compiled with.
   --daemon             Compile with the running daemon (compile_dry_run).
@@ -72,6 +75,7 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
 def make_client(args: dict[str, Any]) -> Client:
     """The management client chosen by --socket / --http / --token-env."""
     if args.get("--http"):
-        token = os.environ.get(args.get("--token-env") or "VANE_MGMT_HTTP_TOKEN") or None
-        return Client(http_url=args["--http"], token=token)
+        var = args.get("--token-env") or TOKEN_ENV
+        found = find_token(os.environ.get(var), os.environ.get(TOKEN_FILE_ENV, DEFAULT_TOKEN_FILE), var)
+        return Client(http_url=args["--http"], token=found.token)
     return Client(socket_path=args.get("--socket") or None)

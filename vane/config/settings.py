@@ -8,8 +8,11 @@ value is an error naming the variable. The seed names ``FLOW_EXECUTION_TIMEOUT_S
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
+
+from vane.mgmt.token import DEFAULT_TOKEN_FILE, find_token
 
 from .errors import CompileFailed, ConfigError
 
@@ -62,6 +65,22 @@ def _port_or_off(raw: str) -> int | None:
     return _int(1, 65535)(raw)
 
 
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\]")
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    """Comma-separated host names or IP addresses (IPv6 in brackets), without ports."""
+    names = []
+    for part in raw.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        if not _HOST_NAME.fullmatch(name) or len(name) > 253:
+            raise ValueError(f"not a host name or IP address (no port, IPv6 in brackets): {part.strip()!r}")
+        names.append(name)
+    return tuple(names)
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         low = raw.strip().lower()
@@ -109,7 +128,9 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "mgmt_group": ("VANE_MGMT_GROUP", _str, None, None),
     "mgmt_http_port": ("VANE_MGMT_HTTP_PORT", _port_or_off, 3333, None),
     "mgmt_http_token": ("VANE_MGMT_HTTP_TOKEN", _str, None, None),
+    "mgmt_http_token_file": ("VANE_MGMT_HTTP_TOKEN_FILE", _str, DEFAULT_TOKEN_FILE, None),
     "mgmt_http_public": ("VANE_MGMT_HTTP_PUBLIC", _bool, False, None),
+    "mgmt_http_host": ("VANE_MGMT_HTTP_HOST", _host_names, (), None),
     # observability
     "log_level": ("VANE_LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info", None),
     "log_format": ("VANE_LOG_FORMAT", _choice("text", "json"), "text", None),
@@ -152,7 +173,9 @@ class Settings:
     mgmt_group: str | None = None
     mgmt_http_port: int | None = 3333
     mgmt_http_token: str | None = None
+    mgmt_http_token_file: str | None = DEFAULT_TOKEN_FILE
     mgmt_http_public: bool = False
+    mgmt_http_host: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
     log_file: str | None = None
@@ -177,9 +200,12 @@ class Settings:
                 errors.append(ConfigError(".env", "", f"{source}: {exc}"))
         if errors:
             raise CompileFailed(errors)
-        if values.get("mgmt_http_public") and not values.get("mgmt_http_token"):
-            raise CompileFailed([ConfigError(".env", "", "VANE_MGMT_HTTP_PUBLIC=1 needs VANE_MGMT_HTTP_TOKEN: "
-                                             "management over a public address without a token is refused")])
+        if values.get("mgmt_http_public") and values.get("mgmt_http_port", cls.mgmt_http_port) is not None:
+            found = find_token(values.get("mgmt_http_token"),
+                               values.get("mgmt_http_token_file", cls.mgmt_http_token_file))
+            if found.token is None:
+                raise CompileFailed([ConfigError(".env", "", f"VANE_MGMT_HTTP_PUBLIC=1 needs a token ({found.why}): "
+                                                 "management over a public address without a token is refused")])
         if values.get("bind_backoff_max_ms", cls.bind_backoff_max_ms) < values.get(
                 "bind_backoff_initial_ms", cls.bind_backoff_initial_ms):
             raise CompileFailed([ConfigError(".env", "", "VANE_BIND_BACKOFF_MAX_MS: must be >= "

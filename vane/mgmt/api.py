@@ -22,7 +22,9 @@ class Settings(Protocol):
     mgmt_group: str | None         # chgrp the socket to this group
     mgmt_http_port: int | None     # None = HTTP management disabled
     mgmt_http_token: str | None
+    mgmt_http_token_file: str | None  # read when mgmt_http_token is unset; None = no file
     mgmt_http_public: bool
+    mgmt_http_host: tuple[str, ...]  # Host names accepted besides loopback when public
     log_level: str
     log_file: str | None
     log_format: str                # "text" | "json"

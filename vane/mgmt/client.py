@@ -210,7 +210,7 @@ class Client:
                 while True:
                     line = conn.readline(timeout)
                     if line is None:
-                        raise Unreachable(f"{conn.path}: the daemon closed the connection")
+                        raise ConnectionResetError("the daemon closed the connection")
                     if not line.strip():
                         continue
                     frame = decode_frame(line)
@@ -219,6 +219,12 @@ class Client:
             except TimeoutError:
                 self.close()
                 raise Unreachable(f"{conn.path}: no answer within {timeout:g}s") from None
+            except ConnectionResetError as e:
+                self.close()
+                # The daemon closes a kept-alive connection only while it waits for a request
+                # (idle timeout, or room for a new client): this one was never read. Retry once.
+                if fresh or attempt:
+                    raise Unreachable(f"{conn.path}: {e}") from None
             except (OSError, ValueError) as e:
                 self.close()
                 raise Unreachable(f"{conn.path}: {e}") from None

@@ -6,8 +6,13 @@ then opened to 0660. A leftover socket file is replaced only when nothing answer
 
 Each connection serves any number of requests in order. A line longer than ``max_line``
 gets a TooLarge error and the connection is closed. A stream request (``tail_*``) owns the
-connection until the stream ends; the client closing the connection cancels it. Handler
-failures become Internal error responses; the server greenlets never die from a request.
+connection until the stream ends; the client closing the connection cancels it. At most
+``max_streams`` streams run at once: one more is answered with an Unavailable error and the
+connection stays usable. The connection table is bounded (``max_clients``); when it is full,
+the connection that has waited longest for a request is closed to make room, so a command
+always gets through. Handler failures become Internal error responses; the server greenlets
+never die from a request. When the process is out of file descriptors, the accept spends one
+of the reserve's (``vane.mgmt.fds``).
 """
 
 from __future__ import annotations
@@ -20,25 +25,26 @@ import stat
 from typing import Any
 
 import gevent
-from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from vane.mgmt.api import DaemonAPI
+from vane.mgmt.fds import FdReserve
 from vane.mgmt.protocol import (
     INTERNAL,
     MAX_LINE,
     TOO_LARGE,
+    UNAVAILABLE,
     MgmtError,
     encode,
     error_frame,
     parse_request,
     response_frame,
 )
-from vane.mgmt.streams import stream_frames, watch_eof
+from vane.mgmt.slots import BUSY, IDLE, STREAM, Slot, Slots, accept_loop
+from vane.mgmt.streams import stream_frames, stream_refused, watch_eof
 from vane.mgmt.verbs import Stream, dispatch
 from vane.observe.hub import Subscription
 
-__all__ = ["MgmtStartError", "UnixMgmtServer"]
+__all__ = ["MAX_CLIENTS", "MAX_STREAMS", "MgmtStartError", "UnixMgmtServer"]
 
 log = logging.getLogger("vane.mgmt")
 
@@ -50,6 +56,9 @@ class MgmtStartError(RuntimeError):
 class AlreadyRunning(MgmtStartError):
     """A live daemon answers on the socket path: a second one must not start."""
 
+
+MAX_CLIENTS = 64
+MAX_STREAMS = 32
 
 _TOO_LARGE = b"<too large>"  # identity-compared marker returned by _read_line
 
@@ -109,7 +118,8 @@ def bind_unix(path: str, group: str | None = None, mode: int = 0o660, backlog: i
 
 
 class UnixMgmtServer:
-    """Serve management verbs for ``daemon`` on the unix socket at ``path``."""
+    """Serve management verbs for ``daemon`` on the unix socket at ``path``; owns the listening
+    socket, the connection table and the live streams."""
 
     def __init__(
         self,
@@ -120,7 +130,9 @@ class UnixMgmtServer:
         max_line: int = MAX_LINE,
         idle_timeout: float = 600.0,
         write_timeout: float = 30.0,
-        max_clients: int = 64,
+        max_clients: int = MAX_CLIENTS,
+        max_streams: int = MAX_STREAMS,
+        reserve: FdReserve | None = None,
     ) -> None:
         self.daemon = daemon
         self.path = path
@@ -129,11 +141,14 @@ class UnixMgmtServer:
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
-        self._pool = Pool(max_clients)
-        self._server: StreamServer | None = None
+        self.max_streams = max_streams
+        self.slots = Slots(max_clients)
+        self._own_reserve = reserve is None
+        self.reserve = reserve if reserve is not None else FdReserve(2)
+        self._sock: socket.socket | None = None
+        self._loop: gevent.Greenlet | None = None
         self._inode: int | None = None
         self._streams: set[Subscription] = set()
-        self._idle: set[gevent.Greenlet] = set()  # handlers waiting for the next request
 
     @property
     def address(self) -> str:
@@ -141,27 +156,30 @@ class UnixMgmtServer:
 
     @property
     def connections(self) -> int:
-        return len(self._pool)
+        return len(self.slots)
 
     def start(self) -> None:
         """Bind and start accepting; raises MgmtStartError."""
-        sock = bind_unix(self.path, self.group, self.mode)
+        self._sock = bind_unix(self.path, self.group, self.mode)
         self._inode = os.stat(self.path).st_ino
-        self._server = StreamServer(sock, self._handle, spawn=self._pool)
-        self._server.start()
+        self._loop = gevent.spawn(accept_loop, self._sock, self._admit, self.reserve, "management socket")
         log.info("management socket listening", extra={"path": self.path})
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting, end streams with reason "shutdown", close clients, remove the socket file."""
         for sub in list(self._streams):
             sub.close("shutdown")
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-            for g in list(self._idle):  # waiting for a request: nothing to finish
-                g.kill(block=False)
-            self._pool.join(timeout=timeout)
-            self._pool.kill(block=True, timeout=1)
+        if self._sock is not None:
+            self._loop.kill(block=False)
+            self._sock.close()
+            self._sock = None
+            self.slots.close_all((IDLE,))  # waiting for a request: nothing to finish
+            busy = [slot.greenlet for slot in self.slots if slot.greenlet is not None]
+            gevent.joinall(busy, timeout=timeout)
+            self.slots.close_all()
+            gevent.killall(busy, block=True, timeout=1)
+        if self._own_reserve:
+            self.reserve.close()
         try:
             if self._inode is not None and os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
@@ -170,35 +188,49 @@ class UnixMgmtServer:
         self._inode = None
 
     # connection ---------------------------------------------------------------------
-    def _handle(self, sock: socket.socket, _addr: Any) -> None:
+    def _admit(self, sock: socket.socket, _addr: Any) -> None:
+        if not self.slots.make_room():
+            # every slot answers a command or runs a stream: say so instead of waiting
+            try:
+                sock.settimeout(0.0)
+                sock.send(encode(error_frame(None, MgmtError(
+                    UNAVAILABLE, f"all {self.slots.capacity} management connections are busy; try again"))))
+            except OSError:
+                pass
+            sock.close()
+            self.reserve.refill()
+            return
+        slot = self.slots.add(sock, IDLE)
+        slot.greenlet = gevent.spawn(self._handle, sock, slot)
+
+    def _handle(self, sock: socket.socket, slot: Slot) -> None:
         buf = bytearray()
-        me = gevent.getcurrent()
         try:
             while True:
                 sock.settimeout(self.idle_timeout)
-                self._idle.add(me)
-                try:
-                    line = self._read_line(sock, buf)
-                finally:
-                    self._idle.discard(me)
+                slot.state = IDLE
+                line = self._read_line(sock, buf)
+                slot.state = BUSY
                 if line is _TOO_LARGE:
                     err = MgmtError(TOO_LARGE, f"request line longer than {self.max_line} bytes")
                     self._send(sock, error_frame(None, err))
                     return
                 if line is None:
                     return
-                if line.strip() and not self._serve(sock, line):
+                if line.strip() and not self._serve(sock, line, slot):
                     return
         except (OSError, gevent.Timeout):
-            pass  # client went away or stalled
+            pass  # client went away or stalled (or the connection was closed to make room)
         except Exception:
             log.exception("management connection failed")
         finally:
+            self.slots.discard(slot)
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
+            self.reserve.refill()
 
     def _read_line(self, sock: socket.socket, buf: bytearray) -> bytes | None:
         scanned = 0
@@ -226,7 +258,7 @@ class UnixMgmtServer:
         sock.settimeout(self.write_timeout)
         sock.sendall(encode(frame))
 
-    def _serve(self, sock: socket.socket, line: bytes) -> bool:
+    def _serve(self, sock: socket.socket, line: bytes, slot: Slot) -> bool:
         """Answer one request; False when the connection should close."""
         try:
             req = parse_request(line)
@@ -234,11 +266,15 @@ class UnixMgmtServer:
             self._send(sock, error_frame(e.request_id, e))
             return True
         try:
+            refused = stream_refused(req.verb, len(self._streams), self.max_streams)
+            if refused is not None:
+                raise refused
             result = dispatch(self.daemon, req)
         except MgmtError as e:
             self._send(sock, error_frame(req.request_id, e))
             return True
         if isinstance(result, Stream):
+            slot.state = STREAM
             self._serve_stream(sock, req.request_id, result)
             return False
         try:

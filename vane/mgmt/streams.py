@@ -1,5 +1,8 @@
 """Turn a verb's Stream into §9 stream frames, shared by the unix and HTTP transports.
 
+Each transport bounds its live streams: ``stream_refused`` is the error for one too many,
+checked before the verb subscribes to anything.
+
 The transport writes each frame and closes the subscription when its client goes away
 (``subscription.close("closed")``); the generator then ends with an end frame. A daemon
 shutdown closes the hub, which ends every stream with reason "shutdown".
@@ -10,13 +13,21 @@ from __future__ import annotations
 import socket
 from typing import Any, Iterator
 
-from vane.mgmt.protocol import stream_data_frame, stream_end_frame
-from vane.mgmt.verbs import Stream
+from vane.mgmt.protocol import UNAVAILABLE, MgmtError, stream_data_frame, stream_end_frame
+from vane.mgmt.verbs import VERBS, Stream
 from vane.observe.hub import Closed, Subscription
 
-__all__ = ["stream_frames", "watch_eof"]
+__all__ = ["stream_frames", "stream_refused", "watch_eof"]
 
 POLL_SECS = 1.0
+
+
+def stream_refused(verb: str, live: int, limit: int) -> MgmtError | None:
+    """Unavailable when ``verb`` starts a stream and ``live`` streams already run (``limit``)."""
+    spec = VERBS.get(verb)
+    if spec is None or not spec.stream or live < limit:
+        return None
+    return MgmtError(UNAVAILABLE, f"too many live streams (at most {limit}); end one (e.g. a vane tail) and retry")
 
 
 def stream_frames(

@@ -19,6 +19,8 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from vane.observe.logging import RateLimitedLogger
+
 from .udp import MAX_DATAGRAM, UdpSession
 
 log = logging.getLogger("vane.listener")
@@ -157,6 +159,12 @@ class Listener:
     def _tcp_loop(self) -> None:
         spawn = gevent.spawn
         handler = self.handler
+        # Out of descriptors (or buffers): the pending connection stays queued and the socket
+        # stays readable, so back off instead of spinning, and log once per interval with the
+        # number of failures in between.
+        backoff_min, backoff_max = 0.05, 1.0
+        backoff = 0.0
+        failures = RateLimitedLogger(log, interval=10.0, max_keys=8)
         while self.state == "listening":
             sock = self.sock
             if sock is None:
@@ -168,9 +176,12 @@ class Listener:
                     return
                 if exc.errno in RESOURCE_ERRORS:
                     self.last_error = f"accept: {exc.strerror}"
-                    log.error("listener %s: accept failed: %s", self.addr, exc.strerror)
-                    gevent.sleep(0.1)
+                    failures.log(exc.errno, logging.WARNING, "listener %s: accept failed: %s; backing off",
+                                 self.addr, exc.strerror, extra={"listener": str(self.addr)})
+                    backoff = min(backoff * 2, backoff_max) if backoff else backoff_min
+                    gevent.sleep(backoff)
                 continue
+            backoff = 0.0
             self.accepted += 1
             spawn(handler, self, conn, peer)
 
