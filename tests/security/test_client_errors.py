@@ -125,3 +125,22 @@ def test_client_errors_are_logged_once_per_interval_at_info(front):
     wait_until(lambda: d.count(r"rejected with 413", mark) >= 1, 3)
     assert d.count(r"INFO .*rejected with 413", mark) == 1, d.stderr
     assert d.count(CLEAN) == 0, d.stderr
+
+
+def test_each_upstream_failure_is_one_warning_naming_rule_upstream_and_request(lab):
+    port, dead = free_port(), free_port()
+    d = lab.vaned({"r.json": {"rule": "to-dead", "listen": [f"127.0.0.1:{port}"],
+                              "flow": {"proxy": {"input": {"upstream": f"http://127.0.0.1:{dead}",
+                                                           "retries": 0}}}}})
+    d.wait_listening(port)
+    mark = len(d.lines)
+    answers = exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 1.0)
+    assert [a[0] for a in answers] == [502]
+    idx = d.wait_log(rf"WARNING vane\.upstream: upstream http://127\.0\.0\.1:{dead} failed \(connect\) "
+                     r"for rule to-dead, request [0-9a-f-]{36}/1: ", since=mark)
+    assert idx >= 0
+    with connect(port) as sock:                                   # ten more within a second
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" * 10)
+        assert [a[0] for a in parse_responses(read_for(sock, 0.5))] == [502] * 10
+    assert d.count(r"vane\.upstream: upstream", mark) <= 2          # rate-limited per rule and upstream
+    assert d.count(CLEAN) == 0, d.stderr

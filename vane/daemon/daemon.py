@@ -31,6 +31,7 @@ from vane.engine.ids import uuid7
 from vane.engine.plugin import LinkEnv
 from vane.flow.connection import ConnRecord, ConnTable
 from vane.flow.l4context import L4Context
+from vane.mgmt.fds import raise_nofile_limit
 from vane.net.listeners import Listener, activated_sockets, socket_key
 from vane.net.parking import Parking
 from vane.observe.flowlog import FlowLog
@@ -148,6 +149,7 @@ class Daemon:
 
     def boot(self) -> None:
         """Compile, link and start serving. Raises CompileFailed on a broken config."""
+        raise_nofile_limit()
         graph = self.compile()
         self.link(graph)
         self.graph = self.services.graph = graph

@@ -60,9 +60,9 @@ from vane.mgmt.server_unix import MgmtStartError
 from vane.mgmt.slots import BUSY, IDLE, PENDING, STREAM, Slot, Slots, accept_loop
 from vane.mgmt.streams import stream_frames, stream_refused, watch_eof
 from vane.mgmt.verbs import Stream, dispatch
+from vane.net.h1.framing import IoTimeout
+from vane.net.h1.server import H1Limits, H1ServerConnection
 from vane.net.http.errors import ClientDisconnected, HttpError
-from vane.net.http.h1common import IoTimeout
-from vane.net.http.h1server import H1Limits, H1ServerConnection
 from vane.net.http.message import Body, BodyTooLarge, Headers, Response
 from vane.net.http.message import Request as HttpRequest
 from vane.observe.hub import Subscription
