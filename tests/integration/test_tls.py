@@ -16,14 +16,9 @@ import trustme
 from cryptography import x509
 from gevent.server import StreamServer
 
-from vane.net.tls.server import (
-    ContextCache,
-    ServerTLS,
-    TLSConfigError,
-    TLSHandshakeError,
-    TLSHandshakeTimeout,
-    TLSStream,
-)
+from vane.net.tls.certs import ContextCache, TLSConfigError
+from vane.net.tls.server import ServerTLS
+from vane.net.tls.stream import TLSHandshakeError, TLSHandshakeTimeout, TLSStream
 
 
 @pytest.fixture(scope="module")

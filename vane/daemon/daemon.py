@@ -81,7 +81,7 @@ class Services:
     def tls_cache(self) -> Any:
         """Daemon-scoped TLS contexts (session tickets survive reloads); pyOpenSSL loads on first use."""
         if self._tls_cache is None:
-            from vane.net.tls.server import ContextCache
+            from vane.net.tls.certs import ContextCache
             self._tls_cache = ContextCache()
         return self._tls_cache
 
