@@ -27,7 +27,7 @@ def make_ctx(path="/", method="GET", body=b"", headers=(), host="app.test"):
 
 def fetch(pool, opts, path="/", **kw):
     ctx = make_ctx(path, **kw)
-    resp, conn = exchange(pool, ctx, opts, upstream_headers(ctx, opts))
+    resp, conn = exchange(pool, ctx.request, opts, upstream_headers(ctx.request, "127.0.0.1", opts), "127.0.0.1")
     data = b"".join(resp.body)
     return resp, data, conn
 

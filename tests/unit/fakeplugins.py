@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import gevent
 
 from vane.engine.context import Context
 from vane.engine.kv import KV
 from vane.engine.outcome import FINISHED, Upgrade
 from vane.engine.plugin import LAYERS_ALL, HttpMiddleware, Kind, Middleware, PluginSpec, Terminator
+from vane.plugins.external.base import ExternalPlugin
 
 
 class Branch(Middleware):
@@ -55,19 +58,18 @@ class Layer(Terminator):
         return Upgrade(new)
 
 
-class External(Middleware):
-    """An external-like plugin whose behaviour the test sets through a class attribute."""
+class External(ExternalPlugin):
+    """An external plugin whose I/O the test sets through a class attribute."""
 
     behaviour = "ok"
     calls = 0
 
-    def run(self, ctx, args):
+    def call(self, data: bytes) -> bytes:
         External.calls += 1
         if External.behaviour == "raise":
             raise OSError("connection refused")
-        if External.behaviour == "failure":
-            return "failure", None
-        return "success", {"v": "1"}
+        branch = "failure" if External.behaviour == "failure" else "success"
+        return json.dumps({"branch": branch, "store": {"v": "1"}}).encode()
 
 
 class HttpOnly(HttpMiddleware):

@@ -17,14 +17,17 @@ from vane.plugins.registry import builtin_registry
 
 
 class Conn(Context):
-    """Stands in for the L4 context a request arrives on."""
+    """Stands in for the L4 context a request arrives on and for its connection."""
 
-    __slots__ = ("peer", "listener")
+    __slots__ = ("peer", "local", "listener", "conn", "upstream")
 
     def __init__(self):
         super().__init__("l4", KV({"conn.ip": "192.0.2.7", "tls.sni": "a.test"}), "c-1")
         self.peer = ("192.0.2.7", 5000)
+        self.local = ("127.0.0.1", 80)
         self.listener = "tcp 127.0.0.1:80"
+        self.conn = self
+        self.upstream = None
 
 
 def request(path="/p", query="", headers=(), body=b"", method="GET"):

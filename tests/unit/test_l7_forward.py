@@ -7,12 +7,17 @@ import pytest
 from vane.net.http.message import Body, Headers, Request, Response
 from vane.net.upstream.forward import strip_response, upstream_headers, upstream_request
 from vane.net.upstream.options import Options, OptionsSource
+from vane.plugins.builtin.forwarding import peer_ip
 
 
 def ctx_for(headers, peer="203.0.113.7", version="1.1", scheme="http", authority="app.example"):
     hl = Headers([(k.encode(), v.encode()) for k, v in headers])
     req = Request("GET", "/p", "q=1", version, hl, Body.empty(), scheme, authority)
     return SimpleNamespace(request=req, conn=SimpleNamespace(peer=(peer, 5555), record=None))
+
+
+def headers_for(ctx, o):
+    return upstream_headers(ctx.request, peer_ip(ctx), o)
 
 
 def names(headers):
@@ -27,7 +32,7 @@ def test_hop_by_hop_and_connection_tokens_are_stripped():
     ctx = ctx_for([("host", "app.example"), ("connection", "keep-alive, X-Private"), ("keep-alive", "300"),
                    ("x-private", "secret"), ("te", "trailers"), ("upgrade", "h2c"), ("proxy-authorization", "x"),
                    ("transfer-encoding", "chunked"), ("accept", "*/*")])
-    out = upstream_headers(ctx, opts(forwarded=False))
+    out = headers_for(ctx, opts(forwarded=False))
     assert names(out) == ["host", "accept", "via"]
     assert out.get("via") == "1.1 vane"
 
@@ -35,7 +40,7 @@ def test_hop_by_hop_and_connection_tokens_are_stripped():
 def test_untrusted_forwarding_headers_are_replaced():
     ctx = ctx_for([("host", "app.example"), ("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4"),
                    ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil")])
-    out = upstream_headers(ctx, opts())
+    out = headers_for(ctx, opts())
     assert out.get_all("x-forwarded-for") == ["203.0.113.7"]
     assert out.get("x-forwarded-proto") == "http"
     assert out.get("x-forwarded-host") == "app.example"
@@ -45,39 +50,40 @@ def test_untrusted_forwarding_headers_are_replaced():
 def test_trusted_proxy_chains_are_extended():
     ctx = ctx_for([("host", "app.example"), ("x-forwarded-for", "198.51.100.1"), ("x-forwarded-proto", "https"),
                    ("forwarded", "for=198.51.100.1;proto=https")], peer="10.0.0.5")
-    out = upstream_headers(ctx, opts(trusted_proxies=["10.0.0.0/8"]))
+    out = headers_for(ctx, opts(trusted_proxies=["10.0.0.0/8"]))
     assert out.get_all("x-forwarded-for") == ["198.51.100.1, 10.0.0.5"]
     assert out.get("x-forwarded-proto") == "https"
     assert out.get("forwarded") == 'for=198.51.100.1;proto=https, for=10.0.0.5;proto=http;host="app.example"'
 
 
 def test_ipv6_and_mapped_peers():
-    out = upstream_headers(ctx_for([("host", "h")], peer="2001:db8::1"), opts())
+    out = headers_for(ctx_for([("host", "h")], peer="2001:db8::1"), opts())
     assert out.get("forwarded").startswith('for="[2001:db8::1]";')
-    out = upstream_headers(ctx_for([("host", "h")], peer="::ffff:192.0.2.1"), opts())
+    out = headers_for(ctx_for([("host", "h")], peer="::ffff:192.0.2.1"), opts())
     assert out.get("x-forwarded-for") == "192.0.2.1"
 
 
 def test_host_override_extra_headers_and_http2_client():
     ctx = ctx_for([("host", "app.example"), ("x-a", "client")])
-    out = upstream_headers(ctx, opts(host="internal.svc", headers={"X-A": "set", "X-B": 2}, forwarded=False))
+    out = headers_for(ctx, opts(host="internal.svc", headers={"X-A": "set", "X-B": 2}, forwarded=False))
     assert out.get_all("host") == ["internal.svc"] and out.get_all("x-a") == ["set"] and out.get("x-b") == "2"
     h2 = ctx_for([("accept", "*/*")], version="2", scheme="https", authority="app.example:8443")
-    out = upstream_headers(h2, opts(forwarded=False))
+    out = headers_for(h2, opts(forwarded=False))
     assert out.get("host") == "app.example:8443" and out.get("via") == "2 vane"
 
 
-def test_upgrade_is_kept_for_websocket():
-    ctx = ctx_for([("host", "h"), ("connection", "Upgrade"), ("upgrade", "websocket"),
+def test_the_clients_upgrade_fields_are_never_forwarded():
+    # a WebSocket upgrade goes upstream with the client codec's own "upgrade: websocket"
+    ctx = ctx_for([("host", "h"), ("connection", "Upgrade"), ("upgrade", "websocket, h2c"),
                    ("sec-websocket-key", "k")])
-    out = upstream_headers(ctx, opts(forwarded=False), keep_upgrade=True)
-    assert names(out) == ["host", "upgrade", "sec-websocket-key", "via"]
+    out = headers_for(ctx, opts(forwarded=False))
+    assert names(out) == ["host", "sec-websocket-key", "via"]
 
 
 def test_upstream_request_prefixes_base_and_sets_authority():
     ctx = ctx_for([("host", "app.example")])
     o = Options({"upstream": "https://10.0.0.1:8443/api"}, None)
-    headers = upstream_headers(ctx, o)
+    headers = headers_for(ctx, o)
     up = upstream_request(ctx.request, o, headers, h2=True)
     assert (up.path, up.query, up.scheme, up.authority) == ("/api/p", "q=1", "https", "app.example")
     plain = Options({"upstream": "http://10.0.0.1"}, None)
@@ -122,5 +128,5 @@ def test_ca_file_resolves_against_config_dir():
 
 def test_http10_request_without_host_names_the_upstream():
     ctx = ctx_for([("accept", "*/*")], version="1.0", authority="")
-    out = upstream_headers(ctx, opts(forwarded=False))
+    out = headers_for(ctx, opts(forwarded=False))
     assert out.get("host") == "127.0.0.1:9000" and out.get("via") == "1.0 vane"

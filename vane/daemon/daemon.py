@@ -26,18 +26,15 @@ from vane import __version__
 from vane.compile import FlowGraph, compile_dir
 from vane.config.errors import CompileFailed
 from vane.config.settings import Settings
-from vane.engine.executor import walk
-from vane.engine.ids import uuid7
 from vane.engine.plugin import LinkEnv
-from vane.flow.connection import ConnRecord, ConnTable
-from vane.flow.l4context import L4Context
+from vane.flow.connection import Connection, ConnTable, admit
 from vane.mgmt.fds import raise_nofile_limit
 from vane.net.listeners import Listener, activated_sockets, socket_key
 from vane.net.parking import Parking
+from vane.net.sockets import reset
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub
 from vane.observe.metrics import Metrics
-from vane.plugins.builtin.deny import reset
 
 from . import sdnotify
 from .floor import Floor
@@ -246,81 +243,16 @@ class Daemon:
     # -- connections ---------------------------------------------------------------------------
 
     def _handle(self, listener: Listener, sock: Any, peer: tuple) -> None:
-        """One connection (or UDP session) greenlet: run the listener's tree from the root."""
+        """A listener's accept handler (one greenlet per connection or UDP session): admit it
+        past the security floor and hand it to a ``Connection`` with the serving graph."""
         udp = listener.addr.transport == "udp"
-        ip = peer[0]
-        if not self.services.floor.admit(ip):
-            if not udp:
-                reset(sock)
-            return
         graph = self.graph
         plan = graph.listeners.get(listener.addr) if graph is not None else None
-        if plan is None or self.draining:
+        if plan is None or self.draining or not self.services.floor.admit(peer[0]):
             if not udp:
                 reset(sock)
             return
-        if udp:
-            session, raw = sock, listener.sock
-            local = (listener.addr.ip, listener.addr.port)
-        else:
-            session, raw = None, sock
-            try:
-                local = sock.getsockname()
-                sock.setsockopt(6, 1, 1)  # TCP_NODELAY
-            except OSError:
-                sock.close()
-                return
-        record = ConnRecord(uuid7(), peer, local, listener, listener.addr.transport)
-        record.greenlet = gevent.getcurrent()
-        label = listener.label
-        ctx = L4Context(raw, peer, local, label, listener.addr.transport, self.services,
-                        self.settings.sec_handshake_timeout, record.id,
-                        datagram=session.first if udp else None)
-        ctx.udp = session
-        if udp:
-            session.counters = record.counters
-        ctx.record = record
-        if self.flow_log.debug:
-            ctx.on_step = self._on_step
-        record.ctx = ctx
-        self.conns.add(record)
-        self.metrics.conn_opened(label)
-
-        def finish(outcome: str) -> None:
-            if not udp:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-            self.conns.remove(record)
-            self.metrics.conn_closed(label)
-            self._record_l4(ctx, record, outcome)
-            ctx.kv.set_lazy(None)  # break the context <-> KV cycle
-
-        record.finish = finish
-        outcome = "aborted"
-        try:
-            outcome = walk(plan.root, ctx, self.settings.flow_execution_timeout).name
-        except gevent.GreenletExit:
-            ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
-        finally:
-            if record.parked is None:  # a parked connection is finished by the greenlet that resumes it
-                finish(outcome)
-
-    def _on_step(self, ctx: Any, node: Any, branch: str) -> None:
-        """Debug flow log: one event per step."""
-        self.flow_log.record({"ts": time.time(), "event": "step", "conn": ctx.conn_id, "layer": ctx.layer,
-                              "rule": ctx.rule, "node": node.id, "plugin": node.plugin, "branch": branch})
-
-    def _record_l4(self, ctx: L4Context, record: ConnRecord, outcome: str) -> None:
-        traj = ctx.trajectory
-        entry = traj.to_dict()
-        entry.update({"ts": time.time(), "conn": record.id, "listener": record.listener.label,
-                      "layer": "l4", "outcome": traj.outcome or outcome, "status": None,
-                      "remote": f"{record.remote[0]}:{record.remote[1]}",
-                      "bytes_in": record.counters.up, "bytes_out": record.counters.down,
-                      "ms": round((time.monotonic() - record.started) * 1000.0, 3)})
-        self.flow_log.record(entry)
+        admit(self.services, listener, sock, peer, plan)
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -419,7 +351,7 @@ class Daemon:
         self._finish()
 
     @staticmethod
-    def _abort(records: list[ConnRecord]) -> None:
+    def _abort(records: list[Connection]) -> None:
         """Kill connection greenlets and let them close their sockets (RST) before we go on:
         the process exits right after, and an unfinished close would look like a clean end."""
         for rec in records:

@@ -31,7 +31,6 @@ from .outcome import ERROR, FINISHED, TIMEOUT, Outcome, Rejected, Upgrade
 log = logging.getLogger("vane.flow")
 client_log = RateLimitedLogger(logging.getLogger("vane.flow.client"), interval=10.0)
 
-FAILURE = "failure"
 _IDLE = Timeout._start_new_or_dummy(None)  # the dummy timer: close() is a no-op
 
 
@@ -72,10 +71,7 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
                         continue
                     traj.outcome = outcome.name
                     return outcome
-                if node.external:
-                    branch, store = _run_external(node, ctx, args)
-                else:
-                    branch, store = impl.run(ctx, args)
+                branch, store = impl.run(ctx, args)
                 if store:
                     _store(node, ctx, store)
             except Exception as exc:  # noqa: BLE001 - any plugin failure ends the walk as ERROR
@@ -123,27 +119,6 @@ def _rejected(node: Node, ctx: Context, exc: Exception, t0: float) -> Rejected:
     client_log.log((ctx.rule, status), logging.INFO, "request rejected with %d at %s: %s", status, node.id, exc,
                    extra={"conn": ctx.conn_id, "rule": ctx.rule, "node": node.id})
     return Rejected(status)
-
-
-def _run_external(node: Node, ctx: Context, args: object) -> tuple[str, Mapping[str, object] | None]:
-    """Passive circuit breaker around an external plugin (seed 001)."""
-    impl = node.impl
-    breaker = impl.breaker
-    if not breaker.allow():
-        return FAILURE, None
-    try:
-        branch, store = impl.run(ctx, args)
-    except Exception as exc:  # noqa: BLE001 - an external runtime error is the failure branch
-        breaker.failed(f"{type(exc).__name__}: {exc}")
-        ctx.trajectory.note_error(f"{node.plugin}: {type(exc).__name__}: {exc}")
-        log.warning("external plugin %s failed: %s", node.plugin, exc,
-                    extra={"conn": ctx.conn_id, "rule": ctx.rule, "node": node.id})
-        return FAILURE, None
-    if branch == FAILURE:
-        breaker.failed("failure branch")
-    else:
-        breaker.succeeded()
-    return branch, store
 
 
 def _store(node: Node, ctx: Context, store: Mapping[str, object]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .context import Context
@@ -42,3 +42,16 @@ class Rejected(Outcome):
     def __init__(self, status: int) -> None:
         super().__init__("rejected")
         self.status = status
+
+
+class ServeHttp(Outcome):
+    """``upgrade http``: the connection speaks HTTP from here; its driver runs the HTTP layer
+    on ``ctx``'s stream, each request starting at the tree after ``upgrade`` (the node)."""
+
+    __slots__ = ("ctx", "upgrade", "graph")
+
+    def __init__(self, ctx: "Context", upgrade: Any, graph: Any) -> None:
+        super().__init__("http")
+        self.ctx = ctx
+        self.upgrade = upgrade
+        self.graph = graph        # the graph ``upgrade`` belongs to

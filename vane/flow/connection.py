@@ -1,8 +1,9 @@
-"""Connection accounting: who is connected, through which listener and rule, bytes moved.
+"""One client connection from admission to close, and the daemon's table of them.
 
-One record per accepted TCP connection or UDP session, created at accept and dropped when
-its greenlet ends. The per-IP counts feed the security floor and hold only IPs with open
-connections, so they are bounded by the connection limit.
+The daemon admits a connection (security floor, a graph to serve it) and hands it to
+``Connection.serve``, which walks the listener's tree; an ``upgrade http`` there hands the
+stream to the HTTP layer (``vane.flow.http``). Everything about the connection that outlives
+one request lives here and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,27 +11,122 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
+import gevent
+
+from vane.engine.executor import walk
+from vane.engine.ids import uuid7
+from vane.engine.node import Node
+from vane.engine.outcome import ServeHttp
+from vane.net.sockets import reset
 from vane.net.tunnel import Counters
+from vane.observe.flowlog import LazyEntry
+
+from .l4context import L4Context
 
 
-class ConnRecord:
-    __slots__ = ("id", "remote", "local", "listener", "proto", "started", "counters", "ctx", "greenlet",
-                 "upstream", "requests", "parked", "finish")
+class Connection:
+    """One accepted TCP connection or UDP session.
 
-    def __init__(self, conn_id: str, remote: tuple, local: tuple, listener: Any, proto: str) -> None:
-        self.id = conn_id
-        self.remote = remote
+    Owns the client socket (or UDP session), its accounting (bytes both ways, requests
+    served, the upstream it is relayed to, the context running now, for
+    ``get_connections``), its entry in the daemon's ``ConnTable``, parking between
+    keep-alive requests (no greenlet while it waits), and the finish: close, metrics and
+    the L4 flow-log entry, exactly once.
+    """
+
+    __slots__ = ("id", "peer", "local", "listener", "proto", "started", "counters", "ctx", "greenlet",
+                 "upstream", "requests", "parked", "services", "sock", "udp", "_finished")
+
+    def __init__(self, services: Any, listener: Any, sock: Any, peer: tuple, local: tuple,
+                 udp: Any = None) -> None:
+        self.id = uuid7()
+        self.services = services
+        self.listener = listener        # the Listener (its label names it)
+        self.sock = sock                # the accepted socket; UDP: the listener's socket
+        self.udp = udp                  # UDP: the session the listener feeds
+        self.peer = peer
         self.local = local
-        self.listener = listener      # the Listener object (its addr names it)
-        self.proto = proto
+        self.proto = listener.addr.transport
         self.started = time.monotonic()
         self.counters = Counters()
-        self.ctx: Any = None          # the context running now (L4, or the current HTTP request)
+        self.ctx: Any = None            # the context running now (L4, or the current HTTP request)
         self.greenlet: Any = None
         self.upstream: str | None = None
         self.requests = 0
-        self.parked: Any = None       # an idle keep-alive connection waiting without a greenlet
-        self.finish: Any = None       # ends the connection: close, accounting, flow log
+        self.parked: Any = None         # waiting between keep-alive requests without a greenlet
+        self._finished = False
+        if udp is not None:
+            udp.counters = self.counters
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def serve(self, root: Node) -> None:
+        """The connection greenlet: walk ``root``; an ``upgrade http`` goes on in the HTTP layer."""
+        services = self.services
+        settings = services.settings
+        self.greenlet = gevent.getcurrent()
+        ctx = L4Context(self.sock, self.peer, self.local, self.listener.label, self.proto, services,
+                        settings.sec_handshake_timeout, self.id,
+                        datagram=self.udp.first if self.udp is not None else None)
+        ctx.udp = self.udp
+        ctx.conn = self
+        if services.flow_log.debug:
+            ctx.on_step = _on_step
+        self.ctx = ctx
+        services.conns.add(self)
+        services.metrics.conn_opened(self.listener.label)
+        outcome = "aborted"
+        try:
+            result = walk(root, ctx, settings.flow_execution_timeout)
+            if result.__class__ is ServeHttp:
+                from .http import serve_http
+                serve_http(self, result.ctx, result.upgrade, result.graph)
+                outcome = "finished"
+            else:
+                outcome = result.name
+        except gevent.GreenletExit:
+            ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
+        finally:
+            if self.parked is None:     # a parked connection is finished by whoever resumes it
+                self.finish(outcome)
+
+    # -- parking ---------------------------------------------------------------------------------
+
+    def park(self, fd: int, timeout: float, resume: Any, expire: Any) -> None:
+        """Wait for the next request on ``fd`` without a greenlet; ``resume()`` runs in a fresh
+        one when it is readable, ``expire()`` after ``timeout`` or at a drain."""
+        self.parked = self.services.parking.park(self.id, fd, timeout, resume, expire)
+        self.greenlet = None
+
+    def unpark(self) -> None:
+        """Called first by ``resume``/``expire``: the connection has a greenlet again."""
+        self.parked = None
+        self.greenlet = gevent.getcurrent()
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def finish(self, outcome: str) -> None:
+        """Close and account for the connection (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        services = self.services
+        if self.udp is None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        services.conns.remove(self)
+        services.metrics.conn_closed(self.listener.label)
+        ctx = self.ctx
+        root_ctx = ctx if ctx is None or ctx.layer != "l7" else ctx.l4
+        if root_ctx is not None:
+            traj = root_ctx.trajectory
+            now = time.time()
+            services.flow_log.record(LazyEntry(now, _l4_entry, traj, now, self.id, self.listener.label,
+                                               traj.outcome or outcome, self.peer, self.counters.up,
+                                               self.counters.down, time.monotonic() - self.started))
+            root_ctx.kv.set_lazy(None)  # break the context <-> KV cycle
 
     def abort(self) -> None:
         """End the connection now (drain budget exhausted, shutdown)."""
@@ -43,7 +139,7 @@ class ConnRecord:
         ctx = self.ctx
         return {
             "id": self.id,
-            "remote": _fmt(self.remote), "local": _fmt(self.local),
+            "remote": _fmt(self.peer), "local": _fmt(self.local),
             "listener": self.listener.label, "proto": self.proto,
             "rule": ctx.rule if ctx is not None else None,
             "node": ctx.node if ctx is not None else "",
@@ -54,38 +150,73 @@ class ConnRecord:
         }
 
 
+def admit(services: Any, listener: Any, sock: Any, peer: tuple, plan: Any) -> None:
+    """The daemon's accept handler, after the security floor: serve ``sock`` with ``plan``."""
+    udp = listener.addr.transport == "udp"
+    if udp:
+        Connection(services, listener, listener.sock, peer, (listener.addr.ip, listener.addr.port),
+                   udp=sock).serve(plan.root)
+        return
+    try:
+        local = sock.getsockname()
+        sock.setsockopt(6, 1, 1)  # TCP_NODELAY
+    except OSError:
+        reset(sock)
+        return
+    Connection(services, listener, sock, peer, local).serve(plan.root)
+
+
+def _on_step(ctx: Any, node: Any, branch: str) -> None:
+    """Debug flow log: one event per step."""
+    ctx.services.flow_log.record({"ts": time.time(), "event": "step", "conn": ctx.conn_id, "layer": ctx.layer,
+                                  "rule": ctx.rule, "node": node.id, "plugin": node.plugin, "branch": branch})
+
+
+def _l4_entry(traj: Any, ts: float, conn_id: str, listener: str, outcome: str, peer: tuple, bytes_in: int,
+              bytes_out: int, seconds: float) -> dict:
+    entry = traj.to_dict()
+    entry.update({"ts": ts, "conn": conn_id, "listener": listener, "layer": "l4", "outcome": outcome,
+                  "status": None, "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in,
+                  "bytes_out": bytes_out, "ms": round(seconds * 1000.0, 3)})
+    return entry
+
+
 def _fmt(addr: tuple) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ConnTable:
+    """The daemon's open connections by id, with the per-IP counts the security floor reads.
+
+    Holds only IPs with open connections, so it is bounded by the connection limit."""
+
     def __init__(self) -> None:
-        self._records: dict[str, ConnRecord] = {}
+        self._records: dict[str, Connection] = {}
         self.per_ip: dict[str, int] = {}
         self.total = 0
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def __iter__(self) -> Iterator[ConnRecord]:
+    def __iter__(self) -> Iterator[Connection]:
         return iter(list(self._records.values()))
 
-    def add(self, record: ConnRecord) -> None:
-        self._records[record.id] = record
-        ip = record.remote[0]
+    def add(self, conn: Connection) -> None:
+        self._records[conn.id] = conn
+        ip = conn.peer[0]
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.total += 1
 
-    def remove(self, record: ConnRecord) -> None:
-        if self._records.pop(record.id, None) is None:
+    def remove(self, conn: Connection) -> None:
+        if self._records.pop(conn.id, None) is None:
             return
-        ip = record.remote[0]
+        ip = conn.peer[0]
         left = self.per_ip.get(ip, 1) - 1
         if left <= 0:
             self.per_ip.pop(ip, None)
         else:
             self.per_ip[ip] = left
 
-    def of_listener(self, listener: Any) -> list[ConnRecord]:
-        return [r for r in self._records.values() if r.listener is listener]
+    def of_listener(self, listener: Any) -> list[Connection]:
+        return [c for c in self._records.values() if c.listener is listener]

@@ -1,14 +1,17 @@
-"""Serving HTTP on an upgraded stream (DESIGN.md §6 ``upgrade http``).
+"""The HTTP layer of a connection (DESIGN.md §6 ``upgrade http``): after ``upgrade http`` the
+connection speaks HTTP, and every request, HTTP/1.1 or HTTP/2, goes through one
+``HttpService.handle`` (walk the L7 tree, pick the failure status) and one
+``HttpService.finished`` (metrics and the flow-log entry, once the answer has gone out).
 
 HTTP/2 when ALPN chose ``h2`` or the client opens with the h2c preface (prior knowledge),
-HTTP/1.1 otherwise. Every request (HTTP/1 keep-alive and pipelining in order; every HTTP/2
-stream in its own greenlet) walks the L7 tree with its own context; the response the
-terminator left in the context is written here. Drain: HTTP/1 answers with
-``Connection: close``; HTTP/2 sends GOAWAY and lets open streams finish.
+HTTP/1.1 otherwise: keep-alive and pipelining in order, parking between requests
+(``Connection.park``), and the WebSocket tunnel a ``proxy`` opened (``L7Context.tunnel``:
+the 101 goes out, the client stream leaves the codec and the bytes are relayed). Drain:
+HTTP/1 answers with ``Connection: close``; HTTP/2 sends GOAWAY and lets open streams finish.
 
-Reload (DESIGN.md §7): each request takes the L7 tree of the graph serving now, found in it
-by listener and ``upgrade http`` node (``HttpEntry``); a request, once started, finishes on
-its tree. When the new graph no longer has that entry the connection ends at the boundary.
+Reload (DESIGN.md §7): each request takes the L7 tree of the graph serving now, found in it by
+listener and ``upgrade http`` node (``HttpEntry``); a request, once started, finishes on its
+tree. When the new graph no longer has that entry the connection is told to go elsewhere (421).
 """
 
 from __future__ import annotations
@@ -22,26 +25,34 @@ import gevent
 from vane.engine.executor import walk
 from vane.engine.node import Node
 from vane.engine.outcome import ERROR, TIMEOUT, Rejected
-from vane.flow.l7context import L7Context, simple_response
 from vane.net.h1.server import IDLE, H1Limits, H1ServerConnection
 from vane.net.http.errors import HttpError
 from vane.net.http.message import Request, Response
+from vane.net.http.status import plain_response
 from vane.net.peek import H2_PREFACE
+from vane.net.tunnel import relay
 from vane.observe.flowlog import LazyEntry
+
+from .l7context import L7Context
 
 log = logging.getLogger("vane.http")
 
 PARK_AFTER = 0.2  # seconds a keep-alive connection waits with its greenlet before it is parked
 
 
-def serve_http(ctx: Any, upgrade: Node, env: Any) -> None:
-    """Serve HTTP on ``ctx``'s stream; ``upgrade`` is the ``upgrade http`` node that led here."""
+def serve_http(conn: Any, ctx: Any, upgrade: Node, graph: Any) -> None:
+    """Serve HTTP on ``ctx``'s stream until the connection ends (or parks)."""
     scheme = "https" if ctx.layer == "l4+" else "http"
-    entry = HttpEntry(env.services, ctx.listener, upgrade, env.graph)
+    service = HttpService(conn, ctx, HttpEntry(conn.services, ctx.listener, upgrade, graph))
     if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
-        serve_h2(ctx, entry, env, scheme)
+        serve_h2(service, scheme)
         return
-    H1Session(ctx, entry, env, scheme).run()
+    H1Session(service, scheme).run()
+
+
+def _h2c_preface(ctx: Any) -> bool:
+    """Cleartext HTTP/2 with prior knowledge: the stream opens with the client preface."""
+    return ctx.layer == "l4" and ctx.peeked().startswith(H2_PREFACE)
 
 
 class HttpEntry:
@@ -58,185 +69,65 @@ class HttpEntry:
 
     def current(self) -> Node | None:
         """The tree for the next request; None when the graph serving now has no such entry."""
-        services = self.services
-        graph = services.graph if services is not None else None
+        graph = self.services.graph
         if graph is not None and graph is not self.graph:
             self.graph = graph
             self.root = graph.http_roots.get(self.key)
         return self.root
 
 
-class H1Session:
-    """One HTTP/1 connection's request loop; between requests it may park (vane.net.parking)."""
+class HttpService:
+    """The requests of one connection: each one's walk and answer, and its record afterwards."""
 
-    __slots__ = ("ctx", "entry", "env", "conn", "services", "timeout")
+    __slots__ = ("conn", "ctx", "entry", "services", "settings", "timeout")
 
-    def __init__(self, ctx: Any, entry: HttpEntry, env: Any, scheme: str) -> None:
-        s = env.settings
-        limits = H1Limits(s.sec_max_header_bytes, s.sec_max_header_count, s.sec_header_timeout,
-                          s.sec_body_idle_timeout, s.sec_keepalive_timeout, s.sec_send_timeout)
+    def __init__(self, conn: Any, ctx: Any, entry: HttpEntry) -> None:
+        self.conn = conn
         self.ctx = ctx
         self.entry = entry
-        self.env = env
-        self.conn = H1ServerConnection(ctx.stream, limits, scheme)
-        self.services = env.services
-        self.timeout = s.flow_execution_timeout
+        self.services = conn.services
+        self.settings = self.services.settings
+        self.timeout = self.settings.flow_execution_timeout
 
-    def run(self) -> None:
-        """Serve requests until the connection ends or is parked."""
-        conn = self.conn
-        try:
-            while self._serve_one():
-                pass
-        finally:
-            record = self.ctx.record
-            if record is not None:
-                record.counters.up += conn.bytes_in
-                record.counters.down += conn.bytes_out
-                conn.bytes_in = conn.bytes_out = 0
-                record.ctx = self.ctx
-
-    def _serve_one(self) -> bool:
-        """One request; False when the connection must end."""
-        conn = self.conn
-        ctx = self.ctx
-        services = self.services
-        try:
-            req = conn.next_request(PARK_AFTER if conn.requests else None)
-        except HttpError as exc:
-            _write_error(conn, exc.status, ctx)
-            conn.linger_close()
-            return False
-        if req is IDLE:
-            # quiet for a while: close if draining, else wait without a greenlet
-            return not (services is None or services.draining.is_set() or self._park())
-        if req is None:
-            return False
+    def handle(self, req: Request, seq: int) -> tuple[Response, L7Context | None]:
+        """Walk the current L7 tree for ``req``; the answer, and the context ``finished``
+        takes (None when the request could not start: the connection must end)."""
         root = self.entry.current()
         if root is None:                # reloaded away: this listener serves no such HTTP any more
-            _write_error(conn, 421, ctx)
-            return False
-        rctx = L7Context(ctx, req, services, self.env.settings, conn.requests)
-        rctx.h1 = conn
-        record = ctx.record
-        if record is not None:
-            record.ctx = rctx
-            record.requests += 1
+            self.ctx.trajectory.note_error("http: the listener no longer serves this connection (421)")
+            return plain_response(421), None
+        rctx = L7Context(self.ctx, req, self.services, self.settings, seq)
+        conn = self.conn
+        conn.ctx = rctx
+        conn.requests += 1
         outcome = walk(root, rctx, self.timeout)
-        if rctx.hijack is not None:  # a WebSocket tunnel took the connection over, and has ended
-            finish_request(rctx, rctx.response or simple_response(101), 0)
-            return False
         resp = rctx.final_response()
         if resp is None or outcome is ERROR or outcome is TIMEOUT or outcome.__class__ is Rejected:
+            if rctx.tunnel is not None:
+                rctx.tunnel[0].close()
+                rctx.tunnel = None
             resp = failure_response(rctx, outcome)
-            conn.close_after()
-        if services is not None and services.draining.is_set():
-            conn.close_after()
-        try:
-            sent = conn.write_response(resp, req)
-        except Exception as exc:  # noqa: BLE001 - client gone, or the upstream body failed mid-stream
-            rctx.trajectory.note_error(f"response aborted: {type(exc).__name__}: {exc}")
-            finish_request(rctx, resp, 0, aborted=True)
-            return False
-        finish_request(rctx, resp, sent)
-        if conn.keep_alive:
-            return True
-        if conn.unread_input():
-            conn.linger_close()
-        return False
+        return resp, rctx
 
-    # -- parking ---------------------------------------------------------------------------------
-
-    def _park(self) -> bool:
-        ctx = self.ctx
-        record = ctx.record
+    def finished(self, rctx: L7Context, resp: Response, sent: int, aborted: bool = False) -> None:
+        """Metrics and the flow-log entry of one request whose answer went out (or broke off)."""
+        seconds = time.perf_counter() - rctx.started
+        rctx.kv.set_lazy(None)  # break the context <-> KV cycle: the request is freed at once, not by the GC
         services = self.services
-        if record is None or record.finish is None or not self.conn.idle():
-            return False
-        stream = ctx.stream
-        pending = getattr(stream, "pending", None)
-        if pending is not None and pending():
-            return False
-        record.parked = services.parking.park(record.id, stream.fileno(), self.conn.limits.keepalive_timeout,
-                                              self._resume, self._expire)
-        record.greenlet = None
-        return True
-
-    def _resume(self) -> None:
-        record = self.ctx.record
-        record.parked = None
-        record.greenlet = gevent.getcurrent()
-        try:
-            self.run()
-        except gevent.GreenletExit:
-            self.ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
-        except Exception:  # noqa: BLE001 - never let a connection greenlet die silently
-            log.exception("HTTP connection failed", extra=self.ctx.log_extra())
-        finally:
-            if record.parked is None:
-                record.finish("finished")
-
-    def _expire(self) -> None:
-        record = self.ctx.record
-        record.parked = None
-        record.finish("finished")
-
-
-def _h2c_preface(ctx: Any) -> bool:
-    """Cleartext HTTP/2 with prior knowledge: the stream opens with the client preface."""
-    return ctx.layer == "l4" and ctx.peeked().startswith(H2_PREFACE)
-
-
-def serve_h2(ctx: Any, entry: HttpEntry, env: Any, scheme: str) -> None:
-    from vane.net.h2.server import H2Limits, H2ServerConnection
-
-    settings = env.settings
-    services = env.services
-    timeout = settings.flow_execution_timeout
-    record = ctx.record
-
-    def handle(req: Request) -> Response:
-        root = entry.current()
-        if root is None:                # reloaded away: the client retries on a new connection
-            conn.goaway()
-            return simple_response(421)
-        rctx = L7Context(ctx, req, services, settings, req.stream_id or 0)
-        if record is not None:
-            record.requests += 1
-        outcome = walk(root, rctx, timeout)
-        resp = rctx.final_response()
-        if resp is None or outcome is ERROR or outcome is TIMEOUT or outcome.__class__ is Rejected:
-            resp = failure_response(rctx, outcome)
-        finish_request(rctx, resp, resp.body.length or 0)
-        return resp
-
-    limits = H2Limits(max_concurrent_streams=settings.sec_h2_max_streams,
-                      max_header_list_size=settings.sec_max_header_bytes,
-                      max_header_count=settings.sec_max_header_count,
-                      header_timeout=settings.sec_header_timeout,
-                      body_idle_timeout=settings.sec_body_idle_timeout,
-                      send_timeout=settings.sec_send_timeout)
-    conn = H2ServerConnection(ctx.stream, handle, limits, scheme)
-    watcher = None
-    if services is not None:
-        watcher = gevent.spawn(_goaway_on_drain, services.draining, conn)
-    try:
-        conn.serve()
-    finally:
-        if watcher is not None:
-            watcher.kill(block=False)
-        if record is not None:
-            record.counters.up += getattr(conn, "bytes_in", 0)
-            record.counters.down += getattr(conn, "bytes_out", 0)
-
-
-def _goaway_on_drain(draining: Any, conn: Any) -> None:
-    draining.wait()
-    conn.goaway()
+        services.metrics.request(rctx.rule, resp.status, seconds)
+        traj = rctx.trajectory
+        req = rctx.request
+        conn = self.conn
+        now = time.time()
+        services.flow_log.record(LazyEntry(
+            now, _l7_entry, traj, now, rctx.conn_id, rctx.seq, conn.listener.label, resp.status, req.method,
+            req.host, req.path, req.version, conn.peer, req.body.length or 0, sent,
+            "aborted" if aborted else (traj.outcome or "finished"), seconds))
+        conn.ctx = self.ctx
 
 
 def failure_response(rctx: L7Context, outcome: Any) -> Response:
-    """What a request gets when its flow did not produce a response."""
+    """What a request gets when its flow did not produce an answer."""
     if outcome.__class__ is Rejected:
         status = outcome.status
     elif rctx.fail_status is not None:
@@ -245,33 +136,7 @@ def failure_response(rctx: L7Context, outcome: Any) -> Response:
         status = 504
     else:
         status = 500
-    return simple_response(status)
-
-
-def _write_error(conn: H1ServerConnection, status: int, ctx: Any) -> None:
-    try:
-        conn.write_error(status)
-    except OSError:
-        pass
-    ctx.trajectory.note_error(f"http: {status}")
-
-
-def finish_request(rctx: L7Context, resp: Response, sent: int, aborted: bool = False) -> None:
-    """Metrics and the flow-log trajectory of one request."""
-    seconds = time.perf_counter() - rctx.started
-    services = rctx.services
-    rctx.kv.set_lazy(None)  # break the context <-> KV cycle: the request is freed at once, not by the GC
-    if services is None:
-        return
-    services.metrics.request(rctx.rule, resp.status, seconds)
-    traj = rctx.trajectory
-    req = rctx.request
-    conn = rctx.conn
-    now = time.time()
-    services.flow_log.record(LazyEntry(
-        now, _l7_entry, traj, now, rctx.conn_id, rctx.seq, conn.listener, resp.status, req.method, req.host,
-        req.path, req.version, conn.peer, req.body.length or 0, sent,
-        "aborted" if aborted else (traj.outcome or "finished"), seconds))
+    return plain_response(status)
 
 
 def _l7_entry(traj: Any, ts: float, conn_id: str, seq: int, listener: str, status: int, method: str, host: str,
@@ -284,3 +149,168 @@ def _l7_entry(traj: Any, ts: float, conn_id: str, seq: int, listener: str, statu
                   "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in, "bytes_out": bytes_out,
                   "outcome": outcome, "ms": round(seconds * 1000.0, 3)})
     return entry
+
+
+# -- HTTP/1.1 ------------------------------------------------------------------------------------
+
+class H1Session:
+    """One HTTP/1 connection's request loop; between requests it may park."""
+
+    __slots__ = ("service", "codec", "draining")
+
+    def __init__(self, service: HttpService, scheme: str) -> None:
+        s = service.settings
+        limits = H1Limits(s.sec_max_header_bytes, s.sec_max_header_count, s.sec_header_timeout,
+                          s.sec_body_idle_timeout, s.sec_keepalive_timeout, s.sec_send_timeout)
+        self.service = service
+        self.codec = H1ServerConnection(service.ctx.stream, limits, scheme)
+        self.draining = service.services.draining
+
+    def run(self) -> None:
+        """Serve requests until the connection ends or is parked."""
+        codec = self.codec
+        try:
+            while self._serve_one():
+                pass
+        finally:
+            counters = self.service.conn.counters
+            counters.up += codec.bytes_in
+            counters.down += codec.bytes_out
+            codec.bytes_in = codec.bytes_out = 0
+
+    def _serve_one(self) -> bool:
+        """One request; False when the connection must end."""
+        codec = self.codec
+        try:
+            req = codec.next_request(PARK_AFTER if codec.requests else None)
+        except HttpError as exc:
+            self._write_error(exc.status)
+            codec.linger_close()
+            return False
+        if req is IDLE:             # quiet for a while: close if draining, else wait without a greenlet
+            return not (self.draining.is_set() or self._park())
+        if req is None:
+            return False
+        service = self.service
+        resp, rctx = service.handle(req, codec.requests)
+        if rctx is None:
+            codec.close_after()
+        elif rctx.tunnel is not None:
+            return self._tunnel(rctx, resp, req)
+        elif resp is not rctx.response:
+            codec.close_after()     # the flow failed: its request body may be half read
+        if self.draining.is_set():
+            codec.close_after()
+        try:
+            sent = codec.write_response(resp, req)
+        except Exception as exc:  # noqa: BLE001 - client gone, or the upstream body failed mid-stream
+            if rctx is not None:
+                rctx.trajectory.note_error(f"response aborted: {type(exc).__name__}: {exc}")
+                service.finished(rctx, resp, 0, aborted=True)
+            return False
+        if rctx is not None:
+            service.finished(rctx, resp, sent)
+        if codec.keep_alive:
+            return True
+        if codec.unread_input():
+            codec.linger_close()
+        return False
+
+    def _write_error(self, status: int) -> None:
+        try:
+            self.codec.write_error(status)
+        except OSError:
+            pass
+        self.service.ctx.trajectory.note_error(f"http: {status}")
+
+    def _tunnel(self, rctx: L7Context, resp: Response, req: Request) -> bool:
+        """A terminator switched protocols upstream (WebSocket): send its 101, then relay the
+        client's stream and the upstream's until either ends. The connection ends with it."""
+        upstream, rest, idle = rctx.tunnel
+        rctx.tunnel = None
+        codec = self.codec
+        try:
+            sent = codec.write_response(resp, req)
+        except OSError:
+            upstream.close()
+            self.service.finished(rctx, resp, 0, aborted=True)
+            return False
+        client, client_rest = codec.detach()
+        counters = self.service.conn.counters
+        for stream in (client, upstream):
+            try:
+                stream.settimeout(None)    # the relay's idle timeout alone decides
+            except (AttributeError, OSError):
+                pass
+        relay(client, upstream, idle, counters, client_prefix=rest, upstream_prefix=client_rest)
+        self.service.finished(rctx, resp, sent)
+        return False
+
+    # -- parking ---------------------------------------------------------------------------------
+
+    def _park(self) -> bool:
+        stream = self.service.ctx.stream
+        if not self.codec.idle():
+            return False
+        pending = getattr(stream, "pending", None)
+        if pending is not None and pending():
+            return False
+        self.service.conn.park(stream.fileno(), self.codec.limits.keepalive_timeout, self._resume, self._expire)
+        return True
+
+    def _resume(self) -> None:
+        conn = self.service.conn
+        conn.unpark()
+        try:
+            self.run()
+        except gevent.GreenletExit:
+            self.service.ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
+        except Exception:  # noqa: BLE001 - never let a connection greenlet die silently
+            log.exception("HTTP connection failed", extra=self.service.ctx.log_extra())
+        finally:
+            if conn.parked is None:
+                conn.finish("finished")
+
+    def _expire(self) -> None:
+        conn = self.service.conn
+        conn.unpark()
+        conn.finish("finished")
+
+
+# -- HTTP/2 --------------------------------------------------------------------------------------
+
+def serve_h2(service: HttpService, scheme: str) -> None:
+    from vane.net.h2.server import H2Limits, H2ServerConnection
+
+    settings = service.settings
+
+    def handle(req: Request) -> tuple[Response, Any]:
+        resp, rctx = service.handle(req, req.stream_id or 0)
+        if rctx is None:                # reloaded away: the client retries on a new connection
+            codec.goaway()
+        return resp, rctx
+
+    def finished(rctx: Any, resp: Response, sent: int, aborted: bool) -> None:
+        if rctx is not None:
+            service.finished(rctx, resp, sent, aborted)
+
+    limits = H2Limits(max_concurrent_streams=settings.sec_h2_max_streams,
+                      max_header_list_size=settings.sec_max_header_bytes,
+                      max_header_count=settings.sec_max_header_count,
+                      header_timeout=settings.sec_header_timeout,
+                      body_idle_timeout=settings.sec_body_idle_timeout,
+                      send_timeout=settings.sec_send_timeout)
+    codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished)
+    watcher = gevent.spawn(_goaway_on_drain, service.services.draining, codec)
+    try:
+        codec.serve()
+    finally:
+        watcher.kill(block=False)
+        counters = service.conn.counters
+        counters.up += codec.bytes_in
+        counters.down += codec.bytes_out
+
+
+def _goaway_on_drain(draining: Any, codec: Any) -> None:
+    draining.wait()
+    codec.goaway()

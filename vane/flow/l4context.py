@@ -22,7 +22,7 @@ CLASSIFY_BYTES = 4096
 
 
 class L4Context(Context):
-    __slots__ = ("sock", "stream", "peer", "local", "listener", "record", "services", "datagram",
+    __slots__ = ("sock", "stream", "peer", "local", "listener", "conn", "services", "datagram",
                  "udp", "peek_timeout", "_peeked", "_hello_done")
 
     def __init__(self, sock: Any, peer: tuple, local: tuple, listener: str, proto: str = "tcp",
@@ -41,7 +41,7 @@ class L4Context(Context):
         self.peer = peer
         self.local = local
         self.listener = listener
-        self.record: Any = None       # connection accounting record
+        self.conn: Any = None         # the Connection (accounting, parking); None in unit tests
         self.services = services
         self.datagram = datagram      # UDP: the first datagram of the session
         self.udp: Any = None          # UDP: the session the listener feeds
@@ -113,7 +113,7 @@ class L4Context(Context):
         """A context for the next layer over ``stream`` (same connection, same KV copy)."""
         new = L4Context.__new__(L4Context)
         Context.__init__(new, layer, self.kv.child(), self.conn_id, self.trajectory)
-        for name in ("sock", "peer", "local", "listener", "record", "services", "datagram", "udp",
+        for name in ("sock", "peer", "local", "listener", "conn", "services", "datagram", "udp",
                      "peek_timeout"):
             setattr(new, name, getattr(self, name))
         new.stream = stream

@@ -12,31 +12,37 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from vane.engine.context import Context
+from vane.engine.outcome import FINISHED
 from vane.net.http.errors import HttpError
 from vane.net.http.message import Body, BodyTooLarge, Headers, Request, Response
+from vane.net.http.status import plain_response
 
 MAX_PARSED_ITEMS = 256  # cookies / query args parsed per request
 
 
 class L7Context(Context):
-    __slots__ = ("conn", "request", "response", "services", "settings", "started", "hijack", "fail_status",
-                 "response_edits", "_cookies", "_args", "h1", "seq")
+    """One HTTP request's walk: the request, the response container, the lazy ``req.*`` /
+    ``res.*`` keys over a copy of the connection's KV, and what the HTTP layer needs back
+    (a failure status, a tunnel a terminator opened)."""
 
-    def __init__(self, conn: Any, request: Request, services: Any, settings: Any, seq: int = 0) -> None:
-        kv = conn.kv.child(self._lazy)
+    __slots__ = ("l4", "conn", "request", "response", "services", "settings", "started", "tunnel",
+                 "fail_status", "response_edits", "_cookies", "_args", "seq")
+
+    def __init__(self, l4: Any, request: Request, services: Any, settings: Any, seq: int = 0) -> None:
+        kv = l4.kv.child(self._lazy)
         kv._d["conn.layer"] = "l7"
-        super().__init__("l7", kv, conn.conn_id)
-        self.on_step = conn.on_step
-        self.conn = conn                  # the L4 context (socket, peer, record)
+        super().__init__("l7", kv, l4.conn_id)
+        self.on_step = l4.on_step
+        self.l4 = l4                      # the connection's L4 context (stream, listener, tls.* keys)
+        self.conn = l4.conn               # the Connection (peer, local, counters; None in unit tests)
         self.request = request
         self.response: Response | None = None
         self.services = services
         self.settings = settings
         self.started = time.perf_counter()
-        self.hijack: Any = None           # set by a terminator that took the stream over (WebSocket)
+        self.tunnel: Any = None           # (upstream stream, bytes read past its 101, idle timeout)
         self.fail_status: int | None = None
         self.response_edits: list[dict] | None = None  # `headers` response edits made before a response existed
-        self.h1: Any = None               # the HTTP/1 connection, for upgrades
         self._cookies: dict[str, str] | None = None
         self._args: dict[str, str] | None = None
         self.seq = seq                    # the request's number on its connection (HTTP/2: stream id)
@@ -119,22 +125,8 @@ class L7Context(Context):
         return resp
 
     def respond_status(self, status: int, body: str | None = None, headers: dict | None = None) -> Any:
-        from vane.engine.outcome import FINISHED
-        self.response = simple_response(status, body, headers)
+        self.response = plain_response(status, body, headers)
         return FINISHED
-
-
-def simple_response(status: int, body: str | bytes | None = None, headers: dict | None = None,
-                    content_type: str = "text/plain; charset=utf-8") -> Response:
-    if body is None:
-        body = "" if status in (204, 304) or status < 200 else f"{status} {reason(status)}\n"
-    data = body.encode("utf-8") if isinstance(body, str) else body
-    hl = Headers()
-    if data:
-        hl.items_.append((b"content-type", content_type.encode("latin-1")))
-    for k, v in (headers or {}).items():
-        hl.set(k, str(v))
-    return Response(status, hl, Body.from_bytes(data))
 
 
 def _header(headers: Headers, name: str) -> str | None:
@@ -169,16 +161,3 @@ def _cookies(values: list[str]) -> dict[str, str]:
                 if name not in out:
                     out[name] = val.strip().strip('"')
     return out
-
-
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
-            303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
-            400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
-            421: "Misdirected Request", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-            504: "Gateway Timeout"}
-
-
-def reason(status: int) -> str:
-    return _REASONS.get(status, "")

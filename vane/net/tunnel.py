@@ -19,7 +19,6 @@ import _socket
 import fcntl
 import os
 import socket
-import struct
 import time
 from typing import Any, Callable, Protocol
 
@@ -29,11 +28,12 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.monkey import get_original
 
+from vane.net.sockets import set_rst_on_close
+
 PIPE_SIZE = 262144  # requested pipe capacity; the kernel default (64 KiB) when not allowed
 PIPE_POOL_KEEP = 64  # empty pipes kept for reuse
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _BURST = 16  # chunks moved without waiting before yielding to other greenlets
-_LINGER_RST = struct.pack("ii", 1, 0)
 _PLAIN_TYPES = (_socket.socket, gsocket.socket)
 _TLS_TYPES = (get_original("ssl", "SSLSocket"), gssl.SSLSocket)
 _monotonic = time.monotonic
@@ -118,21 +118,14 @@ def close(end: Any, abort: bool = False) -> None:
     closer = end.close
     if abort:
         if is_plain_socket(end):
-            _set_rst(end)
+            set_rst_on_close(end)
         else:
             closer = getattr(end, "abort", closer)
             inner = getattr(end, "socket", None)
             if is_plain_socket(inner):
-                _set_rst(inner)
+                set_rst_on_close(inner)
     try:
         closer()
-    except OSError:
-        pass
-
-
-def _set_rst(sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
     except OSError:
         pass
 

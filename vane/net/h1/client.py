@@ -9,7 +9,7 @@ a pool whether the connection may carry another request. Pooling lives elsewhere
 from __future__ import annotations
 
 from time import monotonic
-from typing import Callable
+from typing import Any, Callable
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -60,7 +60,14 @@ class _Trailing(Exception):
 
 
 class H1ClientConnection:
-    """One connection to a backend speaking HTTP/1.1; one request at a time."""
+    """One connection to a backend speaking HTTP/1.1; one request at a time.
+
+    Owns the stream, the response parser and what the current exchange did (bytes sent and
+    received, whether the request went out whole and the response was read whole), which is
+    what ``reusable`` decides on. ``request``/``upgrade`` are the calls the upstream pool's
+    users make; ``send_request``/``read_response`` are their two halves."""
+
+    multiplexed = False         # one request at a time (an HTTP/2 connection is True)
 
     def __init__(self, stream: Stream, response_timeout: float = 60.0,
                  idle_timeout: float = 60.0, max_header_bytes: int = 65536) -> None:
@@ -100,6 +107,22 @@ class H1ClientConnection:
         sides allow keep-alive: only then can the next request not be taken for part of this
         one."""
         return self._sent_whole and self._complete and self._keep and not self._broken and not self._rest
+
+    def request(self, req: Request, headers: Headers, timeout: float, on_done: Any = None) -> Response:
+        """Send ``req`` and read its response head (the body streams). ``on_done`` is for the
+        HTTP/2 interface: a leased HTTP/1.1 connection's end is its lease's end."""
+        self.send_request(req, headers)
+        return self.read_response(req.method == "HEAD", timeout)
+
+    def upgrade(self, req: Request, headers: Headers, protocol: bytes,
+                timeout: float) -> tuple[Response, tuple[Stream, bytes] | None]:
+        """Ask to switch ``req`` to ``protocol``: ``(101, (stream, rest))`` with the stream
+        detached from this codec, or ``(answer, None)`` for any other answer."""
+        self.send_request(req, headers, upgrade=protocol)
+        resp = self.read_response(False, timeout)
+        if resp.status != 101:
+            return resp, None
+        return resp, self.detach()
 
     def on_done(self, callback: Callable[["H1ClientConnection"], None]) -> None:
         """Run ``callback(conn)`` once when the current response body ends or is dropped."""

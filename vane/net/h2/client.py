@@ -29,13 +29,13 @@ from vane.net.h2.common import (
     H2Output,
     StreamGone,
     goaway_frame,
-    set_nodelay,
     take_chunk,
     trailer_block,
     write_data,
 )
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from vane.net.http.message import HOP_BY_HOP, Body, HeaderList, Headers, Request, Response, connection_tokens
+from vane.net.sockets import set_nodelay
 
 __all__ = ["H2ClientConnection"]
 
@@ -92,9 +92,15 @@ def _request_block(req: Request, headers: Headers) -> HeaderList:
 class H2ClientConnection:
     """A multiplexed HTTP/2 connection to one backend over a connected stream.
 
+    Owns the h2 state machine, the reader greenlet and the open streams; ``request`` is the
+    call the upstream pool's users make, as on an HTTP/1.1 connection.
+
     ``io_timeout`` bounds a stalled socket write and a closed send window; ``request``'s
     ``timeout`` bounds the wait for response headers and each wait for body data.
     """
+
+    multiplexed = True
+    body_cut = None             # a request body is sent beside the answer, never cut short
 
     def __init__(self, stream: Any, max_streams: int = 100, stream_buffer: int = 65536,
                  connection_window: int = 1 << 24, io_timeout: float = 30.0,

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any, Callable
 
 import h2.connection
@@ -171,16 +170,6 @@ class GoawayFilter:
         if pos > seg:
             out.append(mv[seg:pos])
         return b"".join(out), found
-
-
-def set_nodelay(stream: Any) -> None:
-    """Disable Nagle on the TCP socket under ``stream``: HTTP/2 writes many small frames
-    (WINDOW_UPDATE, HEADERS) whose delay would stall the peer's flow control."""
-    sock = getattr(stream, "socket", stream)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError, TypeError):
-        pass  # not TCP (unix socket) or not a socket at all
 
 
 def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:

@@ -35,14 +35,15 @@ from vane.net.h2.common import (
     StreamGone,
     goaway_frame,
     response_header_block,
-    set_nodelay,
     take_chunk,
     trailer_block,
     write_data,
 )
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.message import Body, HeaderList, Headers, Request, Response
+from vane.net.http.message import Body, HeaderList, Request, Response
+from vane.net.http.status import plain_response
+from vane.net.sockets import set_nodelay
 from vane.net.tunnel import linger
 
 __all__ = ["H2Limits", "H2ServerConnection"]
@@ -121,12 +122,14 @@ class H2ServerConnection:
     (peer closed, error, idle, or drained after ``goaway()``); the caller closes the stream.
     """
 
-    def __init__(self, stream: Any, handler: Callable[[Request], Response],
+    def __init__(self, stream: Any, handler: Callable[[Request], Any],
                  limits: H2Limits = H2Limits(), scheme: str = "https",
-                 spawn: Callable[..., Any] = gevent.spawn) -> None:
+                 spawn: Callable[..., Any] = gevent.spawn,
+                 finished: Callable[[Any, Response, int, bool], None] | None = None) -> None:
         self._stream = stream
         set_nodelay(stream)
         self._handler = handler
+        self._finished = finished
         self._limits = limits
         self._scheme = scheme
         self._spawn = spawn
@@ -479,15 +482,20 @@ class H2ServerConnection:
 
     def _run(self, st: _ServerStream, request: Request) -> None:
         response: Response | None = None
+        token: Any = None
+        sent = 0
+        aborted = True
         try:
             try:
-                response = self._handler(request)
+                answer = self._handler(request)
+                response, token = answer if self._finished is not None else (answer, None)
             except HttpError as exc:
-                response = _error_response(exc.status, exc.reason)
+                response = plain_response(exc.status, f"{exc.status} {exc.reason}\n")
             except Exception:
                 log.exception("h2 handler failed on stream %d", st.id)
-                response = _error_response(500, "Internal Server Error")
-            self._respond(st, request, response)
+                response = plain_response(500)
+            sent = self._respond(st, request, response)
+            aborted = False
         except StreamGone:
             pass
         except UpstreamError as exc:    # the backend broke off mid-body (the proxy logged it)
@@ -500,6 +508,8 @@ class H2ServerConnection:
             request.body.close()
             if response is not None:
                 response.body.close()
+                if self._finished is not None:
+                    self._finished(token, response, sent, aborted)
             if not st.ended and st.reset is None and not self._closed:
                 # RFC 9113 §8.1: the response is complete; the rest of the request is not needed.
                 self._reset(st, ErrorCodes.NO_ERROR)
@@ -508,7 +518,8 @@ class H2ServerConnection:
             if (self._draining or self._peer_goaway) and not self._streams:
                 self._wake_reader()
 
-    def _respond(self, st: _ServerStream, request: Request, response: Response) -> None:
+    def _respond(self, st: _ServerStream, request: Request, response: Response) -> int:
+        """Send the answer on the stream; the body bytes sent."""
         status = response.status
         body = response.body
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200
@@ -518,16 +529,18 @@ class H2ServerConnection:
         if no_body:
             body.close()
             self._send_headers(st, headers, True)
-            return
+            return 0
         if body.is_buffered:
             data = body.read_all(body.length or 0)
             self._send_headers(st, headers, not data)
             if data:
                 self._send_data(st, data, True)
-            return
+            return len(data)
         self._send_headers(st, headers, False)
+        sent = 0
         for chunk in body:
             self._send_data(st, chunk, False)
+            sent += len(chunk)
         trailers = body.trailers
         self._check(st)
         try:
@@ -540,6 +553,7 @@ class H2ServerConnection:
         except h2.exceptions.ProtocolError as exc:
             self._encoding_failed(st, exc)
         self._out.flush()
+        return sent
 
     def _check(self, st: _ServerStream) -> None:
         if st.reset is not None or self._closed or self._out.error is not None:
@@ -589,9 +603,3 @@ class H2ServerConnection:
         except h2.exceptions.StreamClosedError:
             return
         self._out.flush()
-
-
-def _error_response(status: int, reason: str) -> Response:
-    body = f"{status} {reason}\n".encode()
-    headers = Headers([(b"content-type", b"text/plain; charset=utf-8")])
-    return Response(status, headers, Body.from_bytes(body))

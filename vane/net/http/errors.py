@@ -8,20 +8,7 @@ backend; the caller maps them to 502 (connect/protocol) or 504 (timeout) and use
 
 from __future__ import annotations
 
-REASONS: dict[int, str] = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    411: "Length Required",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    421: "Misdirected Request",
-    431: "Request Header Fields Too Large",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
+from .status import reason as status_reason
 
 
 class HttpError(Exception):
@@ -34,7 +21,7 @@ class HttpError(Exception):
 
     def __init__(self, status: int, reason: str = "", close: bool = True) -> None:
         self.status = status
-        self.reason = reason or REASONS.get(status, "Error")
+        self.reason = reason or status_reason(status) or "Error"
         self.close = close
         super().__init__(status, self.reason)
 

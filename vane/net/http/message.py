@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator
 
-from .target import host_of
-
 HeaderList = list[tuple[bytes, bytes]]
 
 
@@ -209,6 +207,13 @@ class FileBody(Body):
                 yield data
         finally:
             self.close()
+
+
+def host_of(authority: str) -> str:
+    """The host part of a normalised authority (IPv6 literals keep their brackets)."""
+    if authority.startswith("["):
+        return authority[: authority.find("]") + 1]
+    return authority.partition(":")[0]
 
 
 class Request:

@@ -22,7 +22,7 @@ import re
 
 from .errors import HttpError
 
-__all__ = ["check_query", "normalize_authority", "normalize_path", "host_of", "is_token"]
+__all__ = ["check_query", "normalize_authority", "normalize_path", "is_token"]
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -118,13 +118,6 @@ def normalize_authority(raw: bytes) -> str:
         _authorities.clear()
     _authorities[raw] = result
     return result
-
-
-def host_of(authority: str) -> str:
-    """The host part of a normalised authority (IPv6 literals keep their brackets)."""
-    if authority.startswith("["):
-        return authority[: authority.find("]") + 1]
-    return authority.partition(":")[0]
 
 
 def is_token(text: str) -> bool:

@@ -10,28 +10,18 @@
   failure for idempotent methods, up to ``retries``. Bodies that were already streamed are
   never replayed; a request that could not be retried (non-idempotent, or a streamed body)
   probes a pooled connection for staleness before using it.
-- ``failed``: the 502/504 mapping with the reason noted in the flow log and metrics.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 from functools import partial
 from typing import Any
 
-from vane.net.http.errors import (
-    HttpError,
-    UpstreamBusy,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-)
+from vane.net.http.errors import UpstreamError, UpstreamTimeout
 from vane.net.http.message import HOP_BY_HOP, Body, Headers, Request, Response, without_hop_by_hop
 from vane.net.upstream.options import Options
-from vane.net.upstream.pool import PooledH1, UpstreamPool
-from vane.observe.logging import RateLimitedLogger
+from vane.net.upstream.pool import UpstreamPool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
@@ -42,8 +32,10 @@ _FORWARDING_CACHE = 1024
 
 # -- request ---------------------------------------------------------------------------------------
 
-def peer_ip(ctx: Any) -> str:
-    host = ctx.conn.peer[0] if ctx.conn is not None else ""
+def client_ip(peer: tuple | None) -> str:
+    """The client address as the forwarding fields name it: IPv4-mapped IPv6 shown as IPv4,
+    ``unix`` for a unix-socket peer, "" without one."""
+    host = peer[0] if peer else ""
     if not isinstance(host, str):
         return "unix"
     return host[7:] if host.startswith("::ffff:") and "." in host else host
@@ -57,17 +49,16 @@ def _trusted(ip: str, nets: list) -> bool:
     return any(addr in net for net in nets)
 
 
-def upstream_headers(ctx: Any, opts: Options, keep_upgrade: bool = False) -> Headers:
-    """The header list sent upstream for ``ctx.request``."""
-    req = ctx.request
+def upstream_headers(req: Request, ip: str, opts: Options) -> Headers:
+    """The header list sent upstream for ``req`` from the client at ``ip``."""
     items = req.headers.items_
     trusted = False
     if opts.forwarded:
-        trusted = bool(opts.trusted) and _trusted(peer_ip(ctx), opts.trusted)
+        trusted = bool(opts.trusted) and _trusted(ip, opts.trusted)
         drop = _DROP_PLAIN if trusted else _DROP_FORWARDED
     else:
         drop = _DROP_PLAIN
-    out = without_hop_by_hop(items, drop, keep_upgrade)
+    out = without_hop_by_hop(items, drop)
     if out is items:
         out = list(items)
     if opts.host is not None:
@@ -84,7 +75,7 @@ def upstream_headers(ctx: Any, opts: Options, keep_upgrade: bool = False) -> Hea
         out.extend(opts.extra)
     out.append(_VIA.get(req.version) or (b"via", f"{req.version} vane".encode("latin-1")))
     if opts.forwarded:
-        _add_forwarding(out, ctx, trusted)
+        _add_forwarding(out, req, ip, trusted)
     return Headers(out)
 
 
@@ -107,9 +98,7 @@ def _fresh_forwarding(ip: str, proto: str, host: str) -> tuple:
     return fields
 
 
-def _add_forwarding(out: list, ctx: Any, trusted: bool) -> None:
-    req = ctx.request
-    ip = peer_ip(ctx)
+def _add_forwarding(out: list, req: Request, ip: str, trusted: bool) -> None:
     proto = req.scheme or "http"
     host = req.authority
     if not trusted:
@@ -157,22 +146,22 @@ def strip_response(resp: Response, keep_upgrade: bool = False) -> None:
 
 # -- exchange --------------------------------------------------------------------------------------
 
-def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> tuple[Response, Any]:
-    """Send ``ctx.request`` upstream and return (response with a streaming body, connection).
+def exchange(pool: UpstreamPool, req: Request, opts: Options, headers: Headers,
+             client: str | None) -> tuple[Response, Any]:
+    """Send ``req`` upstream and return (response with a streaming body, connection).
 
-    Raises ``UpstreamError`` (a subclass tells 502 from 504). On any exception the connection
-    is released; on success an HTTP/1.1 connection returns to the pool when the body ends.
+    ``client`` (an IP) draws on that client's share of the endpoint. Raises ``UpstreamError``
+    (a subclass tells 502 from 503 and 504). On any exception the connection is released; on
+    success an HTTP/1.1 connection returns to the pool when the body ends, and its
+    ``body_cut`` says why the request body was not sent whole (an early answer).
     """
-    req = ctx.request
     method = req.method
     body = req.body
     idempotent = method in IDEMPOTENT
     replayable = body.length == 0 or body.is_buffered
     retries = opts.retries
-    head_only = method == "HEAD"
     probe = not (idempotent and replayable)   # what cannot be retried checks its connection first
     ep = pool.endpoint(opts.spec)
-    client = peer_ip(ctx) or None
     fresh = False
     attempts = 0
     while True:
@@ -180,16 +169,13 @@ def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> t
         conn = None
         try:
             conn = pool.acquire(ep, opts.connect_timeout, fresh=fresh, probe=probe, client=client)
-            if conn.__class__ is PooledH1:
+            h2 = conn.multiplexed
+            done = None
+            if h2:                          # a stream's end gives the client's share back
+                done = partial(pool.client_done, ep, client) if client is not None else None
+            else:
                 conn.idle_timeout = opts.read_timeout
-                conn.send_request(upstream_request(req, opts, headers, False), headers)
-                resp = conn.read_response(head_only, opts.timeout)
-                if conn.body_cut is not None:
-                    ctx.trajectory.note_error(f"upstream {opts.label} answered {resp.status} before taking "
-                                              f"the whole request body ({conn.body_cut})")
-                return resp, conn
-            done = partial(pool.client_done, ep, client) if client is not None else None
-            resp = conn.request(upstream_request(req, opts, headers, True), headers, opts.timeout, done)
+            resp = conn.request(upstream_request(req, opts, headers, h2), headers, opts.timeout, done)
             return resp, conn
         except UpstreamError as exc:
             if conn is not None:
@@ -197,7 +183,7 @@ def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> t
             if not replayable or attempts > retries + 2 or isinstance(exc, UpstreamTimeout) \
                     or exc.response_started:
                 raise
-            h1 = conn.__class__ is PooledH1
+            h1 = conn is not None and not conn.multiplexed
             if h1 and conn.reused and (not exc.request_sent or idempotent):
                 fresh = True                # a stale keep-alive connection: once more on a new one
                 continue
@@ -211,38 +197,6 @@ def exchange(pool: UpstreamPool, ctx: Any, opts: Options, headers: Headers) -> t
             if conn is not None:
                 pool.discard(conn)
             raise
-
-
-_KINDS = {UpstreamTimeout: "timeout", UpstreamConnectError: "connect", UpstreamProtocolError: "protocol",
-          UpstreamBusy: "busy"}
-upstream_log = RateLimitedLogger(logging.getLogger("vane.upstream"))
-
-
-def failed(ctx: Any, opts: Options, exc: UpstreamError, what: str = "upstream") -> int:
-    """Report an upstream failure (one rate-limited warning naming rule, upstream and request,
-    the flow log, metrics); returns the status to answer (502/503/504)."""
-    status = exc.status
-    kind = _KINDS.get(type(exc), "error")
-    ctx.trajectory.note_error(f"{what} {opts.label}: {exc} -> {status}")
-    upstream_log.log((ctx.rule, opts.label, kind), logging.WARNING, "%s %s failed (%s) for rule %s, request %s: %s",
-                     what, opts.label, kind, ctx.rule, ctx.request_id, exc,
-                     extra={"conn": ctx.conn_id, "rule": ctx.rule, "upstream": opts.label, "status": status})
-    services = getattr(ctx, "services", None)
-    metrics = getattr(services, "metrics", None)
-    if metrics is not None:
-        metrics.upstream_error(opts.label, kind)
-    return status
-
-
-def failed_midway(exc: UpstreamError, ctx: Any, opts: Options) -> None:
-    """Report an upstream that broke off a response the client is already receiving."""
-    failed(ctx, opts, exc, "upstream response from")
-
-
-def client_failed(ctx: Any, exc: HttpError) -> None:
-    """The client's side broke while its body was being forwarded (400/408/413)."""
-    ctx.fail_status = exc.status
-    ctx.trajectory.note_error(f"client: {exc}")
 
 
 class GuardedBody(Body):

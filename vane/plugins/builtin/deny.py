@@ -3,25 +3,9 @@
 
 from __future__ import annotations
 
-import socket
-import struct
-
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import Terminator
-
-_LINGER_RST = struct.pack("ii", 1, 0)
-
-
-def reset(sock) -> None:
-    """Close so the peer sees RST, not FIN."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+from vane.net.sockets import reset
 
 
 class Deny(Terminator):

@@ -10,16 +10,11 @@ from __future__ import annotations
 from vane.engine.plugin import HttpMiddleware, LinkEnv
 from vane.net.http.errors import HttpError, UpstreamError
 from vane.net.http.message import Body
-from vane.net.upstream.forward import (
-    GuardedBody,
-    client_failed,
-    exchange,
-    failed,
-    strip_response,
-    upstream_headers,
-)
+from vane.net.upstream.forward import GuardedBody, exchange, strip_response, upstream_headers
 from vane.net.upstream.options import OptionsSource
 from vane.net.upstream.pool import pool_for
+
+from .forwarding import client_failed, failed, peer_ip
 
 SUCCESS = ("success", None)
 
@@ -35,10 +30,12 @@ class Fetch(HttpMiddleware):
 
     def run(self, ctx, args):
         opts = self.static or self.source.get(args)
-        if ctx.request.method == "CONNECT":
+        req = ctx.request
+        if req.method == "CONNECT":
             return "failure", {"error": "CONNECT is not forwarded"}
+        ip = peer_ip(ctx)
         try:
-            resp, _ = exchange(self.pool, ctx, opts, upstream_headers(ctx, opts))
+            resp, _ = exchange(self.pool, req, opts, upstream_headers(req, ip, opts), ip or None)
         except UpstreamError as exc:
             status = failed(ctx, opts, exc, "fetch")
             return "failure", {"error": f"{status} {exc}"}

@@ -18,6 +18,7 @@ from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.balance import Balancer
 from vane.net.proxy_protocol import header_v1, header_v2
+from vane.net.sockets import reset
 from vane.net.tunnel import relay
 from vane.net.udp import relay_session
 
@@ -107,12 +108,11 @@ class L4Proxy(Terminator):
             ctx.trajectory.note_error("no target reachable: " + "; ".join(errors))
             log.warning("no target reachable: %s", "; ".join(errors), extra=ctx.log_extra())
             if proto == "tcp":
-                from .deny import reset
                 reset(ctx.sock)
             return FINISHED
         ctx.kv.set("plugin.proxy.target", chosen)
-        if ctx.record is not None:
-            ctx.record.upstream = chosen
+        if ctx.conn is not None:
+            ctx.conn.upstream = chosen
         bal.acquire(chosen)
         try:
             prefix = b""
@@ -123,7 +123,7 @@ class L4Proxy(Terminator):
             if proto == "udp":      # v2 only (the compiler refuses v1): one header per datagram
                 relay_session(ctx.udp, upstream, idle, prefix)
                 return FINISHED
-            counters = ctx.record.counters if ctx.record is not None else None
+            counters = ctx.conn.counters if ctx.conn is not None else None
             relay(ctx.stream, upstream, idle, counters, upstream_prefix=prefix)
         finally:
             bal.release(chosen)

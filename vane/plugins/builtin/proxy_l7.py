@@ -1,12 +1,13 @@
 """``proxy`` at L7 (DESIGN.md §6): forward the request to ``upstream`` and stream the answer back.
 
 Request bodies stream upstream as they arrive (unless a node read ``req.body``); answers are
-read ahead of the client into the pool's ``response_buffer`` (``vane.net.upstream.readahead``) so
-the upstream connection goes back as soon as the backend is done. Response fields are
+read ahead of the client into the pool's ``response_buffer`` (``vane.net.upstream.readahead``)
+so the upstream connection goes back as soon as the backend is done. Response fields are
 stripped of hop-by-hop ones. Requests the HTTP/1 parser accepted as WebSocket upgrades are
-tunnelled when ``websocket`` is on (the default). ``forwarded`` (default on) adds
-X-Forwarded-* and ``Forwarded``. Upstream failure answers 502, a timeout 504, a client past
-its share of the backend 503; the reason goes to the flow log and one warning to the log.
+switched upstream when ``websocket`` is on (the default) and a 101 leaves a tunnel for the
+HTTP layer to relay. ``forwarded`` (default on) adds X-Forwarded-* and ``Forwarded``.
+Upstream failure answers 502, a timeout 504, a client past its share of the backend 503; the
+reason goes to the flow log and one warning to the log.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.http.errors import UpstreamError
-from vane.net.upstream.forward import exchange, failed, failed_midway, strip_response, upstream_headers
+from vane.net.upstream.forward import exchange, strip_response, upstream_headers
 from vane.net.upstream.options import OptionsSource
 from vane.net.upstream.pool import pool_for
 from vane.net.upstream.readahead import read_ahead
-from vane.net.upstream.websocket import proxy_websocket
+from vane.net.upstream.websocket import open_websocket
+
+from .forwarding import failed, failed_midway, peer_ip
 
 
 class L7Proxy(Terminator):
@@ -32,13 +35,25 @@ class L7Proxy(Terminator):
 
     def terminate(self, ctx, args):
         opts = self.static or self.source.get(args)
-        if ctx.request.method == "CONNECT":    # a reverse proxy, not a forward one
+        req = ctx.request
+        if req.method == "CONNECT":         # a reverse proxy, not a forward one
             ctx.trajectory.note_error("proxy: CONNECT is not forwarded")
             return ctx.respond_status(405)
+        ip = peer_ip(ctx)
+        headers = upstream_headers(req, ip, opts)
         try:
-            if opts.websocket and ctx.request.upgrade == "websocket" and ctx.h1 is not None:
-                return proxy_websocket(self.pool, ctx, opts)
-            resp, _ = exchange(self.pool, ctx, opts, upstream_headers(ctx, opts))
+            if opts.websocket and req.upgrade == "websocket":
+                resp, tunnel = open_websocket(self.pool, req, opts, headers)
+                if tunnel is not None:
+                    strip_response(resp, keep_upgrade=True)
+                    ctx.response = resp
+                    ctx.tunnel = (*tunnel, opts.tunnel_idle)
+                    return self._done(ctx, opts)
+            else:
+                resp, conn = exchange(self.pool, req, opts, headers, ip or None)
+                if conn.body_cut is not None:
+                    ctx.trajectory.note_error(f"upstream {opts.label} answered {resp.status} before taking "
+                                              f"the whole request body ({conn.body_cut})")
         except UpstreamError as exc:
             return ctx.respond_status(failed(ctx, opts, exc))
         strip_response(resp)
@@ -47,10 +62,11 @@ class L7Proxy(Terminator):
         except UpstreamError as exc:        # the backend broke off before the client got a byte
             return ctx.respond_status(exc.status)
         ctx.response = resp
-        record = ctx.conn.record
-        if record is not None:
-            record.upstream = opts.label
-        return FINISHED
+        return self._done(ctx, opts)
 
-    def describe(self) -> dict:
-        return {"upstream": self.static.label} if self.static is not None else {}
+    @staticmethod
+    def _done(ctx, opts):
+        conn = ctx.conn
+        if conn is not None:
+            conn.upstream = opts.label
+        return FINISHED

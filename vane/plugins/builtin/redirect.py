@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import Terminator
-from vane.flow.l7context import simple_response
+from vane.net.http.status import plain_response
 
 
 class Redirect(Terminator):
@@ -14,5 +14,5 @@ class Redirect(Terminator):
         location = args["location"]
         if any(c in location for c in "\r\n\0"):
             raise ValueError("redirect location contains a control character")
-        ctx.response = simple_response(status, f"{status} redirect to {location}\n", {"location": location})
+        ctx.response = plain_response(status, f"{status} redirect to {location}\n", {"location": location})
         return FINISHED

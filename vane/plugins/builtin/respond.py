@@ -8,8 +8,8 @@ import base64
 
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
-from vane.flow.l7context import simple_response
 from vane.net.http.message import Body
+from vane.net.http.status import plain_response
 
 
 class Respond(Terminator):
@@ -32,7 +32,7 @@ class Respond(Terminator):
             body = self.static_body if self.static_body is not None else base64.b64decode(args["body_base64"])
         else:
             body = args.get("body", "")
-        resp = simple_response(status, body, args.get("headers"),
+        resp = plain_response(status, body, args.get("headers"),
                                args.get("content_type") or "text/plain; charset=utf-8")
         if not body and status not in (204, 304):
             resp.body = Body.from_bytes(b"")

@@ -15,9 +15,9 @@ import logging
 import os
 
 from vane.engine.plugin import HttpMiddleware, LinkEnv
-from vane.flow.l7context import simple_response
 from vane.net import static_files as sf
 from vane.net.http.message import Body, Headers, Response
+from vane.net.http.status import plain_response
 
 log = logging.getLogger("vane.static")
 
@@ -139,19 +139,19 @@ class Static(HttpMiddleware):
         req = ctx.request
         # a path, never a scheme-relative URL ("//host/..."): a browser would go to another host
         location = "/" + req.path.lstrip("/\\") + "/" + (f"?{req.query}" if req.query else "")
-        ctx.response = simple_response(301, "", {"location": location})
+        ctx.response = plain_response(301, "", {"location": location})
         return "success", None
 
     def _listing(self, ctx, root: str, path: str, real: str):
         if ctx.request.method not in ("GET", "HEAD"):
             return self._not_allowed(ctx, real)
         text = sf.listing(ctx.request.path, real, self.symlinks, root)
-        ctx.response = simple_response(200, text, {"cache-control": "no-cache"},
+        ctx.response = plain_response(200, text, {"cache-control": "no-cache"},
                                        "text/html; charset=utf-8")
         return "success", {"file": real}
 
     def _not_allowed(self, ctx, real: str):
-        ctx.response = simple_response(405, None, {"allow": "GET, HEAD"})
+        ctx.response = plain_response(405, None, {"allow": "GET, HEAD"})
         return "success", {"file": real}
 
     def _file(self, ctx, root: str, real: str, st):
@@ -184,7 +184,7 @@ class Static(HttpMiddleware):
         rng = sf.byte_range(headers.get("range"), size)
         if rng is not None and sf.if_range_ok(headers, tag, sst):
             if rng == "unsatisfiable":
-                ctx.response = simple_response(416, None, {"content-range": f"bytes */{size}"})
+                ctx.response = plain_response(416, None, {"content-range": f"bytes */{size}"})
                 return "success", {"file": served}
             first, last = rng
             status, offset, length = 206, first, last - first + 1

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from vane.engine.outcome import FINISHED
+from vane.engine.outcome import FINISHED, ServeHttp
 from vane.engine.outcome import Upgrade as UpgradeOutcome
 from vane.engine.plugin import LinkEnv, Terminator
-
-from .deny import reset
+from vane.net.sockets import reset
 
 log = logging.getLogger("vane.tls")
 
@@ -35,9 +34,7 @@ class Upgrade(Terminator):
 
     def terminate(self, ctx, args):
         if self.protocol == "http":
-            from vane.flow.http import serve_http
-            serve_http(ctx, self.node, self.env)
-            return FINISHED
+            return ServeHttp(ctx, self.node, self.env.graph)
         services = self.env.services
         floor = services.floor if services is not None else None
         if floor is not None and not floor.allow_handshake(ctx.kv.get("conn.ip")):

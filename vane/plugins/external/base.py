@@ -2,13 +2,18 @@
 
 Input ``{"input": {resolved inputs}, "kv": {the keys the plugin declared it reads}}``;
 output ``{"branch": "...", "store": {"k": "v"}}``. A reply that is not valid JSON, names an
-undeclared branch or stores a key with a brace is a runtime error, which the executor's
-circuit breaker turns into the ``failure`` branch.
+undeclared branch or stores a key with a brace is a runtime error.
+
+Every call goes through the plugin's passive circuit breaker (DESIGN.md §4, seed 001): a
+runtime error or a ``failure`` answer opens it; while it is open (the quiet period) calls take
+``failure`` without any I/O; the next success closes it. One breaker per declared plugin,
+shared by its nodes in a graph.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from vane.engine.breaker import Breaker
@@ -16,6 +21,9 @@ from vane.engine.plugin import LinkEnv, Middleware
 
 DEFAULT_TIMEOUT = 2.0
 MAX_REPLY = 1024 * 1024
+FAILURE = ("failure", None)
+
+log = logging.getLogger("vane.flow")
 
 
 class ExternalError(Exception):
@@ -23,6 +31,8 @@ class ExternalError(Exception):
 
 
 class ExternalPlugin(Middleware):
+    """A declared external plugin at one node; the driver subclass does the I/O (``call``)."""
+
     def __init__(self, node, env: LinkEnv) -> None:
         super().__init__(node, env)
         spec = node.spec
@@ -61,10 +71,21 @@ class ExternalPlugin(Middleware):
         return branch, store
 
     def run(self, ctx, args):
-        return self.parse(self.call(self.payload(ctx, args)))
+        breaker = self.breaker
+        if not breaker.allow():
+            return FAILURE
+        try:
+            branch, store = self.parse(self.call(self.payload(ctx, args)))
+        except Exception as exc:  # noqa: BLE001 - an external runtime error is the failure branch
+            breaker.failed(f"{type(exc).__name__}: {exc}")
+            ctx.trajectory.note_error(f"{self.name}: {type(exc).__name__}: {exc}")
+            log.warning("external plugin %s failed: %s", self.name, exc, extra=ctx.log_extra())
+            return FAILURE
+        if branch == "failure":
+            breaker.failed("failure branch")
+        else:
+            breaker.succeeded()
+        return branch, store
 
     def call(self, data: bytes) -> bytes:
         raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"driver": self.node.spec.driver, "breaker": self.breaker.to_dict()}
