@@ -83,9 +83,6 @@ class FlowGraph:
             raise CompileFailed(sorted(failures.values(), key=lambda e: (e.file, e.pointer)))
         self.linked = True
 
-    def certs(self) -> list[tuple[str, str]]:
-        return list(dict.fromkeys(pair for plan in self.listeners.values() for pair in plan.certs))
-
     # -- renderings ----------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:

@@ -18,11 +18,11 @@ import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from vane.engine.ops import OPS
+
 from .errors import ConfigError
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
-_PREDICATE_OPS = ["eq", "ne", "prefix", "suffix", "contains", "regex", "glob", "cidr", "in", "not_in",
-                  "exists", "lt", "gt"]
 
 NODE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -58,7 +58,7 @@ RULE_SCHEMA: dict[str, Any] = {
                     {"type": ["string", "number", "boolean"]},
                     {"type": "array", "items": {"type": ["string", "number"]}},
                     {"type": "object", "minProperties": 1,
-                     "propertyNames": {"enum": _PREDICATE_OPS}},
+                     "propertyNames": {"enum": list(OPS)}},
                 ],
             },
         },

@@ -46,13 +46,21 @@ def _float(lo: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
-def _bool(raw: str) -> bool:
+def parse_bool(raw: str) -> bool | None:
+    """``1 true yes on`` -> True, ``0 false no off`` and "" -> False (any case); else None."""
     low = raw.strip().lower()
     if low in _TRUE:
         return True
     if low in _FALSE:
         return False
-    raise ValueError(f"expected 0/1 (or true/false), got {raw!r}")
+    return None
+
+
+def _bool(raw: str) -> bool:
+    value = parse_bool(raw)
+    if value is None:
+        raise ValueError(f"expected 0/1 (or true/false), got {raw!r}")
+    return value
 
 
 def _str(raw: str) -> str | None:

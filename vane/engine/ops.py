@@ -49,6 +49,11 @@ def _networks(right: Any) -> tuple:
         raise OpError(f"invalid CIDR: {exc}") from None
 
 
+OPS: tuple[str, ...] = ("eq", "ne", "prefix", "suffix", "contains", "regex", "glob", "cidr", "in", "not_in",
+                        "exists", "lt", "gt")
+"""Every operator a predicate may name (DESIGN.md §3); ``compile_op`` knows each of them."""
+
+
 def compile_op(op: str, right: Any) -> Predicate:
     """A predicate for ``left <op> right``; raises OpError on a bad right-hand side."""
     if op == "eq":

@@ -43,6 +43,8 @@ _PRIORITY = {Kind.HTTP_MIDDLEWARE: 0, Kind.GENERIC_MIDDLEWARE: 1, Kind.L4_MIDDLE
 
 
 @dataclass(frozen=True)
+
+
 class PluginSpec:
     name: str
     kind: Kind
@@ -90,10 +92,6 @@ class Plugin:
     def __init__(self, node: "Node", env: LinkEnv) -> None:
         self.node = node
         self.env = env
-
-    def describe(self) -> dict:
-        """State worth showing to an operator (get_plugins); empty by default."""
-        return {}
 
 
 class Middleware(Plugin):

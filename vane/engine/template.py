@@ -57,10 +57,6 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def has_template(text: str) -> bool:
-    return OPEN in text
-
-
 def parse(text: str, limits: Limits = DEFAULT_LIMITS) -> Parts:
     """Parse one string. Literal ``}}`` outside a placeholder stays literal."""
     stack: list[list[Union[str, Ref]]] = [[]]

@@ -15,6 +15,7 @@ from vane.engine.context import Context
 from vane.engine.ids import uuid7
 from vane.engine.kv import KV
 from vane.net.clienthello import ClientHelloError, needed_bytes, parse_client_hello
+from vane.net.dial import unmapped
 from vane.net.peek import classify, classify_datagram, peek
 
 MAX_PEEK = 16 * 1024 + 5      # one TLS record: enough for any ordinary ClientHello
@@ -30,9 +31,9 @@ class L4Context(Context):
                  datagram: bytes | None = None) -> None:
         conn_id = conn_id or uuid7()
         kv = KV({
-            "conn.uuid": conn_id, "conn.ip": _ip(peer[0]), "conn.port": str(peer[1]), "conn.proto": proto,
+            "conn.uuid": conn_id, "conn.ip": unmapped(peer[0]), "conn.port": str(peer[1]), "conn.proto": proto,
             "conn.timestamp": str(int(time.time())), "conn.layer": "l4",
-            "listen.ip": _ip(local[0]), "listen.port": str(local[1]),
+            "listen.ip": unmapped(local[0]), "listen.port": str(local[1]),
         })
         super().__init__("l4", kv, conn_id)
         kv.set_lazy(self._lazy)
@@ -123,8 +124,3 @@ class L4Context(Context):
         new.on_step = self.on_step
         new.kv.set("conn.layer", layer)
         return new
-
-
-def _ip(host: str) -> str:
-    """IPv4-mapped IPv6 peers are shown as IPv4."""
-    return host[7:] if host.startswith("::ffff:") and "." in host else host

@@ -61,7 +61,10 @@ def _scan(data: bytes) -> tuple[int, bytes | None]:
     while True:
         if pos + _RECORD_HEADER > n:
             # At least the next header plus whatever of the message is still missing.
-            return pos + _RECORD_HEADER + max(0, msg_len - have), None
+            need = pos + _RECORD_HEADER + max(0, msg_len - have)
+            if need > MAX_HELLO_BYTES:
+                raise ClientHelloError("ClientHello larger than the cap")
+            return need, None
         if data[pos] != _HANDSHAKE:
             raise ClientHelloError("not a handshake record")
         if data[pos + 1] != 3:

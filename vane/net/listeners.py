@@ -19,8 +19,6 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from vane.observe.logging import RateLimitedLogger
-
 from .udp import MAX_DATAGRAM, UdpSession
 
 log = logging.getLogger("vane.listener")
@@ -28,6 +26,7 @@ log = logging.getLogger("vane.listener")
 PERMANENT_BIND_ERRORS = {errno.EAFNOSUPPORT, errno.EACCES, errno.EPROTONOSUPPORT}  # no address yet (EADDRNOTAVAIL) retries
 RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 BACKLOG = 1024
+ACCEPT_LOG_INTERVAL = 10.0  # seconds between two "accept failed" lines of one listener
 
 Handler = Callable[["Listener", Any, tuple], None]
 
@@ -164,7 +163,7 @@ class Listener:
         # number of failures in between.
         backoff_min, backoff_max = 0.05, 1.0
         backoff = 0.0
-        failures = RateLimitedLogger(log, interval=10.0, max_keys=8)
+        logged_at, suppressed = -ACCEPT_LOG_INTERVAL, 0
         while self.state == "listening":
             sock = self.sock
             if sock is None:
@@ -176,8 +175,14 @@ class Listener:
                     return
                 if exc.errno in RESOURCE_ERRORS:
                     self.last_error = f"accept: {exc.strerror}"
-                    failures.log(exc.errno, logging.WARNING, "listener %s: accept failed: %s; backing off",
-                                 self.addr, exc.strerror, extra={"listener": str(self.addr)})
+                    now = time.monotonic()
+                    if now - logged_at >= ACCEPT_LOG_INTERVAL:      # one line per interval
+                        log.warning("listener %s: accept failed: %s; backing off", self.addr, exc.strerror,
+                                    extra={"listener": str(self.addr),
+                                           **({"suppressed": suppressed} if suppressed else {})})
+                        logged_at, suppressed = now, 0
+                    else:
+                        suppressed += 1
                     backoff = min(backoff * 2, backoff_max) if backoff else backoff_min
                     gevent.sleep(backoff)
                 continue

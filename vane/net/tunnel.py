@@ -20,7 +20,7 @@ import fcntl
 import os
 import socket
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import gevent
 from gevent import Timeout, get_hub
@@ -37,27 +37,6 @@ _BURST = 16  # chunks moved without waiting before yielding to other greenlets
 _PLAIN_TYPES = (_socket.socket, gsocket.socket)
 _TLS_TYPES = (get_original("ssl", "SSLSocket"), gssl.SSLSocket)
 _monotonic = time.monotonic
-
-
-class Stream(Protocol):
-    """A byte stream the relay can drive when it is not a plain socket (e.g. TLS).
-
-    ``recv_into`` blocks cooperatively and returns 0 at EOF; ``sendall`` writes everything;
-    ``shutdown_write`` sends the stream's end (close_notify and/or FIN) but keeps reading.
-    Blocking calls must tolerate an exception thrown into them (gevent timeouts). Optional:
-    ``abort()`` closes without a clean end, and a ``socket`` attribute lets the relay close
-    the TCP connection with RST after an error.
-    """
-
-    def recv_into(self, buf: memoryview) -> int: ...
-
-    def sendall(self, data: bytes | memoryview) -> None: ...
-
-    def shutdown_write(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def fileno(self) -> int: ...
 
 
 class Counters:

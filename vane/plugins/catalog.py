@@ -6,11 +6,9 @@ Inputs that may be templated accept a string wherever a number is expected.
 
 from __future__ import annotations
 
+from vane.engine.ops import OPS
 from vane.engine.plugin import LAYERS_ALL, LAYERS_L4, LAYERS_L7, Kind, PluginSpec
-
-MATCH_OPS = ("eq", "ne", "prefix", "suffix", "contains", "regex", "glob", "cidr", "in", "not_in",
-             "exists", "lt", "gt")
-DETECT_PROTOCOLS = ("tls", "http", "h2c", "ssh", "dns", "quic", "unknown")
+from vane.net.peek import PROTOCOLS as DETECT_PROTOCOLS
 
 _STR = {"type": "string"}
 _INT = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"\{\{"}]}
@@ -25,7 +23,7 @@ _COND = {
     "type": "object",
     "required": ["left", "op"],
     "additionalProperties": False,
-    "properties": {"left": _STR, "op": {"enum": list(MATCH_OPS)}, "right": {}},
+    "properties": {"left": _STR, "op": {"enum": list(OPS)}, "right": {}},
 }
 
 _HTTP_UPSTREAM_PROPS = {
@@ -50,11 +48,6 @@ _HEADER_OPS = {
 }
 
 
-# Pure computation: the executor arms the flow timer only when a walk reaches a plugin that can wait.
-NON_BLOCKING = frozenset({"match", "route", "set", "ratelimit", "headers", "rewrite", "respond", "redirect",
-                          "deny"})
-
-
 def _obj(props: dict, required: tuple[str, ...] = (), **extra) -> dict:
     schema = {"type": "object", "additionalProperties": False, "properties": props}
     if required:
@@ -64,16 +57,20 @@ def _obj(props: dict, required: tuple[str, ...] = (), **extra) -> dict:
 
 
 def _spec(name: str, kind: Kind, layers: frozenset[str], branches: tuple[str, ...], impl: str,
-          schema: dict, outputs: tuple[str, ...] | None = ()) -> PluginSpec:
+          schema: dict, outputs: tuple[str, ...] | None = (), *, blocking: bool,
+          has_next: bool = False) -> PluginSpec:
+    """``blocking``: the plugin may wait on I/O, so the executor arms the flow timer before it
+    (pure computation does not need one). ``has_next``: a terminator handing over to
+    ``output.next`` (the next layer's tree)."""
     return PluginSpec(name=name, kind=kind, layers=layers, branches=branches,
                       impl=f"vane.plugins.builtin.{impl}", input_schema=schema, outputs=outputs,
-                      has_next=name == "upgrade", blocking=name not in NON_BLOCKING)
+                      has_next=has_next, blocking=blocking)
 
 
 BUILTINS: tuple[PluginSpec, ...] = (
     _spec("match", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("true", "false"), "match:Match",
           _obj({**_COND["properties"], "all": {"type": "array", "items": _COND}},
-               anyOf=[{"required": ["left", "op"]}, {"required": ["all"]}])),
+               anyOf=[{"required": ["left", "op"]}, {"required": ["all"]}]), blocking=False),
     PluginSpec(name="route", kind=Kind.GENERIC_MIDDLEWARE, layers=LAYERS_ALL, branches=(),
                impl="vane.plugins.builtin.route:Route", input_schema=_obj({"routes": {
                    "type": "array", "items": _obj({"name": {"type": "string", "pattern": r"^[^{}*]+$"},
@@ -82,53 +79,53 @@ BUILTINS: tuple[PluginSpec, ...] = (
                outputs=(), dynamic_branches=True, blocking=False),
     _spec("ratelimit", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("allow", "deny"), "ratelimit:RateLimit",
           _obj({"key": _STR, "rate": _NUM, "burst": _INT, "max_keys": {"type": "integer", "minimum": 1}},
-               ("key", "rate")), outputs=("remaining",)),
+               ("key", "rate")), outputs=("remaining",), blocking=False),
     _spec("set", Kind.GENERIC_MIDDLEWARE, LAYERS_ALL, ("next",), "setvars:SetVars",
           {"type": "object", "propertyNames": {"pattern": r"^var\.[A-Za-z0-9_.\-]+$"},
-           "additionalProperties": {"type": ["string", "number", "boolean"]}}),
+           "additionalProperties": {"type": ["string", "number", "boolean"]}}, blocking=False),
     _spec("detect", Kind.L4_MIDDLEWARE, LAYERS_L4, DETECT_PROTOCOLS, "detect:Detect",
-          _obj({"timeout": _NUM, "max_bytes": {"type": "integer", "minimum": 1, "maximum": 65536}})),
+          _obj({"timeout": _NUM, "max_bytes": {"type": "integer", "minimum": 1, "maximum": 65536}}), blocking=True),
     _spec("proxy", Kind.TERMINATOR, LAYERS_L4, (), "proxy_l4:L4Proxy",
           _obj({"target": {"anyOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
                 "balance": {"enum": ["round_robin", "random", "least_conn", "hash"]},
                 "hash_key": _STR,
                 "connect_timeout": _NUM, "idle_timeout": _NUM,
-                "proxy_protocol": {"enum": ["v1", "v2"]}}, ("target",))),
+                "proxy_protocol": {"enum": ["v1", "v2"]}}, ("target",)), blocking=True),
     _spec("deny", Kind.TERMINATOR, LAYERS_ALL, (), "deny:Deny",
-          _obj({"status": _STATUS, "body": _STR, "headers": _STR_MAP})),
+          _obj({"status": _STATUS, "body": _STR, "headers": _STR_MAP}), blocking=False),
     _spec("upgrade", Kind.TERMINATOR, LAYERS_L4, (), "upgrade:Upgrade",
           _obj({"protocol": {"enum": ["tls", "http"]},
                 "certs": {"type": "array", "minItems": 1,
                           "items": _obj({"cert": _STR, "key": _STR}, ("cert", "key"))},
                 "alpn": {"type": "array", "items": {"enum": ["h2", "http/1.1"]}}},
-               ("protocol",))),
+               ("protocol",)), blocking=True, has_next=True),
     _spec("fetch", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("success", "failure"), "fetch:Fetch",
-          _obj(dict(_HTTP_UPSTREAM_PROPS), ("upstream",)), outputs=("error",)),
+          _obj(dict(_HTTP_UPSTREAM_PROPS), ("upstream",)), outputs=("error",), blocking=True),
     _spec("headers", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("next",), "headers:HeadersPlugin",
-          _obj({"request": _HEADER_OPS, "response": _HEADER_OPS})),
+          _obj({"request": _HEADER_OPS, "response": _HEADER_OPS}), blocking=False),
     _spec("rewrite", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("next",), "rewrite:Rewrite",
-          _obj({"path": _STR, "query": _STR})),
+          _obj({"path": _STR, "query": _STR}), blocking=False),
     _spec("static", Kind.HTTP_MIDDLEWARE, LAYERS_L7, ("success", "not_found", "failure"), "static:Static",
           _obj({"root": _STR, "index": {"anyOf": [_STR, {"type": "array", "items": _STR}]},
                 "spa": {"anyOf": [{"type": "boolean"}, _STR]}, "browse": {"type": "boolean"},
                 "precompressed": {"type": "boolean"}, "symlinks": {"type": "boolean"},
                 "strip_prefix": _STR, "cache_control": _STR}, ("root",)),
-          outputs=("file", "error")),
+          outputs=("file", "error"), blocking=True),
     _spec("respond", Kind.TERMINATOR, LAYERS_L7, (), "respond:Respond",
           _obj({"status": _STATUS, "headers": _STR_MAP, "body": _STR, "body_base64": _STR,
-                "content_type": _STR})),
+                "content_type": _STR}), blocking=False),
     _spec("proxy", Kind.TERMINATOR, LAYERS_L7, (), "proxy_l7:L7Proxy",
           _obj({**_HTTP_UPSTREAM_PROPS, "websocket": {"type": "boolean"},
                 "forwarded": {"type": "boolean"},
-                "trusted_proxies": {"type": "array", "items": _STR}}, ("upstream",))),
+                "trusted_proxies": {"type": "array", "items": _STR}}, ("upstream",)), blocking=True),
     _spec("redirect", Kind.TERMINATOR, LAYERS_L7, (), "redirect:Redirect",
           _obj({"location": _STR, "status": {"anyOf": [{"enum": [301, 302, 303, 307, 308]},
                                                          {"type": "string", "pattern": r"\{\{"}]}},
-               ("location",))),
+               ("location",)), blocking=False),
     _spec("cgi", Kind.TERMINATOR, LAYERS_L7, (), "cgi:Cgi",
           _obj({"script": _STR, "script_name": _STR, "env": _STR_MAP,
                 "uid": {"type": "integer", "minimum": 0}, "gid": {"type": "integer", "minimum": 0},
-                "timeout": _NUM, "max_output": {"type": "integer", "minimum": 1}}, ("script",))),
+                "timeout": _NUM, "max_output": {"type": "integer", "minimum": 1}}, ("script",)), blocking=True),
 )
 
 # Input keys that tell the two `proxy` kinds apart when a rule's layer is being decided.

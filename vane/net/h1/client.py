@@ -14,18 +14,14 @@ from typing import Any, Callable
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from vane.net.h1.framing import (
-    COALESCE_LIMIT,
     CRLF,
-    LAST_CHUNK,
     RECV_SIZE,
-    Stream,
     StreamBody,
     StreamIO,
-    frame_chunk,
-    frame_chunks,
     head_is_clean,
     recv_buffer,
     recv_view,
+    write_body,
 )
 from vane.net.http.errors import (
     UpstreamConnectError,
@@ -34,6 +30,7 @@ from vane.net.http.errors import (
     UpstreamTimeout,
 )
 from vane.net.http.message import Headers, Request, Response
+from vane.net.stream import Stream
 
 _METHODS = {m: m.encode() for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
@@ -270,34 +267,17 @@ class H1ClientConnection:
         self.bytes_sent += len(data)
 
     def _send_body(self, head: bytes, body, chunked: bool) -> None:
-        if body.is_buffered:
-            data = body.read_all(body.length or 0)
-            if len(data) <= COALESCE_LIMIT:
-                self._send(head + data)
-            else:
-                self._send(head)
-                self._send(data)
-            return
-        if body.__class__ is StreamBody:
-            ready = body.take_ready()
-            if ready:
-                if chunked:
-                    first = frame_chunks(ready)
-                else:
-                    first = ready[0] if len(ready) == 1 else b"".join(ready)
-                if len(first) <= COALESCE_LIMIT:
-                    head += first
-                else:
-                    self._send(head)
-                    head = first
-        self._send(head)
-        if chunked:
-            for chunk in body:
-                self._send(frame_chunk(chunk))
-            self._send(LAST_CHUNK)
-        else:
-            for chunk in body:
-                self._send(chunk)
+        io = self._io
+        before = io.sent
+        try:
+            write_body(io, head, body, chunked, self.idle_timeout)
+        except TimeoutError:
+            self.bytes_sent += io.sent - before
+            raise self._fail(UpstreamTimeout("send timeout", True)) from None
+        except OSError as exc:
+            self.bytes_sent += io.sent - before
+            raise self._fail(UpstreamConnectError(f"send failed: {exc}", self.bytes_sent > 0)) from None
+        self.bytes_sent += io.sent - before
 
     # ------------------------------------------------------------------ receiving
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 import os
 from email.utils import formatdate
 from errno import EBADF
-from http import HTTPStatus
 from time import time
 from typing import Any, Iterator, Protocol
 
 from gevent import get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
 
-from vane.net.http.message import Body
+from vane.net.http.message import Body, FileBody
+from vane.net.http.status import PHRASES
+from vane.net.stream import Stream
 
 RECV_SIZE = 65536
 recv_buffer = bytearray(RECV_SIZE)
@@ -39,18 +40,6 @@ SEND_SLICE = 1 << 16
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
-
-
-class Stream(Protocol):
-    """A plain gevent socket or a TLS stream with the same calls."""
-
-    def recv_into(self, buf: bytearray) -> int: ...
-
-    def sendall(self, data: bytes) -> None: ...
-
-    def settimeout(self, timeout: float | None) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class IoTimeout(TimeoutError):
@@ -109,11 +98,12 @@ class StreamIO:
     stream (TLS) goes through its own ``recv_into``/``sendall`` under the same timers.
     """
 
-    __slots__ = ("stream", "timers", "_plain")
+    __slots__ = ("stream", "timers", "_plain", "sent")
 
     def __init__(self, stream: Stream) -> None:
         self.stream: Any = stream
         self.timers = IoTimers()
+        self.sent = 0               # bytes handed to the kernel, all writes together
         self._plain = type(stream) is GeventSocket
         stream.settimeout(None)     # every blocking call is bounded by self.timers instead
 
@@ -158,7 +148,7 @@ class StreamIO:
         sent = 0
         while sent < count:
             try:
-                n = os.sendfile(out, fd, offset + sent, min(count - sent, SEND_SLICE))
+                n = os.sendfile(out, fd, offset + sent, min(count - sent, 1 << 20))
             except BlockingIOError:
                 timer = self.timers.start(seconds)
                 try:
@@ -172,12 +162,14 @@ class StreamIO:
             if not n:
                 raise OSError("file shrank while being served")
             sent += n
+            self.sent += n
         return sent
 
     def sendall(self, data: bytes, seconds: float) -> None:
         """Send all of ``data``; ``IoTimeout`` if the peer takes nothing for ``seconds``."""
         if not self._plain:
             sendall_timed(self.stream, data, self.timers, seconds)
+            self.sent += len(data)
             return
         stream = self.stream
         sock = stream._sock
@@ -186,6 +178,7 @@ class StreamIO:
         except BlockingIOError:
             sent = 0
         if sent == len(data):
+            self.sent += sent
             return
         view = memoryview(data)
         total = len(view)
@@ -202,6 +195,64 @@ class StreamIO:
                 sent += sock.send(view[sent:])
             except BlockingIOError:
                 continue
+        self.sent += total
+
+
+def write_body(io: StreamIO, head: bytes, body: Body, chunked: bool, timeout: float) -> int:
+    """Send a message head and its body (chunked, or as it comes); the bytes written.
+
+    The one body writer of the HTTP/1 server and client. A buffered body small enough goes
+    out with the head in one write, and so do the chunks the parser already holds of a body
+    being relayed; a static file on a plain socket is copied by the kernel (sendfile). Raises
+    what ``io`` raises (``IoTimeout``, ``OSError``) and what the body's iterator raises.
+    """
+    sendall = io.sendall
+    if body.is_buffered:
+        data = body.read_all(body.length or 0)
+        if len(data) <= COALESCE_LIMIT:
+            sendall(head + data, timeout)
+        else:
+            sendall(head, timeout)
+            sendall(data, timeout)
+        return len(head) + len(data)
+    sent = 0
+    if body.__class__ is StreamBody:
+        # what the parser already holds goes out with the head when small
+        ready = body.take_ready()
+        if chunked:
+            first = frame_chunks(ready) if ready else b""
+            if body.done:
+                first += LAST_CHUNK
+        else:
+            first = ready[0] if len(ready) == 1 else b"".join(ready)
+        if len(first) <= COALESCE_LIMIT:
+            head += first
+        else:
+            sendall(head, timeout)
+            sent += len(head)
+            head = first
+        if body.done:
+            sendall(head, timeout)
+            return sent + len(head)
+    elif body.__class__ is FileBody and not chunked and (body.length or 0) > COALESCE_LIMIT and io.plain:
+        region = body.take_region()     # a static file: the kernel copies it (sendfile)
+        if region is not None:
+            sendall(head, timeout)
+            return len(head) + io.sendfile(*region, timeout)
+    sendall(head, timeout)
+    sent += len(head)
+    if chunked:
+        for chunk in body:
+            data = frame_chunk(chunk)
+            sendall(data, timeout)
+            sent += len(data)
+        sendall(LAST_CHUNK, timeout)
+        sent += len(LAST_CHUNK)
+    else:
+        for chunk in body:
+            sendall(chunk, timeout)
+            sent += len(chunk)
+    return sent
 
 
 class BodySource(Protocol):
@@ -289,7 +340,7 @@ def _status_line(code: int, reason: str) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (code, reason.encode("latin-1", "replace"))
 
 
-STATUS_LINES: dict[int, bytes] = {int(s): _status_line(int(s), s.phrase) for s in HTTPStatus}
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code, phrase) for code, phrase in PHRASES.items()}
 
 
 def status_line(code: int, reason: str = "") -> bytes:

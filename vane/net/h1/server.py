@@ -17,25 +17,23 @@ from time import monotonic
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from vane.net.h1.framing import (
-    COALESCE_LIMIT,
     CRLF,
-    LAST_CHUNK,
     NO_BODY,
     RECV_SIZE,
     STATUS_LINES,
-    Stream,
     StreamBody,
     StreamIO,
-    frame_chunk,
-    frame_chunks,
     http_date,
     recv_buffer,
     recv_view,
     status_line,
+    write_body,
 )
 from vane.net.http.errors import ClientDisconnected, HttpError
-from vane.net.http.message import Body, FileBody, Headers, Request, Response
+from vane.net.http.message import Headers, Request, Response
+from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
+from vane.net.stream import Stream
 from vane.net.tunnel import linger
 
 # Unread request body left when the next request is due: drain up to this much, else close.
@@ -258,7 +256,7 @@ class H1ServerConnection:
             self.bytes_out += len(head)
             return len(head)
         try:
-            sent = self._send_body(head, body, chunked)
+            sent = write_body(self._io, head, body, chunked, self.limits.send_timeout)
         except BaseException:
             self._keep = False
             raise
@@ -270,10 +268,7 @@ class H1ServerConnection:
     def write_error(self, status: int, body: str = "") -> int:
         """Answer ``status`` with a short text body and ``Connection: close``."""
         self._keep = False
-        data = (body or f"{status} {status_line(status)[13:-2].decode('latin-1')}\n").encode()
-        resp = Response(status, Headers([(b"content-type", b"text/plain; charset=utf-8")]),
-                        Body.from_bytes(data))
-        return self.write_response(resp, None)
+        return self.write_response(plain_response(status, body or None), None)
 
     def unread_input(self) -> bool:
         """Whether the client may still be sending input this connection will not read."""
@@ -617,57 +612,6 @@ class H1ServerConnection:
 
     # ------------------------------------------------------------------ writing
 
-    def _send_body(self, head: bytes, body: Body, chunked: bool) -> int:
-        sendall = self._io.sendall
-        timeout = self.limits.send_timeout
-        if body.is_buffered:
-            data = body.read_all(body.length or 0)
-            if len(data) <= COALESCE_LIMIT:
-                sendall(head + data, timeout)
-            else:
-                sendall(head, timeout)
-                sendall(data, timeout)
-            return len(head) + len(data)
-        sent = 0
-        if body.__class__ is StreamBody:
-            # what the parser already holds goes out with the head when small
-            ready = body.take_ready()
-            if chunked:
-                first = frame_chunks(ready) if ready else b""
-                if body.done:
-                    first += LAST_CHUNK
-            else:
-                first = ready[0] if len(ready) == 1 else b"".join(ready)
-            if len(first) <= COALESCE_LIMIT:
-                head += first
-            else:
-                sendall(head, timeout)
-                sent += len(head)
-                head = first
-            if body.done:
-                sendall(head, timeout)
-                return sent + len(head)
-        elif body.__class__ is FileBody and not chunked and body.length > COALESCE_LIMIT and self._io.plain:
-            region = body.take_region()     # a static file: the kernel copies it (sendfile)
-            if region is not None:
-                sendall(head, timeout)
-                return len(head) + self._io.sendfile(*region, timeout)
-        sendall(head, timeout)
-        sent += len(head)
-        if chunked:
-            for chunk in body:
-                data = frame_chunk(chunk)
-                sendall(data, timeout)
-                sent += len(data)
-            sendall(LAST_CHUNK, timeout)
-            sent += len(LAST_CHUNK)
-        else:
-            for chunk in body:
-                sendall(chunk, timeout)
-                sent += len(chunk)
-            if body.length is None:     # close-delimited (HTTP/1.0): the end is the close
-                self._keep = False
-        return sent
 
 
 def _offers_websocket(hlist: list[tuple[bytes, bytes]]) -> bool:

@@ -59,19 +59,14 @@ class Headers:
         key = name.lower().encode("latin-1")
         self.items_ = [(k, v) for k, v in self.items_ if k != key]
 
-    def remove_many(self, keys: Iterable[bytes]) -> None:
-        drop = set(keys)
-        if drop:
-            self.items_ = [(k, v) for k, v in self.items_ if k not in drop]
-
     def apply(self, ops: dict) -> None:
         """The ``headers`` plugin's edits: ``remove`` names, then ``set``, then ``add``."""
         for name in ops.get("remove") or ():
             self.remove(name)
         for name, value in (ops.get("set") or {}).items():
-            self.set(name, _header_value(value))
+            self.set(name, field_value(value))
         for name, value in (ops.get("add") or {}).items():
-            self.add(name, _header_value(value))
+            self.add(name, field_value(value))
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self.items_)
@@ -86,7 +81,9 @@ class Headers:
         return f"Headers({self.items_!r})"
 
 
-def _header_value(value: object) -> str:
+def field_value(value: object) -> str:
+    """``value`` as a header field value; raises ValueError if it holds CR, LF or NUL (it
+    would end the field, or the head, early)."""
     text = value if isinstance(value, str) else str(value)
     if "\r" in text or "\n" in text or "\0" in text:
         raise ValueError("header value contains a control character")

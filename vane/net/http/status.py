@@ -10,16 +10,16 @@ from http import HTTPStatus
 
 from .message import Body, Headers, Response
 
-__all__ = ["plain_response", "reason"]
+__all__ = ["PHRASES", "plain_response", "reason"]
 
-_PHRASES: dict[int, str] = {int(s): s.phrase for s in HTTPStatus}
-_PHRASES[413] = "Content Too Large"        # RFC 9110's name; Python still says "Request Entity Too Large"
+PHRASES: dict[int, str] = {int(s): s.phrase for s in HTTPStatus}
+PHRASES[413] = "Content Too Large"          # RFC 9110's name; Python still says "Request Entity Too Large"
 _TEXT_PLAIN = b"text/plain; charset=utf-8"
 
 
 def reason(status: int) -> str:
     """The standard phrase for ``status`` ("" when it has none)."""
-    return _PHRASES.get(status, "")
+    return PHRASES.get(status, "")
 
 
 def plain_response(status: int, body: str | bytes | None = None, headers: dict | None = None,

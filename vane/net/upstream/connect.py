@@ -13,25 +13,10 @@ from typing import Any
 
 from gevent import socket as gsocket
 
+from vane.net.dial import tcp_connect
 from vane.net.http.errors import UpstreamConnectError, UpstreamTimeout
 from vane.net.tls import client as tls_client
 from vane.net.upstream.endpoint import EndpointSpec
-
-
-def tcp_connect(host: str, port: int, family: int, timeout: float) -> Any:
-    """Connect with TCP_NODELAY; an IP literal skips the resolver (a thread-pool round trip)."""
-    if not family:
-        sock = gsocket.create_connection((host, port), timeout=timeout)
-    else:
-        sock = gsocket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect((host, port))
-        except BaseException:
-            sock.close()
-            raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 def connect(spec: EndpointSpec, timeout: float) -> tuple[Any, str | None]:
@@ -47,7 +32,7 @@ def connect(spec: EndpointSpec, timeout: float) -> tuple[Any, str | None]:
                 sock.close()
                 raise
             return sock, None
-        sock = tcp_connect(up.host, up.port, spec.family, timeout)
+        sock = tcp_connect(up.host, up.port, timeout, spec.family)
         if not up.tls:
             return sock, None
         alpn = ("h2", "http/1.1") if spec.version == "auto" else (

@@ -8,7 +8,6 @@ its endpoint and can probe itself for staleness.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import ssl
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 from gevent.event import Event
 
+from vane.net.dial import ip_family
 from vane.net.h1.client import H1ClientConnection
 from vane.net.upstream.url import Upstream
 
@@ -33,7 +33,7 @@ class EndpointSpec:
         if upstream.scheme != "https":
             verify, ca_file, sni = True, None, None
         self.upstream = upstream
-        self.family = _family(upstream.host) if upstream.scheme != "unix" else socket.AF_UNIX
+        self.family = ip_family(upstream.host) if upstream.scheme != "unix" else socket.AF_UNIX
         self.version = version
         self.verify = bool(verify)
         self.ca_file = ca_file or None
@@ -50,14 +50,6 @@ class EndpointSpec:
             extra.append(f"sni={self.sni}")
         self.label = base + (f" ({', '.join(extra)})" if extra else "")
         self.key = self.label
-
-
-def _family(host: str) -> int:
-    """AF_INET / AF_INET6 for an IP literal, 0 for a name to resolve."""
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return 0
 
 
 class PooledH1(H1ClientConnection):

@@ -18,6 +18,7 @@ import ipaddress
 from functools import partial
 from typing import Any
 
+from vane.net.dial import unmapped
 from vane.net.http.errors import UpstreamError, UpstreamTimeout
 from vane.net.http.message import HOP_BY_HOP, Body, Headers, Request, Response, without_hop_by_hop
 from vane.net.upstream.options import Options
@@ -38,7 +39,7 @@ def client_ip(peer: tuple | None) -> str:
     host = peer[0] if peer else ""
     if not isinstance(host, str):
         return "unix"
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
+    return unmapped(host)
 
 
 def _trusted(ip: str, nets: list) -> bool:

@@ -11,6 +11,8 @@ import ipaddress
 import os
 from typing import Any
 
+from vane.config.settings import parse_bool
+from vane.net.http.message import field_value
 from vane.net.upstream.pool import EndpointSpec
 from vane.net.upstream.url import Upstream, parse_upstream
 
@@ -35,11 +37,12 @@ def _num(value: Any, name: str, default: float | None) -> float | None:
 
 
 def _flag(value: Any, default: bool) -> bool:
+    """A boolean input, possibly templated ("true", "1", ...); empty means ``default``."""
     if value is None or value == "":
         return default
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    return parse_bool(str(value)) is True
 
 
 class Options:
@@ -64,7 +67,7 @@ class Options:
         self.h1_spec = self.spec if version == "h1" or not self.upstream.tls else EndpointSpec(
             self.upstream, "h1", self.spec.verify, ca_file, self.spec.sni)
         host = args.get("host")
-        self.host: bytes | None = _field_value(host).encode("latin-1") if host else None
+        self.host: bytes | None = field_value(host).encode("latin-1") if host else None
         self.timeout = _num(args.get("timeout"), "timeout", DEFAULT_TIMEOUT)
         self.read_timeout = _num(args.get("read_timeout"), "read_timeout", DEFAULT_READ_TIMEOUT)
         # an upgraded stream idles legitimately for long: read_timeout only when set explicitly
@@ -72,7 +75,7 @@ class Options:
         self.connect_timeout = _num(args.get("connect_timeout"), "connect_timeout", None)
         retries = args.get("retries")
         self.retries = DEFAULT_RETRIES if retries is None else max(0, min(int(retries), 5))
-        self.extra = [(k.lower().encode("latin-1"), _field_value(v).encode("latin-1"))
+        self.extra = [(k.lower().encode("latin-1"), field_value(v).encode("latin-1"))
                       for k, v in (args.get("headers") or {}).items()]
         self.extra_names = frozenset(k for k, _ in self.extra)
         self.forwarded = _flag(args.get("forwarded"), forwarded_default)
@@ -80,11 +83,6 @@ class Options:
         self.websocket = _flag(args.get("websocket"), True)
 
 
-def _field_value(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
-    if "\r" in text or "\n" in text or "\0" in text:
-        raise ValueError("header value contains a control character")
-    return text
 
 
 class OptionsSource:

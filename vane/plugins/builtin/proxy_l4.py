@@ -12,11 +12,10 @@ import logging
 import socket
 from collections import OrderedDict
 
-from gevent import socket as gsocket
-
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.balance import Balancer
+from vane.net.dial import split_target, tcp_connect, udp_connect
 from vane.net.proxy_protocol import header_v1, header_v2
 from vane.net.sockets import reset
 from vane.net.tunnel import relay
@@ -29,45 +28,11 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 MAX_BALANCERS = 256
 
 
-def split_target(target: str) -> tuple[str, int]:
-    host, _, port = target.strip().rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"bad target {target!r}: expected host:port")
-    return host.strip("[]"), int(port)
-
-
-def ip_family(host: str) -> int | None:
-    """AF_INET or AF_INET6 for an IP literal, None for a name."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return family
-        except OSError:
-            pass
-    return None
-
-
 def connect(target: str, timeout: float, proto: str = "tcp") -> socket.socket:
     host, port = split_target(target)
-    family = ip_family(host)
     if proto == "udp":
-        addr: tuple = (host, port)
-        if family is None:
-            family, _, _, _, addr = gsocket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
-        sock = gsocket.socket(family, socket.SOCK_DGRAM)
-        sock.connect(addr)
-        return sock
-    if family is None:
-        sock = gsocket.create_connection((host, port), timeout=timeout)
-    else:  # an IP literal: no resolver round trip (gevent's resolves in a thread pool)
-        sock = gsocket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect((host, port))
-        except BaseException:
-            sock.close()
-            raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return udp_connect(host, port)
+    sock = tcp_connect(host, port, timeout)
     sock.settimeout(None)
     return sock
 
@@ -128,6 +93,3 @@ class L4Proxy(Terminator):
         finally:
             bal.release(chosen)
         return FINISHED
-
-    def describe(self) -> dict:
-        return {"balancers": [b.snapshot() for b in self._balancers.values()]}

@@ -42,6 +42,3 @@ class RateLimit(Middleware):
             bucket[0] -= 1.0
             return "allow", {"remaining": str(int(bucket[0]))}
         return "deny", {"remaining": "0"}
-
-    def describe(self) -> dict:
-        return {"keys": len(self.buckets), "max_keys": self.max_keys}

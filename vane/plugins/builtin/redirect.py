@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import Terminator
+from vane.net.http.message import field_value
 from vane.net.http.status import plain_response
 
 
 class Redirect(Terminator):
     def terminate(self, ctx, args):
         status = int(args.get("status", 302))
-        location = args["location"]
-        if any(c in location for c in "\r\n\0"):
-            raise ValueError("redirect location contains a control character")
+        location = field_value(args["location"])
         ctx.response = plain_response(status, f"{status} redirect to {location}\n", {"location": location})
         return FINISHED

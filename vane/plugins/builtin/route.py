@@ -77,6 +77,3 @@ class Route(Middleware):
             if test(kv):
                 return result
         return NO_MATCH
-
-    def describe(self) -> dict:
-        return {"routes": len(self.routes), "indexed_by": self.index_key, "index_size": len(self.index)}

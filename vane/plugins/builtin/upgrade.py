@@ -53,6 +53,3 @@ class Upgrade(Terminator):
         kv.set("tls.alpn", stream.alpn or "")
         kv.set("tls.sni", stream.sni or "")
         return UpgradeOutcome(new)
-
-    def describe(self) -> dict:
-        return {"certs": self.tls.certs_info()} if self.tls is not None else {}
