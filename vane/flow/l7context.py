@@ -8,6 +8,7 @@ routes on ``req.host`` never parses cookies or buffers its body (DESIGN.md §5).
 from __future__ import annotations
 
 import time
+from operator import attrgetter
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -55,6 +56,9 @@ class L7Context(Context):
     # -- lazy req.* / res.* ----------------------------------------------------------------------
 
     def _lazy(self, key: str) -> str | None:
+        plain = _REQ_FIELDS.get(key)
+        if plain is not None:
+            return plain(self.request)
         if key.startswith("req."):
             return self._req(key)
         if key.startswith("res."):
@@ -64,20 +68,6 @@ class L7Context(Context):
     def _req(self, key: str) -> str | None:
         req = self.request
         name = key[4:]
-        if name == "host":
-            return req.host
-        if name == "path":
-            return req.path
-        if name == "method":
-            return req.method
-        if name == "query":
-            return req.query
-        if name == "uri":
-            return req.uri
-        if name == "version":
-            return req.version
-        if name == "scheme":
-            return req.scheme
         if name.startswith("header."):
             return _header(req.headers, name[7:])
         if name.startswith("cookie."):
@@ -127,6 +117,13 @@ class L7Context(Context):
     def respond_status(self, status: int, body: str | None = None, headers: dict | None = None) -> Any:
         self.response = plain_response(status, body, headers)
         return FINISHED
+
+
+_REQ_FIELDS = {
+    "req.host": attrgetter("host"), "req.path": attrgetter("path"), "req.method": attrgetter("method"),
+    "req.query": attrgetter("query"), "req.uri": attrgetter("uri"), "req.version": attrgetter("version"),
+    "req.scheme": attrgetter("scheme"),
+}
 
 
 def _header(headers: Headers, name: str) -> str | None:

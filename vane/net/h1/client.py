@@ -29,7 +29,7 @@ from vane.net.http.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from vane.net.http.message import Headers, Request, Response
+from vane.net.http.message import HOP_BY_HOP, Headers, Request, Response
 from vane.net.stream import Stream
 
 _METHODS = {m: m.encode() for m in (
@@ -48,8 +48,10 @@ _MAX_TRAILERS = 100
 # already have sent (an early 413 or 401): it was written before the upload broke off.
 EARLY_ANSWER_WAIT = 1.0
 
-_CL, _TE, _CONN, _UPG = 1, 2, 3, 4
+_CL, _TE, _CONN, _UPG, _HOP = 1, 2, 3, 4, 5
 _RESP_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN, b"upgrade": _UPG}
+for _name in HOP_BY_HOP:
+    _RESP_SPECIAL.setdefault(_name, _HOP)   # noted so forwarding can skip filtering without them
 
 
 class _Trailing(Exception):
@@ -94,6 +96,7 @@ class H1ClientConnection:
         self._sent_whole = False    # the current request went out to its last byte
         self._upgrade: bytes | None = None  # the protocol the current request asks to switch to
         self._upgrade_to = b""      # the Upgrade field of the response
+        self._hop = False           # the response holds hop-by-hop fields
         self.body_cut: UpstreamError | None = None  # why the current request body was not sent whole
 
     # ------------------------------------------------------------------ public API
@@ -349,11 +352,16 @@ class H1ClientConnection:
         if kind is not None:
             if kind == _CL:
                 self._cl = value
+            elif kind == _HOP:
+                self._hop = True
             elif kind == _CONN:
                 self._conn_hdr += value.lower()
+                self._hop = True
             elif kind == _UPG:
                 self._upgrade_to = value.strip().lower()
+                self._hop = True
             else:
+                self._hop = True
                 if self._te is not None or value.lower() != b"chunked":
                     raise UpstreamProtocolError("unsupported Transfer-Encoding", True, True)
                 self._te = value
@@ -402,7 +410,8 @@ class H1ClientConnection:
             self._eof_body = True
             self._keep = False
             self._cur = body
-        self._resp = Response(status, Headers(hlist), body)
+        resp = self._resp = Response(status, Headers(hlist), body)
+        resp.hop = self._hop
         if self._cur is None:
             self._reset_message()
 
@@ -426,3 +435,4 @@ class H1ClientConnection:
         self._cl = self._te = None
         self._conn_hdr = b""
         self._upgrade_to = b""
+        self._hop = False

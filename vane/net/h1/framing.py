@@ -284,6 +284,17 @@ class StreamBody(Body):
         self.received = 0
         self._source: BodySource | None = source
 
+    def take_all(self) -> bytes:
+        """The whole body of a message the parser has finished (``done``), the chunks joined;
+        the source hears the body was read to its end (a pooled connection goes back)."""
+        pending = self.pending
+        self.pending = []
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        source, self._source = self._source, None
+        if source is not None:
+            source._body_end(self, True)
+        return data
+
     def take_ready(self) -> list[bytes]:
         """Chunks already parsed, without blocking (used to coalesce head and body)."""
         ready = self.pending

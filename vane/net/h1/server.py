@@ -30,7 +30,7 @@ from vane.net.h1.framing import (
     write_body,
 )
 from vane.net.http.errors import ClientDisconnected, HttpError
-from vane.net.http.message import Headers, Request, Response
+from vane.net.http.message import HOP_OR_FORWARDING, Headers, Request, Response
 from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
 from vane.net.stream import Stream
@@ -51,9 +51,11 @@ _METHODS = {m.encode(): m for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 # Request headers the parser callbacks look at (everything else is only stored).
-_HOST, _CL, _TE, _EXPECT, _UPGRADE = 1, 2, 3, 4, 5
+_HOST, _CL, _TE, _EXPECT, _UPGRADE, _HOP = 1, 2, 3, 4, 5, 6
 _REQ_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE,
                 b"expect": _EXPECT, b"upgrade": _UPGRADE}
+for _name in HOP_OR_FORWARDING:
+    _REQ_SPECIAL.setdefault(_name, _HOP)    # noted so forwarding can skip filtering without them
 
 # Response headers the codec owns: framing and connection management are written by
 # write_response, whatever the handler left in the header list.
@@ -87,7 +89,7 @@ class H1ServerConnection:
     __slots__ = ("stream", "limits", "scheme", "requests", "bytes_in", "bytes_out", "_parser", "_io", "_ready",
                  "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
                  "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_upgrade",
-                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped")
+                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop")
 
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
                  scheme: str = "http") -> None:
@@ -117,6 +119,7 @@ class H1ServerConnection:
         self._te: bytes | None = None
         self._expect = False
         self._upgrade = False
+        self._hop = False           # the message holds hop-by-hop or forwarding fields
         self._chunk_wire = 0
         self._chunk_count = 0
         self._cur: StreamBody | None = None
@@ -321,7 +324,9 @@ class H1ServerConnection:
             else:
                 timeout = limits.keepalive_timeout if self.requests else limits.header_timeout
             try:
-                n = io.recv_into(recv_buffer, timeout)
+                # after an answer the next request is not there yet (one pipelined behind it
+                # came with the same read): wait for it rather than try and fail first
+                n = io.recv_into(recv_buffer, timeout, not in_head and self.requests > 0)
             except TimeoutError:
                 if in_head:
                     raise self._fail(HttpError(408)) from None
@@ -500,14 +505,17 @@ class H1ServerConnection:
                 self._host = value
             elif kind == _CL:
                 self._cl = value
+            elif kind == _HOP:
+                self._hop = True
             elif kind == _TE:
                 if self._te is not None:
                     raise HttpError(400, "several Transfer-Encoding headers")
                 self._te = value
+                self._hop = True
             elif kind == _EXPECT:
                 self._expect = value.lower() == b"100-continue"
             else:
-                self._upgrade = True
+                self._upgrade = self._hop = True
         hlist.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -583,10 +591,11 @@ class H1ServerConnection:
                 hlist = [kv for kv in hlist if kv[0] != b"upgrade"]
             elif method == "GET" and version == "1.1" and _offers_websocket(hlist):
                 upgrade = "websocket"
-        if self._cur is None:
-            self._reset_message()
         req = Request(method, path, query, version, Headers(hlist), body, self.scheme, authority)
         req.upgrade = upgrade
+        req.hop = self._hop
+        if self._cur is None:
+            self._reset_message()
         self._ready.append((req, flags))
 
     def on_chunk_header(self) -> None:
@@ -608,7 +617,7 @@ class H1ServerConnection:
         """Parse state for the next message (after the trailers of this one, if any)."""
         self._hlist = []
         self._host = self._cl = self._te = None
-        self._expect = self._upgrade = False
+        self._expect = self._upgrade = self._hop = False
 
     # ------------------------------------------------------------------ writing
 

@@ -216,8 +216,8 @@ def host_of(authority: str) -> str:
 class Request:
     """One HTTP request as received (or as sent upstream after rewriting)."""
 
-    __slots__ = ("method", "scheme", "authority", "path", "query", "version", "headers", "body",
-                 "stream_id", "upgrade")
+    __slots__ = ("method", "scheme", "authority", "host", "path", "query", "version", "headers", "body",
+                 "stream_id", "upgrade", "hop")
 
     def __init__(self, method: str, path: str, query: str = "", version: str = "1.1",
                  headers: Headers | None = None, body: Body | None = None, scheme: str = "http",
@@ -225,6 +225,7 @@ class Request:
         self.method = method
         self.scheme = scheme
         self.authority = authority  # normalised host[:port] (Host, :authority or the target's)
+        self.host = host_of(authority)  # without the port, lower-cased, no trailing dot
         self.path = path            # normalised path (vane.net.http.target), no query
         self.query = query          # raw query, no leading '?'
         self.version = version      # "1.0" | "1.1" | "2"
@@ -232,21 +233,17 @@ class Request:
         self.body = body if body is not None else Body.empty()
         self.stream_id = stream_id
         self.upgrade: str | None = None  # "websocket": an HTTP/1.1 upgrade the parser accepted
+        self.hop = True             # may hold hop-by-hop fields (a parser that knows says False)
 
     @property
     def uri(self) -> str:
         return f"{self.path}?{self.query}" if self.query else self.path
 
-    @property
-    def host(self) -> str:
-        """Host without port, lower-cased, no trailing dot."""
-        return host_of(self.authority)
-
 
 class Response:
     """An HTTP response: built by a plugin, or received from an upstream."""
 
-    __slots__ = ("status", "reason", "headers", "body")
+    __slots__ = ("status", "reason", "headers", "body", "hop")
 
     def __init__(self, status: int = 200, headers: Headers | None = None, body: Body | None = None,
                  reason: str = "") -> None:
@@ -254,6 +251,7 @@ class Response:
         self.reason = reason
         self.headers = headers if headers is not None else Headers()
         self.body = body if body is not None else Body.empty()
+        self.hop = True             # may hold hop-by-hop fields (a parser that knows says False)
 
 
 # RFC 9110 §7.6.1 plus the legacy names every proxy strips.
@@ -262,6 +260,11 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
     b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
 
+
+# Fields a forwarder rewrites: hop-by-hop ones and the forwarding chain.
+FORWARDING_FIELDS: frozenset[bytes] = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                                                  b"forwarded"})
+HOP_OR_FORWARDING: frozenset[bytes] = HOP_BY_HOP | FORWARDING_FIELDS
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
 

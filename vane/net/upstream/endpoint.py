@@ -53,15 +53,22 @@ class EndpointSpec:
 
 
 class PooledH1(H1ClientConnection):
-    """An HTTP/1.1 upstream connection that knows its endpoint."""
+    """An HTTP/1.1 upstream connection that knows its endpoint and its pool: when the body of
+    a leased exchange ends (read whole or dropped) the lease goes back to ``release``."""
 
-    def __init__(self, stream: Any, endpoint: "Endpoint") -> None:
+    def __init__(self, stream: Any, endpoint: "Endpoint", release: Any) -> None:
         super().__init__(stream)
         self.endpoint = endpoint
+        self.release = release              # the pool's: keep the connection or close it
         self.leased = False
         self.reused = False
         self.idle_since = 0.0
         self.client: str | None = None      # whose share of the endpoint this lease is
+
+    def _body_end(self, body: Any, complete: bool) -> None:
+        super()._body_end(body, complete)
+        if self.leased:
+            self.release(self)
 
     def alive(self) -> bool:
         """Cheap staleness probe of a plain socket (one non-blocking MSG_PEEK): an idle

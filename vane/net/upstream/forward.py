@@ -20,12 +20,19 @@ from typing import Any
 
 from vane.net.dial import unmapped
 from vane.net.http.errors import UpstreamError, UpstreamTimeout
-from vane.net.http.message import HOP_BY_HOP, Body, Headers, Request, Response, without_hop_by_hop
+from vane.net.http.message import (
+    FORWARDING_FIELDS,
+    HOP_BY_HOP,
+    Body,
+    Headers,
+    Request,
+    Response,
+    without_hop_by_hop,
+)
 from vane.net.upstream.options import Options
 from vane.net.upstream.pool import UpstreamPool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 _DROP_PLAIN = HOP_BY_HOP
 _DROP_FORWARDED = HOP_BY_HOP | FORWARDING_FIELDS
 _VIA = {"1.1": (b"via", b"1.1 vane"), "1.0": (b"via", b"1.0 vane"), "2": (b"via", b"2 vane")}
@@ -59,7 +66,7 @@ def upstream_headers(req: Request, ip: str, opts: Options) -> Headers:
         drop = _DROP_PLAIN if trusted else _DROP_FORWARDED
     else:
         drop = _DROP_PLAIN
-    out = without_hop_by_hop(items, drop)
+    out = without_hop_by_hop(items, drop) if req.hop else items
     if out is items:
         out = list(items)
     if opts.host is not None:
@@ -142,7 +149,8 @@ def upstream_request(req: Request, opts: Options, headers: Headers, h2: bool) ->
 
 def strip_response(resp: Response, keep_upgrade: bool = False) -> None:
     """Drop hop-by-hop fields (and those named in ``Connection``) from an upstream response."""
-    resp.headers.items_ = without_hop_by_hop(resp.headers.items_, HOP_BY_HOP, keep_upgrade)
+    if resp.hop:
+        resp.headers.items_ = without_hop_by_hop(resp.headers.items_, HOP_BY_HOP, keep_upgrade)
 
 
 # -- exchange --------------------------------------------------------------------------------------

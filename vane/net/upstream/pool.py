@@ -145,7 +145,6 @@ class UpstreamPool:
             conn.leased = True
             conn.reused = True
             ep.reuses += 1
-            conn.on_done(self._release)
             return conn
         learning = None
         if ep.proto is None:                # https, ALPN not seen yet: one connect finds out
@@ -172,10 +171,9 @@ class UpstreamPool:
             return self._add_h2(ep, stream)
         if ep.proto is None:
             ep.proto = "h1"
-        conn = PooledH1(stream, ep)
+        conn = PooledH1(stream, ep, self._release)
         conn.max_header_bytes = self.max_header_bytes
         conn.leased = True
-        conn.on_done(self._release)
         return conn
 
     def _wait_slot(self, ep: Endpoint, timeout: float) -> None:

@@ -43,7 +43,11 @@ def read_ahead(body: Body, limit: int, on_error: Callable[..., None], *error_arg
     length = body.length
     if length == 0:
         return body
-    if (body.__class__ is StreamBody and body.done) or (length is not None and length <= limit):
+    if body.__class__ is StreamBody and body.done:
+        out = Body.from_bytes(body.take_all())
+        out.trailers = body.trailers
+        return out
+    if length is not None and length <= limit:
         trailers_of = body
         try:
             data = b"".join(body)

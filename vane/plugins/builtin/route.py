@@ -53,20 +53,25 @@ class Route(Middleware):
         self.unpinned: tuple = self.routes
         for key in INDEX_KEYS:
             pins = [_pinned(r["match"], key) for r in routes]
-            if sum(p is not None for p in pins) >= 2:
-                self._build_index(key, pins)
+            if any(p is not None for p in pins):
+                self._build_index(key, pins, [r["match"] for r in routes])
                 break
 
-    def _build_index(self, key: str, pins: list) -> None:
+    def _build_index(self, key: str, pins: list, matches: list[dict]) -> None:
         by_value: dict[str, list[int]] = {}
         for i, values in enumerate(pins):
             for v in values or ():
                 by_value.setdefault(v, []).append(i)
         unpinned = [i for i, p in enumerate(pins) if p is None]
+        # a route that pins the key and says nothing else matches whenever the index led to it
+        only_pin = {i for i, p in enumerate(pins) if p is not None and len(expand_predicates(matches[i])) == 1}
+
+        def entry(i: int) -> tuple:
+            result, test = self.routes[i]
+            return (result, None) if i in only_pin else (result, test)
         self.index_key = key
         self.unpinned = tuple(self.routes[i] for i in unpinned)
-        self.index = {v: tuple(self.routes[i] for i in sorted(set(idx) | set(unpinned)))
-                      for v, idx in by_value.items()}
+        self.index = {v: tuple(entry(i) for i in sorted(set(idx) | set(unpinned))) for v, idx in by_value.items()}
 
     def run(self, ctx, args):
         kv = ctx.kv
@@ -74,6 +79,6 @@ class Route(Middleware):
         if self.index_key is not None:
             candidates = self.index.get(kv.get(self.index_key) or "", self.unpinned)
         for result, test in candidates:
-            if test(kv):
+            if test is None or test(kv):
                 return result
         return NO_MATCH
