@@ -1,34 +1,25 @@
 """The vane CLI against a fake daemon behind the real unix and HTTP servers."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import gevent
 import pytest
 
-from tests.mgmt_helpers import (
+from tests.support.daemon import ROOT, VANE
+from tests.support.mgmt import (
     HASH_A,
     HASH_B,
-    FakeDaemon,
     flow_entry,
     short_tmpdir,
     sock_in,
     start_http,
     start_unix,
-    wait_for,
 )
+from tests.support.net import wait_until
 from vane.cli.main import main
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture
-def daemon():
-    return FakeDaemon()
 
 
 @pytest.fixture
@@ -144,7 +135,7 @@ def test_compile_offline(tmp_path, capsys):
 
 def test_tail_flow_until_stream_end(sock, daemon, capsys):
     def produce():
-        wait_for(lambda: daemon.flow_log.subscribers == 1)
+        wait_until(lambda: daemon.flow_log.subscribers == 1)
         daemon.flow_log.record(flow_entry(1))
         daemon.flow_log.record(flow_entry(2, status=502, outcome="error"))
         gevent.sleep(0.05)
@@ -161,7 +152,7 @@ def test_tail_flow_until_stream_end(sock, daemon, capsys):
 
 def test_tail_log_json(sock, daemon, capsys):
     def produce():
-        wait_for(lambda: daemon.log_hub.subscribers == 1)
+        wait_until(lambda: daemon.log_hub.subscribers == 1)
         daemon.log_hub.publish({"ts": 1.0, "level": "INFO", "logger": "vane.daemon", "message": "reloaded"})
         daemon.log_hub.close("shutdown")
 
@@ -194,7 +185,7 @@ def test_http_transport_with_token_env(daemon, capsys, monkeypatch):
 
 
 def run_cli(*argv, **kw):
-    return subprocess.Popen([sys.executable, "-m", "vane.cli.main", *argv], cwd=ROOT,
+    return subprocess.Popen([*VANE, *argv], cwd=str(ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -213,7 +204,7 @@ def test_entry_point_exit_codes(sock):
 def test_tail_flow_ctrl_c_exits_0(sock, daemon):
     p = run_cli("--socket", sock, "tail", "flow")
     try:
-        assert wait_for(lambda: daemon.flow_log.subscribers == 1, timeout=15)
+        assert wait_until(lambda: daemon.flow_log.subscribers == 1, timeout=15)
         daemon.flow_log.record(flow_entry(5))
         line = p.stdout.readline()
         assert "/post/5 -> 200" in line
@@ -221,7 +212,7 @@ def test_tail_flow_ctrl_c_exits_0(sock, daemon):
         p.send_signal(signal.SIGINT)
         p.wait(timeout=10)
         assert p.returncode == 0
-        assert wait_for(lambda: daemon.flow_log.subscribers == 0)
+        assert wait_until(lambda: daemon.flow_log.subscribers == 0)
     finally:
         if p.poll() is None:
             p.kill()

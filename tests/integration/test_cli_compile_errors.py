@@ -15,16 +15,13 @@ from typing import Callable
 import pytest
 import trustme
 
-from tests.daemon_helpers import ROOT, VANE, VANED
+from tests.support.config import RESPOND, rule
+from tests.support.daemon import ROOT, VANE, VANED, clean_environ
 
 pytestmark = pytest.mark.timeout(120)
 
-RESPOND = {"respond": {"input": {"body": "ok"}}}
+LISTEN = "127.0.0.1:18080"
 EXT = {"output": {"success": RESPOND, "failure": RESPOND}}
-
-
-def rule(name: str, flow: dict, **extra) -> dict:
-    return {"rule": name, "listen": ["127.0.0.1:18080"], "flow": flow, **extra}
 
 
 @pytest.fixture
@@ -55,7 +52,7 @@ def write(base: Path, rel: str, content) -> Path:
 def run_tool(tool: str, base: Path, env: dict[str, str] | None = None,
              unprivileged: bool = False) -> subprocess.CompletedProcess:
     argv = [*VANE, "compile", str(base)] if tool == "vane compile" else [*VANED, "--config", str(base), "--check"]
-    full = {k: v for k, v in os.environ.items() if not k.startswith("VANE_")}
+    full = clean_environ()
     full.update({"VANE_MGMT_HTTP_PORT": "", "VANE_STATE_DIR": str(base / "state")}, **(env or {}))
     if unprivileged and os.geteuid() == 0:  # root reads any directory: run as nobody
         argv = [*AS_NOBODY, *argv]
@@ -88,13 +85,13 @@ def long_integer(base: Path) -> list[str]:
 
 
 def non_utf8_env(base: Path) -> list[str]:
-    write(base, "rules/ok.json", rule("ok", RESPOND))
+    write(base, "rules/ok.json", rule("ok", RESPOND, listen=LISTEN))
     write(base, ".env", b"VANE_LOG_FORMAT=text\nGREETING=gr\xfc\xdf\n")
     return [".env: /: not UTF-8: byte 0xfc at line 2 column 12 (invalid start byte)"]
 
 
 def unreadable_rules_dir(base: Path) -> list[str]:
-    write(base, "rules/ok.json", rule("ok", RESPOND))
+    write(base, "rules/ok.json", rule("ok", RESPOND, listen=LISTEN))
     (base / "rules").chmod(0)
     return ["rules: /: cannot list the rules directory: Permission denied"]
 
@@ -102,25 +99,25 @@ def unreadable_rules_dir(base: Path) -> list[str]:
 def garbage_wasm(base: Path) -> list[str]:
     write(base, "wasm/auth.wasm", b"\x00asm\x01\x00\x00\x00 this is no module")
     write(base, "config.json", {"plugins": {"auth": {"wasm": "wasm/auth.wasm", "branches": ["success", "failure"]}}})
-    write(base, "rules/auth.json", rule("auth", {"auth": EXT}))
+    write(base, "rules/auth.json", rule("auth", {"auth": EXT}, listen=LISTEN))
     return ["config.json: /plugins/auth/wasm: "]
 
 
 def command_outside_bin(base: Path) -> list[str]:
     (base / "bin").mkdir()
     write(base, "config.json", {"plugins": {"score": {"command": "/bin/true", "branches": ["success", "failure"]}}})
-    write(base, "rules/score.json", [rule("score", {"score": EXT})])
+    write(base, "rules/score.json", [rule("score", {"score": EXT}, listen=LISTEN)])
     return [f"config.json: /plugins/score/command: command plugin score: /bin/true is not under {base}/bin"]
 
 
 def cgi_not_executable(base: Path) -> list[str]:
     write(base, "bin/app.cgi", "#!/bin/sh\necho\n")
-    write(base, "rules/cgi.json", rule("cgi", {"cgi": {"input": {"script": "bin/app.cgi"}}}))
+    write(base, "rules/cgi.json", rule("cgi", {"cgi": {"input": {"script": "bin/app.cgi"}}}, listen=LISTEN))
     return [f"rules/cgi.json: /flow/cgi: cgi: script {base}/bin/app.cgi is not executable"]
 
 
 def empty_cert(base: Path) -> list[str]:
-    write(base, "rules/tls.json", rule("tls", RESPOND, tls={"cert": "", "key": "certs/site.key"}))
+    write(base, "rules/tls.json", rule("tls", RESPOND, listen=LISTEN, tls={"cert": "", "key": "certs/site.key"}))
     return ["rules/tls.json: /tls/cert: must not be empty"]
 
 
@@ -128,18 +125,18 @@ def cert_is_dev_zero(base: Path) -> list[str]:
     leaf = trustme.CA().issue_cert("site.test")
     (base / "certs").mkdir()
     leaf.private_key_pem.write_to_path(str(base / "certs/site.key"))
-    write(base, "rules/tls.json", rule("tls", RESPOND, tls={"cert": "/dev/zero", "key": "certs/site.key"}))
+    write(base, "rules/tls.json", rule("tls", RESPOND, listen=LISTEN, tls={"cert": "/dev/zero", "key": "certs/site.key"}))
     return ["rules/tls.json: /tls/cert: /dev/zero: not a regular file (a character device)"]
 
 
 def null_rule_file(base: Path) -> list[str]:
-    write(base, "rules/ok.json", rule("ok", RESPOND))
+    write(base, "rules/ok.json", rule("ok", RESPOND, listen=LISTEN))
     write(base, "rules/null.json", "null")
     return ["rules/null.json: /: a rule file holds one rule object or a list of rules (found null)"]
 
 
 def odd_rule_entries(base: Path) -> list[str]:
-    write(base, "rules/ok.json", rule("ok", RESPOND))
+    write(base, "rules/ok.json", rule("ok", RESPOND, listen=LISTEN))
     (base / "rules/a-dir.json").mkdir()
     os.mkfifo(base / "rules/b-fifo.json")
     (base / "rules/c-gone.json").symlink_to("gone.json")
@@ -172,7 +169,7 @@ def test_hostile_config_is_reported_with_file_and_pointer(conf, tool, case):
 
 @pytest.mark.parametrize("tool", ["vane compile", "vaned --check"])
 def test_bad_log_level_names_the_variable(conf, tool):
-    write(conf, "rules/ok.json", rule("ok", RESPOND))
+    write(conf, "rules/ok.json", rule("ok", RESPOND, listen=LISTEN))
     res = run_tool(tool, conf, env={"VANE_LOG_LEVEL": "loud"})
     assert res.returncode == 1, (res.stdout, res.stderr)
     assert "Traceback" not in res.stderr
@@ -182,7 +179,7 @@ def test_bad_log_level_names_the_variable(conf, tool):
 def test_offline_compile_json_lists_link_errors(conf):
     command_outside_bin(conf)
     res = subprocess.run([*VANE, "--json", "compile", str(conf)], capture_output=True, text=True, timeout=60,
-                         cwd=str(ROOT), env={k: v for k, v in os.environ.items() if not k.startswith("VANE_")})
+                         cwd=str(ROOT), env=clean_environ())
     assert res.returncode == 1
     assert json.loads(res.stdout)["errors"] == [{
         "kind": "Compile", "file": "config.json", "path": "/plugins/score/command",
@@ -200,7 +197,8 @@ def test_offline_compile_of_a_good_config_links_and_writes_nothing(conf):
         ' (func (export "handle") (param i32 i32) (result i64) i64.const 0))'))
     write(conf, "config.json", {"plugins": {"score": {"command": "bin/score", "branches": ["success", "failure"]},
                                             "mod": {"wasm": "wasm/p.wasm", "branches": ["success", "failure"]}}})
-    write(conf, "rules/score.json", rule("score", {"score": {"output": {"success": {"mod": EXT}, "failure": RESPOND}}}))
+    write(conf, "rules/score.json", rule("score", {"score": {"output": {"success": {"mod": EXT}, "failure": RESPOND}}},
+                                         listen=LISTEN))
     (conf / "state").mkdir()
     res = run_tool("vane compile", conf)
     assert res.returncode == 0, (res.stdout, res.stderr)

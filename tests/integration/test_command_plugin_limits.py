@@ -13,7 +13,8 @@ import tracemalloc
 
 import pytest
 
-from tests.daemon_helpers import free_ports, rule, wait_until
+from tests.support.config import rule
+from tests.support.net import free_ports, wait_until
 from vane.config.settings import Settings
 from vane.engine.plugin import LinkEnv
 from vane.plugins.external.base import MAX_REPLY, ExternalError
@@ -118,8 +119,9 @@ def test_flooding_program_does_not_grow_the_daemon_and_takes_the_failure_branch(
     flow = {"flood": {"output": {"success": {"respond": {"input": {"body": "flooded"}}},
                                  "failure": {"respond": {"input": {"status": 502, "body": "plugin failed"}}}}}}
     d = lab.vaned({"10-flood.json": [
-        rule("flood", f"127.0.0.1:{port}", flow, match={"req.host": "flood.test"}),
-        rule("warm", f"127.0.0.1:{port}", {"respond": {"input": {"body": "warm"}}}, match={"req.host": "warm.test"})]})
+        rule("flood", flow, listen=f"127.0.0.1:{port}", match={"req.host": "flood.test"}),
+        rule("warm", {"respond": {"input": {"body": "warm"}}}, listen=f"127.0.0.1:{port}",
+             match={"req.host": "warm.test"})]})
     d.wait_listening(port)
     assert http_get(port, "warm.test").endswith(b"warm")  # the HTTP path has run once: its heap is settled
     before = vm_hwm_kib(d.pid)

@@ -10,16 +10,9 @@ import time
 import gevent
 import pytest
 
-from tests.daemon_helpers import (
-    connect,
-    echo,
-    free_ports,
-    proxy,
-    recv_all,
-    refused,
-    rule,
-    wait_until,
-)
+from tests.support.backends import echo
+from tests.support.config import proxy, rule
+from tests.support.net import connect, free_ports, recv_all, refused, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,7 +28,7 @@ def test_port_released_after_half_a_second_gets_bound(lab):
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
     holder = lab.listening_socket(port)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))},
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")},
                   env={"VANE_BIND_BACKOFF_INITIAL_MS": "100", "VANE_BIND_BACKOFF_MAX_MS": "5000",
                        "VANE_BIND_MAX_ATTEMPTS": "10"})
     d.wait_log(rf"listener tcp 127\.0\.0\.1:{port}: bind failed \(Address already in use")
@@ -53,8 +46,8 @@ def test_port_never_released_gives_up_while_the_others_serve(lab):
     backend = lab.tcp(echo)
     good, taken = free_ports(2)
     lab.listening_socket(taken)
-    d = lab.vaned({"10-good.json": rule("good", f"127.0.0.1:{good}", proxy(backend.target)),
-                   "20-taken.json": rule("taken", f"127.0.0.1:{taken}", proxy(backend.target))},
+    d = lab.vaned({"10-good.json": rule("good", proxy(backend.target), listen=f"127.0.0.1:{good}"),
+                   "20-taken.json": rule("taken", proxy(backend.target), listen=f"127.0.0.1:{taken}")},
                   env={"VANE_BIND_BACKOFF_INITIAL_MS": "50", "VANE_BIND_MAX_ATTEMPTS": "3"})
     d.wait_listening(good)
     d.wait_log(rf"listener tcp 127\.0\.0\.1:{taken} gave up after 3 attempt\(s\)", timeout=3.0)
@@ -74,7 +67,7 @@ def test_no_listener_bound_within_the_boot_health_timeout_exits_non_zero(lab, at
     (port,) = free_ports(1)
     lab.listening_socket(port)
     start = time.monotonic()
-    d = lab.vaned({"10-taken.json": rule("taken", f"127.0.0.1:{port}", proxy("127.0.0.1:9"))},
+    d = lab.vaned({"10-taken.json": rule("taken", proxy("127.0.0.1:9"), listen=f"127.0.0.1:{port}")},
                   env={"VANE_BOOT_HEALTH_TIMEOUT_SECS": "1", "VANE_BIND_BACKOFF_INITIAL_MS": "100",
                        "VANE_BIND_MAX_ATTEMPTS": attempts})
     rc = d.wait(timeout=5)
@@ -97,7 +90,7 @@ def test_socket_activation_serves_on_the_passed_socket_without_binding(lab):
     fd = listening.fileno()
     argv = [sys.executable, "-c", WRAPPER, str(fd),
             sys.executable, "-m", "vane.daemon.main", "--config", str(lab.conf)]
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))},
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")},
                   env={"LISTEN_FDS": "1"}, argv=argv, pass_fds=(fd,))
     listening.close()  # from now on only vaned holds the socket
     d.wait_log(rf"listening on tcp 127\.0\.0\.1:{port} \(socket activation\)")
@@ -112,7 +105,7 @@ def test_socket_activation_serves_on_the_passed_socket_without_binding(lab):
 def test_socket_activation_for_another_pid_is_ignored(lab):
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))},
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")},
                   env={"LISTEN_FDS": "1", "LISTEN_PID": "1"})
     d.wait_listening(port)
     assert round_trip(port) == b"through vaned"

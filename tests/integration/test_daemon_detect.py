@@ -3,7 +3,6 @@ vaned: the bytes reach the backend untouched, so the client verifies the backend
 
 from __future__ import annotations
 
-import socket
 import ssl
 from types import SimpleNamespace
 from typing import Iterator
@@ -11,17 +10,11 @@ from typing import Iterator
 import gevent
 import pytest
 
-from tests.daemon_helpers import (
-    TlsCerts,
-    free_ports,
-    new_lab,
-    proxy,
-    recv_all,
-    recv_line,
-    rule,
-    tagged,
-    tls_greeter,
-)
+from tests.support.backends import tagged, tls_greeter
+from tests.support.config import proxy, rule
+from tests.support.daemon import new_lab
+from tests.support.net import connect, free_ports, recv_all, recv_line
+from tests.support.tls import TlsCerts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,18 +29,18 @@ def env() -> Iterator[SimpleNamespace]:
         site_b = lab.tcp(tls_greeter(certs.server_context("b.test"), b"b"))
         shared, sni, matched = free_ports(3)
         d = lab.vaned({
-            "10-sslh.json": rule("one-port", f"127.0.0.1:{shared}", {"detect": {"output": {
+            "10-sslh.json": rule("one-port", {"detect": {"output": {
                 "ssh": proxy(ssh.target),
                 "tls": proxy(tls_one.target),
                 "*": {"deny": {}},
-            }}}),
+            }}}, listen=f"127.0.0.1:{shared}"),
             "20-sni.json": [
-                rule("sni-a", f"127.0.0.1:{sni}", proxy(site_a.target), match={"tls.sni": "a.test"}),
-                rule("sni-b", f"127.0.0.1:{sni}", proxy(site_b.target), match={"tls.sni": "b.test"}),
+                rule("sni-a", proxy(site_a.target), listen=f"127.0.0.1:{sni}", match={"tls.sni": "a.test"}),
+                rule("sni-b", proxy(site_b.target), listen=f"127.0.0.1:{sni}", match={"tls.sni": "b.test"}),
             ],
             "30-match.json": [
-                rule("m-ssh", f"127.0.0.1:{matched}", proxy(ssh.target), match={"peek.protocol": "ssh"}),
-                rule("m-a", f"127.0.0.1:{matched}", proxy(site_a.target), match={"tls.sni": "a.test"}),
+                rule("m-ssh", proxy(ssh.target), listen=f"127.0.0.1:{matched}", match={"peek.protocol": "ssh"}),
+                rule("m-a", proxy(site_a.target), listen=f"127.0.0.1:{matched}", match={"tls.sni": "a.test"}),
             ],
         })
         for port in (shared, sni, matched):
@@ -56,23 +49,17 @@ def env() -> Iterator[SimpleNamespace]:
                               site_a=site_a, site_b=site_b, matched=matched)
 
 
-def conn(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.settimeout(5)
-    return s
-
-
 def tls_request(env: SimpleNamespace, port: int, hostname: str, line: bytes) -> tuple[bytes, dict]:
     """A verifying TLS client: the answer and the server certificate it accepted."""
     ctx = env.certs.client_context()
-    with ctx.wrap_socket(conn(port), server_hostname=hostname) as tls:
+    with ctx.wrap_socket(connect(port, timeout=5), server_hostname=hostname) as tls:
         cert = tls.getpeercert()  # the handshake is done: verified against the test CA
         tls.sendall(line)
         return recv_all(tls), cert
 
 
 def test_ssh_and_tls_on_one_port_reach_different_backends(env):
-    with conn(env.shared) as s:
+    with connect(env.shared, timeout=5) as s:
         s.sendall(b"SSH-2.0-test\r\n")
         assert recv_line(s) == b"SSH-2.0-backend\r\n"
         assert recv_line(s) == b"SSH-2.0-test\r\n"  # the banner arrived intact behind the peek
@@ -83,19 +70,19 @@ def test_ssh_and_tls_on_one_port_reach_different_backends(env):
 
 
 def test_rules_matching_peek_protocol_and_sni_share_a_listener(env):
-    with conn(env.matched) as s:
+    with connect(env.matched, timeout=5) as s:
         s.sendall(b"SSH-2.0-test\r\n")
         assert recv_line(s) == b"SSH-2.0-backend\r\n"
     answer, _ = tls_request(env, env.matched, "a.test", b"by rule\n")
     assert answer == b"a:by rule\n"
-    with conn(env.matched) as s:  # neither rule matches: closed with RST
+    with connect(env.matched, timeout=5) as s:  # neither rule matches: closed with RST
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         with pytest.raises(ConnectionResetError):
             s.recv(100)
 
 
 def test_unknown_protocol_on_the_shared_port_is_reset(env):
-    with conn(env.shared) as s:
+    with connect(env.shared, timeout=5) as s:
         s.sendall(b"\x00\x01garbage that is no protocol\r\n")
         with pytest.raises(ConnectionResetError):
             s.recv(100)
@@ -120,7 +107,7 @@ def fragmented_tls_request(env: SimpleNamespace, port: int, hostname: str, line:
     """A TLS client whose ClientHello reaches vaned in three TCP segments, 50 ms apart."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = env.certs.client_context().wrap_bio(incoming, outgoing, server_hostname=hostname)
-    with conn(port) as s:
+    with connect(port, timeout=5) as s:
         with pytest.raises(ssl.SSLWantReadError):
             tls.do_handshake()
         hello = outgoing.read()

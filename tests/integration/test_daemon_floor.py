@@ -8,15 +8,9 @@ import socket
 import gevent
 import pytest
 
-from tests.daemon_helpers import (
-    connect,
-    echo,
-    free_ports,
-    proxy,
-    recv_all,
-    rule,
-    wait_until,
-)
+from tests.support.backends import echo
+from tests.support.config import proxy, rule
+from tests.support.net import connect, free_ports, recv_all, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +43,7 @@ def is_reset(port: int) -> bool:
 def test_third_concurrent_connection_from_one_ip_is_reset(lab):
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))},
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")},
                   env={"VANE_SEC_MAX_CONNECTIONS_PER_IP": "2"})
     d.wait_listening(port)
     first, second = connect(port), connect(port)

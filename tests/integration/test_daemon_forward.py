@@ -13,18 +13,10 @@ from typing import Iterator
 import gevent
 import pytest
 
-from tests.daemon_helpers import (
-    echo,
-    free_port,
-    free_ports,
-    new_lab,
-    proxy,
-    recorder,
-    recv_all,
-    recv_line,
-    rule,
-    tagged,
-)
+from tests.support.backends import echo, recorder, tagged
+from tests.support.config import proxy, rule
+from tests.support.daemon import new_lab
+from tests.support.net import connect, free_port, free_ports, recv_all, recv_line
 from vane.net.proxy_protocol import parse
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,23 +39,23 @@ def env() -> Iterator[SimpleNamespace]:
         fwd, rr, skip, v1, v2, dual, idle, nowhere, to_v6, by_name = free_ports(10)
         dns, dns_dead, dns_pp, udp_nobody = free_ports(4, "udp")
         d = lab.vaned({
-            "10-fwd.json": rule("fwd", f"127.0.0.1:{fwd}", proxy(backend.target)),
-            "20-rr.json": rule("rr", f"127.0.0.1:{rr}", proxy([a.target, b.target], balance="round_robin")),
-            "30-skip.json": rule("skip", f"127.0.0.1:{skip}", proxy([f"127.0.0.1:{dead}", live.target],
-                                                                   connect_timeout=1)),
-            "40-pp.json": [rule("pp1", f"127.0.0.1:{v1}", proxy(pp1.target, proxy_protocol="v1")),
-                           rule("pp2", f"127.0.0.1:{v2}", proxy(pp2.target, proxy_protocol="v2"))],
-            "50-udp.json": [rule("dns", f"udp:127.0.0.1:{dns}", proxy(udp_backend.target, idle_timeout=2)),
-                            rule("dns-dead", f"udp:127.0.0.1:{dns_dead}",
-                                 proxy(f"127.0.0.1:{udp_nobody}", idle_timeout=2)),
-                            rule("dns-pp", f"udp:127.0.0.1:{dns_pp}",
-                                 proxy(udp_pp_backend.target, idle_timeout=2, proxy_protocol="v2"))],
-            "60-dual.json": rule("dual", f":{dual}", proxy(dual_backend.target, proxy_protocol="v1")),
-            "70-idle.json": rule("idle", f"127.0.0.1:{idle}", proxy(backend.target, idle_timeout=0.5)),
-            "80-nowhere.json": rule("nowhere", f"127.0.0.1:{nowhere}",
-                                    proxy([f"127.0.0.1:{dead}", f"127.0.0.1:{free_port()}"])),
-            "90-targets.json": [rule("to-v6", f"127.0.0.1:{to_v6}", proxy(v6_backend.target)),
-                                rule("by-name", f"127.0.0.1:{by_name}", proxy(f"localhost:{live.port}"))],
+            "10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{fwd}"),
+            "20-rr.json": rule("rr", proxy([a.target, b.target], balance="round_robin"), listen=f"127.0.0.1:{rr}"),
+            "30-skip.json": rule("skip", proxy([f"127.0.0.1:{dead}", live.target], connect_timeout=1),
+                                 listen=f"127.0.0.1:{skip}"),
+            "40-pp.json": [rule("pp1", proxy(pp1.target, proxy_protocol="v1"), listen=f"127.0.0.1:{v1}"),
+                           rule("pp2", proxy(pp2.target, proxy_protocol="v2"), listen=f"127.0.0.1:{v2}")],
+            "50-udp.json": [rule("dns", proxy(udp_backend.target, idle_timeout=2), listen=f"udp:127.0.0.1:{dns}"),
+                            rule("dns-dead", proxy(f"127.0.0.1:{udp_nobody}", idle_timeout=2),
+                                 listen=f"udp:127.0.0.1:{dns_dead}"),
+                            rule("dns-pp", proxy(udp_pp_backend.target, idle_timeout=2, proxy_protocol="v2"),
+                                 listen=f"udp:127.0.0.1:{dns_pp}")],
+            "60-dual.json": rule("dual", proxy(dual_backend.target, proxy_protocol="v1"), listen=f":{dual}"),
+            "70-idle.json": rule("idle", proxy(backend.target, idle_timeout=0.5), listen=f"127.0.0.1:{idle}"),
+            "80-nowhere.json": rule("nowhere", proxy([f"127.0.0.1:{dead}", f"127.0.0.1:{free_port()}"]),
+                                    listen=f"127.0.0.1:{nowhere}"),
+            "90-targets.json": [rule("to-v6", proxy(v6_backend.target), listen=f"127.0.0.1:{to_v6}"),
+                                rule("by-name", proxy(f"localhost:{live.port}"), listen=f"127.0.0.1:{by_name}")],
         })
         for port in (fwd, rr, skip, v1, v2, idle, nowhere, to_v6, by_name):
             d.wait_listening(port)
@@ -78,15 +70,9 @@ def env() -> Iterator[SimpleNamespace]:
                               nowhere=nowhere, to_v6=to_v6, by_name=by_name)
 
 
-def conn(port: int, timeout: float = 5.0) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.settimeout(timeout)
-    return s
-
-
 def test_tcp_forward_10mib_both_ways_intact(env):
     payload = os.urandom(SIZE)
-    with conn(env.fwd, timeout=10) as s:
+    with connect(env.fwd, timeout=10) as s:
         def send() -> None:
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
@@ -99,7 +85,7 @@ def test_tcp_forward_10mib_both_ways_intact(env):
 
 
 def test_tcp_half_close_still_receives_the_echo(env):
-    with conn(env.fwd) as s:
+    with connect(env.fwd, timeout=5) as s:
         s.sendall(b"first part ")
         s.sendall(b"and the rest")
         s.shutdown(socket.SHUT_WR)  # the client is done talking, not listening
@@ -108,7 +94,7 @@ def test_tcp_half_close_still_receives_the_echo(env):
 
 def test_many_concurrent_tcp_connections(env):
     def one(i: int) -> bytes:
-        with conn(env.fwd) as s:
+        with connect(env.fwd, timeout=5) as s:
             msg = f"conn {i}\n".encode() * 100
             s.sendall(msg)
             s.shutdown(socket.SHUT_WR)
@@ -139,7 +125,7 @@ def test_udp_round_trips_and_clients_get_their_own_replies(env):
 def test_round_robin_spreads_across_two_backends(env):
     seen = []
     for _ in range(6):
-        with conn(env.rr) as s:
+        with connect(env.rr, timeout=5) as s:
             seen.append(recv_line(s).strip())
     assert sorted(seen) == [b"A"] * 3 + [b"B"] * 3
     assert all(x != y for x, y in zip(seen, seen[1:], strict=False))  # strictly alternating
@@ -147,7 +133,7 @@ def test_round_robin_spreads_across_two_backends(env):
 
 def test_dead_target_is_skipped_and_the_live_one_serves(env):
     for i in range(4):
-        with conn(env.skip) as s:
+        with connect(env.skip, timeout=5) as s:
             assert recv_line(s) == b"LIVE\r\n"
             s.sendall(b"ping %d" % i)
             s.shutdown(socket.SHUT_WR)
@@ -159,7 +145,7 @@ def test_dead_target_is_skipped_and_the_live_one_serves(env):
 def test_proxy_protocol_header_carries_the_client_address(env, version):
     port, backend = (env.v1, env.pp1) if version == "v1" else (env.v2, env.pp2)
     before = len(backend.received)
-    with conn(port) as s:
+    with connect(port, timeout=5) as s:
         client = s.getsockname()
         s.sendall(b"hello")
         s.shutdown(socket.SHUT_WR)
@@ -226,7 +212,7 @@ def test_dual_stack_listen_serves_both_families(env, family):
 
 
 def test_idle_timeout_closes_a_silent_tunnel(env):
-    with conn(env.idle) as s:
+    with connect(env.idle, timeout=5) as s:
         s.sendall(b"a")
         assert s.recv(10) == b"a"
         start = time.monotonic()
@@ -237,12 +223,12 @@ def test_idle_timeout_closes_a_silent_tunnel(env):
 def test_no_reachable_target_resets_the_client(env):
     mark = len(env.d.lines)
     with pytest.raises(ConnectionResetError):
-        with conn(env.nowhere) as s:
+        with connect(env.nowhere, timeout=5) as s:
             s.recv(10)
     env.d.wait_log(r"no target reachable: 127\.0\.0\.1:\d+: .*refused", since=mark)
 
 
 @pytest.mark.parametrize("which, banner", [("to_v6", b"V6\r\n"), ("by_name", b"LIVE\r\n")])
 def test_targets_by_ipv6_literal_and_by_host_name(env, which, banner):
-    with conn(getattr(env, which)) as s:
+    with connect(getattr(env, which), timeout=5) as s:
         assert recv_line(s) == banner

@@ -13,19 +13,10 @@ import time
 import gevent
 import pytest
 
-from tests.daemon_helpers import (
-    BIN,
-    ROOT,
-    VANED,
-    connect,
-    echo,
-    free_ports,
-    proxy,
-    recv_all,
-    refused,
-    rule,
-    wait_until,
-)
+from tests.support.backends import echo
+from tests.support.config import proxy, rule
+from tests.support.daemon import BIN, ROOT, VANED, clean_environ
+from tests.support.net import connect, free_ports, recv_all, refused, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,7 +26,7 @@ ERROR_LINE = r"rules/20-broken\.json: /flow/prxy: unknown plugin \"prxy\""
 
 
 def run_vaned(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VANE_")}
+    env = clean_environ()
     env["VANE_MGMT_HTTP_PORT"] = ""
     return subprocess.run([*VANED, *args], env=env, cwd=str(ROOT), capture_output=True, text=True,
                           timeout=timeout)
@@ -54,14 +45,14 @@ def test_without_config_prints_the_hint_and_exits_64(entry):
 
 
 def test_check_accepts_a_good_config(lab):
-    lab.write_rule("10-fwd.json", rule("fwd", "127.0.0.1:8080", proxy("127.0.0.1:9")))
+    lab.write_rule("10-fwd.json", rule("fwd", proxy("127.0.0.1:9"), listen="127.0.0.1:8080"))
     res = run_vaned("--config", str(lab.conf), "--check")
     assert res.returncode == 0, res.stderr
     assert re.match(r"ok [0-9a-f]{64} \(1 rules, 1 listeners\)", res.stdout)
 
 
 def test_check_reports_a_broken_config_with_file_and_pointer(lab):
-    lab.write_rule("10-fwd.json", rule("fwd", "127.0.0.1:8080", proxy("127.0.0.1:9")))
+    lab.write_rule("10-fwd.json", rule("fwd", proxy("127.0.0.1:9"), listen="127.0.0.1:8080"))
     lab.write_rule("20-broken.json", BROKEN)
     res = run_vaned("--config", str(lab.conf), "--check")
     assert res.returncode == 1
@@ -94,7 +85,7 @@ def stream(sock: socket.socket, chunk: bytes, count: int, pause: float) -> int:
 def test_sigterm_drains_the_transfer_in_flight_then_exits_0(lab):
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))},
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")},
                   env={"VANE_DRAIN_TIMEOUT_SECS": "10"})
     d.wait_listening(port)
     chunk = os.urandom(32 * 1024)
@@ -117,7 +108,7 @@ def test_sigterm_drains_the_transfer_in_flight_then_exits_0(lab):
 def test_sigterm_aborts_what_outlasts_the_drain_budget_and_exits_0(lab):
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))},
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")},
                   env={"VANE_DRAIN_TIMEOUT_SECS": "1"})
     d.wait_listening(port)
     errors: list[OSError] = []
@@ -157,7 +148,7 @@ def test_sd_notify_ready_reloading_stopping(lab):
     notify.settimeout(5)
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))},
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")},
                   env={"NOTIFY_SOCKET": path})
     assert notify.recv(4096) == b"READY=1"
     assert not refused(port)  # READY=1 means serving: the listener accepts already
@@ -177,7 +168,7 @@ def test_sigterm_with_udp_sessions_open_exits_at_once(lab):
     backend = lab.udp_echo()
     (port,) = free_ports(1, "udp")
     # sessions idle out only after 30 s; the drain must not wait for them (their socket is gone)
-    d = lab.vaned({"10-dns.json": rule("dns", f"udp:127.0.0.1:{port}", proxy(backend.target, idle_timeout=30))},
+    d = lab.vaned({"10-dns.json": rule("dns", proxy(backend.target, idle_timeout=30), listen=f"udp:127.0.0.1:{port}")},
                   env={"VANE_DRAIN_TIMEOUT_SECS": "10"})
     d.wait_listening(port, "udp")
     clients = [lab.hold(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for _ in range(3)]
@@ -197,7 +188,7 @@ def test_sigterm_with_udp_sessions_open_exits_at_once(lab):
 def test_shutdown_verb_drains_like_sigterm(lab):
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))})
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")})
     d.wait_listening(port)
     with connect(port) as s:
         s.sendall(b"before")

@@ -10,7 +10,9 @@ import socket
 
 import pytest
 
-from tests.daemon_helpers import connect, echo, free_ports, proxy, recv_all, rule
+from tests.support.backends import echo
+from tests.support.config import proxy, rule
+from tests.support.net import connect, free_ports, recv_all
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,10 +24,9 @@ def broken_link_config(lab, port: int) -> list[str]:
     (lab.conf / "bin").mkdir(exist_ok=True)
     (lab.conf / "config.json").write_text(json.dumps(
         {"plugins": {"score": {"command": "/bin/true", "branches": ["success", "failure"]}}}))
-    lab.write_rule("50-score.json", [rule("score", f"127.0.0.1:{port}",
-                                          {"score": {"output": {"success": RESPOND, "failure": RESPOND}}},
-                                          match={"req.host": "score.test"})])
-    lab.write_rule("60-tls.json", rule("tls", f"127.0.0.1:{port}", RESPOND, match={"req.host": "tls.test"},
+    lab.write_rule("50-score.json", [rule("score", {"score": {"output": {"success": RESPOND, "failure": RESPOND}}},
+                                          listen=f"127.0.0.1:{port}", match={"req.host": "score.test"})])
+    lab.write_rule("60-tls.json", rule("tls", RESPOND, listen=f"127.0.0.1:{port}", match={"req.host": "tls.test"},
                                        tls={"cert": "/dev/zero", "key": "/dev/zero"}))
     return [rf"config\.json: /plugins/score/command: command plugin score: /bin/true is not under {lab.conf}/bin",
             r"rules/60-tls\.json: /tls: /dev/zero: not a regular file \(a character device\)"]
@@ -44,7 +45,7 @@ def test_boot_with_plugins_that_cannot_be_set_up_exits_with_every_error(lab):
 def test_reload_with_plugins_that_cannot_be_set_up_keeps_the_old_graph(lab):
     backend = lab.tcp(echo)
     port, other = free_ports(2)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))})
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")})
     d.wait_listening(port)
     old_hash = d.cli_json("stats")["graph_hash"]
     mark = len(d.lines)

@@ -12,18 +12,9 @@ import time
 import gevent
 import pytest
 
-from tests.daemon_helpers import (
-    connect,
-    echo,
-    free_ports,
-    proxy,
-    recv_all,
-    recv_line,
-    refused,
-    rule,
-    tagged,
-    wait_until,
-)
+from tests.support.backends import echo, tagged
+from tests.support.config import proxy, rule
+from tests.support.net import accepts, connect, free_ports, recv_all, recv_line, refused, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,22 +22,14 @@ pytestmark = pytest.mark.timeout(60)
 HASH = re.compile(r"^(reloaded|unchanged) ([0-9a-f]{64})$")
 
 
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 def test_added_rule_file_listens_within_a_second(lab):
     backend = lab.tcp(echo)
     old, new = free_ports(2)
-    d = lab.vaned({"10-old.json": rule("old", f"127.0.0.1:{old}", proxy(backend.target))})
+    d = lab.vaned({"10-old.json": rule("old", proxy(backend.target), listen=f"127.0.0.1:{old}")})
     d.wait_listening(old)
     assert refused(new)
     start = time.monotonic()
-    lab.write_rule("20-new.json", rule("new", f"127.0.0.1:{new}", proxy(backend.target)))
+    lab.write_rule("20-new.json", rule("new", proxy(backend.target), listen=f"127.0.0.1:{new}"))
     assert wait_until(lambda: accepts(new), timeout=1.0), d.stderr
     assert time.monotonic() - start < 1.0
     with connect(new) as s:
@@ -59,8 +42,8 @@ def test_added_rule_file_listens_within_a_second(lab):
 def test_removed_rule_stops_accepting_but_inflight_streams_to_the_end(lab):
     backend = lab.tcp(echo)
     keep, gone = free_ports(2)
-    d = lab.vaned({"10-keep.json": rule("keep", f"127.0.0.1:{keep}", proxy(backend.target)),
-                   "20-gone.json": rule("gone", f"127.0.0.1:{gone}", proxy(backend.target))})
+    d = lab.vaned({"10-keep.json": rule("keep", proxy(backend.target), listen=f"127.0.0.1:{keep}"),
+                   "20-gone.json": rule("gone", proxy(backend.target), listen=f"127.0.0.1:{gone}")})
     d.wait_listening(gone)
     chunk = os.urandom(64 * 1024)
     with connect(gone) as s:
@@ -89,12 +72,12 @@ def test_removed_rule_stops_accepting_but_inflight_streams_to_the_end(lab):
 def test_changed_rule_applies_to_new_connections_only(lab):
     a, b = lab.tcp(tagged(b"A")), lab.tcp(tagged(b"B"))
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(a.target))})
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(a.target), listen=f"127.0.0.1:{port}")})
     d.wait_listening(port)
     with connect(port) as old:
         assert recv_line(old) == b"A\r\n"
         mark = len(d.lines)
-        lab.write_rule("10-fwd.json", rule("fwd", f"127.0.0.1:{port}", proxy(b.target)))
+        lab.write_rule("10-fwd.json", rule("fwd", proxy(b.target), listen=f"127.0.0.1:{port}"))
         d.wait_log(r"reloaded: graph \w+ \(\+0 -0 listeners\)", since=mark)
         with connect(port) as new:
             assert recv_line(new) == b"B\r\n"
@@ -107,13 +90,13 @@ def test_changed_rule_applies_to_new_connections_only(lab):
 def test_broken_rule_file_keeps_the_old_config_and_reload_reports_it(lab):
     backend = lab.tcp(echo)
     port, other = free_ports(2)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))})
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")})
     d.wait_listening(port)
     before = d.cli("reload")
     assert before.returncode == 0 and HASH.match(before.stdout.strip())
     old_hash = before.stdout.split()[1]
     mark = len(d.lines)
-    lab.write_rule("90-broken.json", rule("broken", f"127.0.0.1:{other}", {"prxy": {}}))
+    lab.write_rule("90-broken.json", rule("broken", {"prxy": {}}, listen=f"127.0.0.1:{other}"))
     d.wait_log(r"reload failed, the running configuration stays: rules/90-broken\.json: /flow/prxy: unknown plugin",
                since=mark)
     res = d.cli("reload")
@@ -131,7 +114,7 @@ def test_broken_rule_file_keeps_the_old_config_and_reload_reports_it(lab):
 def test_touch_without_change_is_unchanged(lab):
     backend = lab.tcp(echo)
     (port,) = free_ports(1)
-    d = lab.vaned({"10-fwd.json": rule("fwd", f"127.0.0.1:{port}", proxy(backend.target))})
+    d = lab.vaned({"10-fwd.json": rule("fwd", proxy(backend.target), listen=f"127.0.0.1:{port}")})
     d.wait_listening(port)
     graph_hash = d.cli_json("stats")["graph_hash"]
     os.utime(lab.conf / "rules" / "10-fwd.json")
@@ -147,10 +130,10 @@ def test_sighup_reloads(lab):
     backend = lab.tcp(echo)
     old, new = free_ports(2)
     # a long debounce keeps the watcher out of the way: only the signal can reload in time
-    d = lab.vaned({"10-old.json": rule("old", f"127.0.0.1:{old}", proxy(backend.target))},
+    d = lab.vaned({"10-old.json": rule("old", proxy(backend.target), listen=f"127.0.0.1:{old}")},
                   env={"VANE_RELOAD_DEBOUNCE_MS": "60000"})
     d.wait_listening(old)
-    lab.write_rule("20-new.json", rule("new", f"127.0.0.1:{new}", proxy(backend.target)))
+    lab.write_rule("20-new.json", rule("new", proxy(backend.target), listen=f"127.0.0.1:{new}"))
     gevent.sleep(0.2)
     assert refused(new)
     d.signal(signal.SIGHUP)
@@ -162,14 +145,14 @@ def test_sighup_reloads(lab):
 def test_no_reload_once_shutting_down(lab):
     backend = lab.tcp(echo)
     old, new = free_ports(2)
-    d = lab.vaned({"10-old.json": rule("old", f"127.0.0.1:{old}", proxy(backend.target))},
+    d = lab.vaned({"10-old.json": rule("old", proxy(backend.target), listen=f"127.0.0.1:{old}")},
                   env={"VANE_DRAIN_TIMEOUT_SECS": "10"})
     d.wait_listening(old)
     with connect(old) as s:
         s.sendall(b"keeps the drain going")
         d.signal(signal.SIGTERM)
         d.wait_log(r"draining 1 connection")
-        lab.write_rule("20-new.json", rule("new", f"127.0.0.1:{new}", proxy(backend.target)))
+        lab.write_rule("20-new.json", rule("new", proxy(backend.target), listen=f"127.0.0.1:{new}"))
         d.signal(signal.SIGHUP)
         d.wait_log(r"reload ignored: vaned is shutting down")
         res = d.cli("reload")

@@ -9,7 +9,7 @@ import pytest
 import wasmtime
 from gevent.pywsgi import WSGIServer
 
-from tests.unit.fakeplugins import TEST_SPECS, RecCtx
+from tests.support.fakeplugins import TEST_SPECS, RecCtx
 from vane.compile.flows import FlowBuilder
 from vane.config.errors import ConfigError
 from vane.config.settings import Settings

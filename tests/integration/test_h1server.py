@@ -11,6 +11,7 @@ import httpx
 import pytest
 from gevent.server import StreamServer
 
+from tests.support import net
 from vane.net.h1.server import H1Limits, H1ServerConnection
 from vane.net.http.errors import HttpError
 from vane.net.http.message import Body, Headers, Response
@@ -67,8 +68,7 @@ def server():
 
 
 def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True,
-                          timeout=timeout)
+    return net.curl("--max-time", "20", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

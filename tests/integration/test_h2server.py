@@ -22,6 +22,7 @@ import trustme
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from tests.support.net import wait_until
 from vane.net.h2.common import GoawayFilter, goaway_frame
 from vane.net.h2.server import H2Limits, H2ServerConnection
 from vane.net.http.message import Body, Headers, Request, Response
@@ -29,13 +30,6 @@ from vane.net.tls.server import ServerTLS
 
 BLOB = os.urandom(20 * 1024 * 1024)
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
-
-
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        gevent.sleep(0.01)
 
 
 def app(req: Request) -> Response:
@@ -246,7 +240,7 @@ def test_slow_consumer_backpressures_client(pki):
         with client(pki) as c:
             result = gevent.spawn(c.post, f"https://localhost:{server.port}/slow-reader",
                                   content=b"y" * (4 * 1024 * 1024))
-            wait_until(lambda: server.connections)
+            assert wait_until(lambda: server.connections)
             gevent.sleep(0.3)  # the handler has not read yet: only the stream window may arrive
             assert server.connections[0].bytes_in < 200_000
             r = result.get(timeout=30)
@@ -382,7 +376,7 @@ def test_goaway_lets_inflight_stream_finish(h2c_server):
     raw = RawClient(h2c_server.port)
     try:
         sid = raw.request("/slow?0.5")
-        wait_until(lambda: h2c_server.connections and h2c_server.connections[0].open_streams == 1)
+        assert wait_until(lambda: h2c_server.connections and h2c_server.connections[0].open_streams == 1)
         conn = h2c_server.connections[0]
         conn.goaway()
         raw.pump_until(lambda: raw.goaways)
@@ -391,7 +385,7 @@ def test_goaway_lets_inflight_stream_finish(h2c_server):
         raw.pump_until(lambda: raw.of(h2.events.StreamEnded, sid) and raw.of(h2.events.StreamReset, late))
         body = b"".join(e.data for e in raw.of(h2.events.DataReceived, sid))
         assert body == b"slow done"
-        wait_until(lambda: conn in h2c_server.finished, timeout=5)
+        assert wait_until(lambda: conn in h2c_server.finished, timeout=5)
         assert raw.sock.recv(100) == b""  # then the server closed
     finally:
         raw.close()
@@ -403,13 +397,13 @@ def test_goaway_with_curl_inflight(pki, tls_server):
     proc = gevent.subprocess.Popen(
         ["curl", "-sS", "--http2", "--cacert", pki["ca"], f"https://localhost:{tls_server.port}/slow?0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_until(lambda: tls_server.connections and tls_server.connections[0].open_streams == 1)
+    assert wait_until(lambda: tls_server.connections and tls_server.connections[0].open_streams == 1)
     conn = tls_server.connections[0]
     conn.goaway()
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert out == b"slow done"
-    wait_until(lambda: conn in tls_server.finished)
+    assert wait_until(lambda: conn in tls_server.finished)
 
 
 def test_idle_connection_closed():
@@ -467,7 +461,7 @@ def test_oversized_header_list_closes_connection_only():
         raw.flush()
         raw.pump_until(lambda: raw.goaways, timeout=5)
         assert raw.goaways[0][1] != 0  # an error code, not a graceful GOAWAY
-        wait_until(lambda: server.finished)
+        assert wait_until(lambda: server.finished)
     finally:
         raw.close()
     # The server goes on accepting connections.

@@ -11,7 +11,9 @@ import textwrap
 import httpx
 import pytest
 
-from tests.http_helpers import Vaned, curl, free_port, write_rules
+from tests.support.config import rule, write_config
+from tests.support.daemon import Vaned
+from tests.support.net import curl, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -76,9 +78,9 @@ def env(tmp_path_factory, world_dir):
     listen = f"127.0.0.1:{port}"
 
     def r(name, host, **inputs):
-        return {"rule": name, "listen": [listen], "match": {"req.host": host}, "flow": {"cgi": {"input": inputs}}}
+        return rule(name, {"cgi": {"input": inputs}}, listen=listen, match={"req.host": host})
 
-    write_rules(root, {"cgi.json": [
+    write_config(root, {"cgi.json": [
         r("env", "env.test", script="bin/env.cgi", script_name="/cgi", env={"APP_MODE": "{{req.header.x-mode}}"}),
         r("status", "status.test", script="bin/status.cgi"),
         r("redirect", "redirect.test", script="bin/redirect.cgi"),
@@ -86,8 +88,8 @@ def env(tmp_path_factory, world_dir):
         r("stream", "stream.test", script="bin/stream.cgi", max_output=1024 * 1024),
         r("noheader", "noheader.test", script="bin/noheader.cgi"),
         r("whoami", "whoami.test", script=os.path.join(world_dir, "whoami.cgi"), uid=65534, gid=65534),
-    ]})
-    vaned = Vaned(root).wait_listening(port)
+    ]}, config={})
+    vaned = Vaned(root).wait_accepting(port)
     yield {"url": f"http://127.0.0.1:{port}", "vaned": vaned}
     vaned.stop()
 
@@ -140,7 +142,7 @@ def test_streamed_output_and_max_output(env):
 def test_program_without_header_block_is_502(env):
     r = httpx.get(env["url"] + "/", headers={"host": "noheader.test"})
     assert r.status_code == 502
-    assert "boom" in env["vaned"].log()
+    assert "boom" in env["vaned"].stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")

@@ -9,7 +9,9 @@ import httpx
 import pytest
 from gevent.server import StreamServer
 
-from tests.http_helpers import Vaned, curl, free_port, write_rules
+from tests.support.config import write_config
+from tests.support.daemon import Vaned
+from tests.support.net import curl, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,9 +47,9 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("early")
     backend = EarlyBackend()
     port = free_port()
-    write_rules(root, {"10-up.json": {"rule": "up", "listen": [f"127.0.0.1:{port}"],
-                                      "flow": {"proxy": {"input": {"upstream": backend.url}}}}})
-    vaned = Vaned(root).wait_listening(port)
+    write_config(root, {"10-up.json": {"rule": "up", "listen": [f"127.0.0.1:{port}"],
+                                       "flow": {"proxy": {"input": {"upstream": backend.url}}}}}, config={})
+    vaned = Vaned(root).wait_accepting(port)
     yield backend, port, root
     vaned.stop()
     backend.server.stop(timeout=1)

@@ -10,7 +10,10 @@ import httpx
 import pytest
 import trustme
 
-from tests.http_helpers import Backend, Vaned, curl, free_port, write_rules
+from tests.support.config import http_proxy, rule, write_config
+from tests.support.daemon import Vaned
+from tests.support.http_backend import Backend
+from tests.support.net import curl, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,15 +39,14 @@ def env(tmp_path_factory):
     listen = [f"127.0.0.1:{e.port}"]
 
     def site(name, host, backend, tls=True):
-        r = {"rule": name, "listen": listen, "match": {"req.host": host},
-             "flow": {"proxy": {"input": {"upstream": backend.url}}}}
+        r = rule(name, http_proxy(backend.url), listen=listen, match={"req.host": host})
         if tls:
             r["tls"] = {"cert": f"certs/{host}.pem", "key": f"certs/{host}.key"}
         return r
 
-    write_rules(root, {"10-a.json": site("site-a", "a.test", e.a), "20-b.json": site("site-b", "b.test", e.b),
-                       "30-plain.json": site("plain", "plain.test", e.c, tls=False)})
-    e.vaned = Vaned(root, {"VANE_SEC_HEADER_TIMEOUT_SECS": "1"}).wait_listening(e.port)
+    write_config(root, {"10-a.json": site("site-a", "a.test", e.a), "20-b.json": site("site-b", "b.test", e.b),
+                        "30-plain.json": site("plain", "plain.test", e.c, tls=False)}, config={})
+    e.vaned = Vaned(root, {"VANE_SEC_HEADER_TIMEOUT_SECS": "1"}).wait_accepting(e.port)
     yield e
     e.vaned.stop()
     for b in (e.a, e.b, e.c):

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.daemon_helpers import free_port, rule, wait_until
+from tests.support.config import rule
+from tests.support.net import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -15,7 +16,7 @@ REQ = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
 
 
 def respond_rule(port):
-    return rule("web", f"127.0.0.1:{port}", {"respond": {"input": {"body": "hi {{req.path}}"}}})
+    return rule("web", {"respond": {"input": {"body": "hi {{req.path}}"}}}, listen=f"127.0.0.1:{port}")
 
 
 def request(sock, data=REQ):

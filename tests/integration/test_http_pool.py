@@ -8,7 +8,9 @@ import pytest
 import trustme
 from gevent.server import StreamServer
 
-from tests.http_helpers import Backend, backend_tls_context, free_port
+from tests.support.http_backend import Backend
+from tests.support.net import free_port
+from tests.support.tls import backend_tls_context
 from vane.engine.trajectory import Trajectory
 from vane.net.http.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from vane.net.http.message import Body, Headers, Request
@@ -34,6 +36,7 @@ def fetch(pool, opts, path="/", **kw):
 
 @pytest.fixture
 def backend():
+    """A backend named ``b`` (the answers below carry the name), in place of the shared one."""
     b = Backend("b")
     yield b
     b.stop()

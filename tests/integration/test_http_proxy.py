@@ -13,19 +13,15 @@ import httpx
 import pytest
 import trustme
 
-from tests.http_helpers import Backend, Vaned, backend_tls_context, curl, free_port, pattern, write_rules
+from tests.support.config import http_proxy, rule, write_config
+from tests.support.daemon import Vaned
+from tests.support.http_backend import Backend, pattern
+from tests.support.net import curl, free_port
+from tests.support.tls import backend_tls_context
 
 pytestmark = pytest.mark.slow
 
 MIB20 = 20 * 1024 * 1024
-
-
-def rule(name, listen, match, flow, **extra):
-    return {"rule": name, "listen": [listen], "match": match, "flow": flow, **extra}
-
-
-def proxy(upstream, **extra):
-    return {"proxy": {"input": {"upstream": upstream, **extra}}}
 
 
 class Env:
@@ -53,44 +49,49 @@ def env(tmp_path_factory):
     listen = f"127.0.0.1:{e.port}"
     tls_listen = f"127.0.0.1:{e.tls_port}"
     e.flow_log = root / "flow.ndjson"
-    write_rules(root, {
-        "10-api.json": rule("api", listen, {"req.host": "api.test"}, proxy(e.a.url)),
+    write_config(root, {
+        "10-api.json": rule("api", http_proxy(e.a.url), listen=listen, match={"req.host": "api.test"}),
         "20-web.json": [
-            rule("web-app", listen, {"req.host": "web.test", "req.path": {"prefix": "/app"}}, proxy(e.b.url)),
-            rule("errors", listen, {"req.host": "down.test"}, proxy(f"http://127.0.0.1:{free_port()}")),
-            rule("slow", listen, {"req.host": "slow.test"}, proxy(e.a.url, timeout=0.5)),
-            rule("upstream-host", listen, {"req.host": "vhost.test"},
-                 proxy(e.a.url + "/base", host="internal.svc", forwarded=False)),
-            rule("secure", listen, {"req.host": "secure.test"}, proxy(e.secure.url, ca_file="certs/ca.pem")),
-            rule("insecure", listen, {"req.host": "insecure.test"}, proxy(e.secure.url)),
-            rule("noverify", listen, {"req.host": "noverify.test"}, proxy(e.secure.url, verify=False)),
-            rule("fetcher", listen, {"req.host": "fetch.test"}, {"fetch": {
+            rule("web-app", http_proxy(e.b.url), listen=listen,
+                 match={"req.host": "web.test", "req.path": {"prefix": "/app"}}),
+            rule("errors", http_proxy(f"http://127.0.0.1:{free_port()}"), listen=listen,
+                 match={"req.host": "down.test"}),
+            rule("slow", http_proxy(e.a.url, timeout=0.5), listen=listen, match={"req.host": "slow.test"}),
+            rule("upstream-host", http_proxy(e.a.url + "/base", host="internal.svc", forwarded=False), listen=listen,
+                 match={"req.host": "vhost.test"}),
+            rule("secure", http_proxy(e.secure.url, ca_file="certs/ca.pem"), listen=listen,
+                 match={"req.host": "secure.test"}),
+            rule("insecure", http_proxy(e.secure.url), listen=listen, match={"req.host": "insecure.test"}),
+            rule("noverify", http_proxy(e.secure.url, verify=False), listen=listen,
+                 match={"req.host": "noverify.test"}),
+            rule("fetcher", {"fetch": {
                 "input": {"upstream": e.a.url},
                 "output": {
                     "success": {"respond": {"input": {"headers": {"x-upstream-status": "{{res.status}}",
                                                                   "x-backend-seen": "{{res.header.x-backend}}"}}}},
                     "failure": {"respond": {"input": {"status": 503, "body": "failed: {{plugin.fetch.error}}"}}},
-                }}}),
-            rule("fetch-down", listen, {"req.host": "fetchdown.test"}, {"fetch": {
+                }}}, listen=listen, match={"req.host": "fetch.test"}),
+            rule("fetch-down", {"fetch": {
                 "input": {"upstream": f"http://127.0.0.1:{free_port()}"},
                 "output": {
                     "success": {"respond": {}},
                     "failure": {"respond": {"input": {"status": 503, "body": "failed: {{plugin.fetch.error}}"}}},
-                }}}),
-            rule("fetch-body", listen, {"req.host": "fetchbody.test"}, {"fetch": {
+                }}}, listen=listen, match={"req.host": "fetchdown.test"}),
+            rule("fetch-body", {"fetch": {
                 "input": {"upstream": e.a.url},
-                "output": {"*": {"respond": {"input": {"status": 200, "body": "got [{{res.body}}]"}}}}}}),
+                "output": {"*": {"respond": {"input": {"status": 200, "body": "got [{{res.body}}]"}}}}}},
+                 listen=listen, match={"req.host": "fetchbody.test"}),
         ],
-        "30-files.json": rule("files", listen, {"req.host": "web.test", "req.path": {"prefix": "/static"}},
-                              {"static": {"input": {"root": "site", "strip_prefix": "/static"},
-                                          "output": {"success": {"respond": {}},
-                                                     "not_found": {"respond": {"input": {"status": 404}}},
-                                                     "failure": {"respond": {"input": {"status": 500}}}}}}),
-        "40-tls.json": rule("front-tls", tls_listen, {"req.host": "tls.test"}, proxy(e.a.url),
+        "30-files.json": rule("files", {"static": {"input": {"root": "site", "strip_prefix": "/static"},
+                                                   "output": {"success": {"respond": {}},
+                                                              "not_found": {"respond": {"input": {"status": 404}}},
+                                                              "failure": {"respond": {"input": {"status": 500}}}}}},
+                              listen=listen, match={"req.host": "web.test", "req.path": {"prefix": "/static"}}),
+        "40-tls.json": rule("front-tls", http_proxy(e.a.url), listen=tls_listen, match={"req.host": "tls.test"},
                             tls={"cert": "certs/front.pem", "key": "certs/front.key"}),
-    })
-    e.vaned = Vaned(root, {"VANE_FLOW_LOG_FILE": str(e.flow_log)}).wait_listening(e.port)
-    e.vaned.wait_listening(e.tls_port)
+    }, config={})
+    e.vaned = Vaned(root, {"VANE_FLOW_LOG_FILE": str(e.flow_log)}).wait_accepting(e.port)
+    e.vaned.wait_accepting(e.tls_port)
     e.url = f"http://127.0.0.1:{e.port}"
     e.root = root
     yield e

@@ -9,7 +9,10 @@ import gevent
 import httpx
 import pytest
 
-from tests.http_helpers import Vaned, curl, free_port, pattern, write_rules
+from tests.support.config import rule, write_config
+from tests.support.daemon import Vaned
+from tests.support.http_backend import pattern
+from tests.support.net import curl, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -41,16 +44,16 @@ def env(tmp_path_factory):
     listen = f"127.0.0.1:{port}"
 
     def r(name, host, **inputs):
-        return {"rule": name, "listen": [listen], "match": {"req.host": host}, "flow": static_flow(**inputs)}
+        return rule(name, static_flow(**inputs), listen=listen, match={"req.host": host})
 
-    write_rules(root, {"static.json": [
+    write_config(root, {"static.json": [
         r("files", "files.test", root="site", precompressed=True, cache_control="max-age=60"),
         r("browse", "browse.test", root="site", browse=True, index=[]),
         r("spa", "spa.test", root="site", spa=True),
         r("links", "links.test", root="site", symlinks=True),
         r("prefixed", "prefix.test", root="site", strip_prefix="/assets/"),
-    ]})
-    vaned = Vaned(root).wait_listening(port)
+    ]}, config={})
+    vaned = Vaned(root).wait_accepting(port)
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "site": site, "vaned": vaned}
     vaned.stop()
 

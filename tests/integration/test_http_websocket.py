@@ -7,7 +7,11 @@ import pytest
 import trustme
 import websocket
 
-from tests.http_helpers import Backend, Vaned, backend_tls_context, free_port, write_rules
+from tests.support.config import rule, write_config
+from tests.support.daemon import Vaned
+from tests.support.http_backend import Backend
+from tests.support.net import free_port
+from tests.support.tls import backend_tls_context
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +30,18 @@ def env(tmp_path_factory):
     ca.cert_pem.write_to_path(str(root / "certs" / "ca.pem"))
 
     def r(name, listen, host, flow, **extra):
-        return {"rule": name, "listen": [listen], "match": {"req.host": host}, "flow": flow, **extra}
+        return rule(name, flow, listen=listen, match={"req.host": host}, **extra)
 
     listen = f"127.0.0.1:{port}"
-    write_rules(root, {"ws.json": [
+    write_config(root, {"ws.json": [
         r("ws", listen, "ws.test", {"proxy": {"input": {"upstream": plain.url}}}),
         r("ws-off", listen, "nows.test", {"proxy": {"input": {"upstream": plain.url, "websocket": False}}}),
         r("wss-up", listen, "secure.test", {"proxy": {"input": {"upstream": secure.url, "ca_file": "certs/ca.pem"}}}),
         r("ws-tls", f"127.0.0.1:{tls_port}", "ws.test", {"proxy": {"input": {"upstream": plain.url}}},
           tls={"cert": "certs/front.pem", "key": "certs/front.key"}),
-    ]})
-    vaned = Vaned(root).wait_listening(port)
-    vaned.wait_listening(tls_port)
+    ]}, config={})
+    vaned = Vaned(root).wait_accepting(port)
+    vaned.wait_accepting(tls_port)
     yield {"port": port, "tls_port": tls_port, "plain": plain, "secure": secure, "ca": str(root / "certs" / "ca.pem"),
            "vaned": vaned}
     vaned.stop()

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import httpx
@@ -14,12 +13,14 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.http_helpers import ROOT, Backend, Vaned, free_port, write_rules
+from tests.support.config import http_proxy, rule, write_config
+from tests.support.daemon import ROOT, VANE, Vaned, clean_environ
+from tests.support.http_backend import Backend
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
 TOKEN = "s3cret-token"
-VANE = [sys.executable, "-m", "vane.cli.main"]
 
 
 class Env:
@@ -27,8 +28,7 @@ class Env:
 
 
 def web_rule(port, backend, name="web", host="app.test"):
-    return {"rule": name, "listen": [f"127.0.0.1:{port}"], "match": {"req.host": host},
-            "flow": {"proxy": {"input": {"upstream": backend.url}}}}
+    return rule(name, http_proxy(backend.url), listen=f"127.0.0.1:{port}", match={"req.host": host})
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,9 @@ def env(tmp_path_factory):
     cert.private_key_pem.write_to_path(str(root / "certs" / "s.key"))
     tls_rule = {"rule": "secure", "listen": [f"127.0.0.1:{e.tls_port}"], "match": {"req.host": "secure.test"},
                 "tls": {"cert": "certs/s.pem", "key": "certs/s.key"}, "flow": {"respond": {"input": {"body": "s"}}}}
-    write_rules(root, {"10-web.json": web_rule(e.port, e.backend), "20-tls.json": tls_rule})
+    write_config(root, {"10-web.json": web_rule(e.port, e.backend), "20-tls.json": tls_rule}, config={})
     e.vaned = Vaned(root, {"VANE_MGMT_HTTP_PORT": str(e.http_port), "VANE_MGMT_HTTP_TOKEN": TOKEN,
-                           "VANE_RELOAD_DEBOUNCE_MS": "50"}).wait_listening(e.port)
+                           "VANE_RELOAD_DEBOUNCE_MS": "50"}).wait_accepting(e.port)
     e.sock = e.vaned.sock_path
     yield e
     e.vaned.stop()
@@ -55,7 +55,7 @@ def env(tmp_path_factory):
 
 
 def cli(env, *args, transport="unix", timeout=20):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("VANE_")}
+    environ = clean_environ()
     if transport == "unix":
         base = [*VANE, "--socket", env.sock]
     else:
@@ -193,7 +193,7 @@ def test_reload_outcomes(env):
     out = cli(env, "reload")
     assert out.returncode == 0 and out.stdout.startswith("unchanged ")
     new_port = free_port()
-    write_rules(env.root, {"30-new.json": web_rule(new_port, env.backend, "new", "new.test")})
+    write_config(env.root, {"30-new.json": web_rule(new_port, env.backend, "new", "new.test")}, config={})
     out = cli(env, "reload")
     assert out.returncode == 0 and out.stdout.startswith("reloaded "), out.stdout
     assert httpx.get(f"http://127.0.0.1:{new_port}/", headers={"host": "new.test"}, timeout=5).status_code == 200
@@ -211,8 +211,8 @@ def test_reload_outcomes(env):
 def test_shutdown_verb_drains_last(env, tmp_path):
     # a second daemon, so the module's daemon keeps serving the other tests
     port = free_port()
-    write_rules(tmp_path, {"10.json": web_rule(port, env.backend)})
-    d = Vaned(tmp_path).wait_listening(port)
+    write_config(tmp_path, {"10.json": web_rule(port, env.backend)}, config={})
+    d = Vaned(tmp_path).wait_accepting(port)
     try:
         res = subprocess.run([*VANE, "--socket", d.sock_path, "shutdown"], capture_output=True, text=True,
                              timeout=20)

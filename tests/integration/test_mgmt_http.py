@@ -8,18 +8,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.mgmt_helpers import CERTS, HASH_A, HASH_B, LISTENERS, FakeDaemon, flow_entry, start_http, wait_for
+from tests.support.mgmt import CERTS, HASH_A, HASH_B, LISTENERS, flow_entry, start_http
+from tests.support.net import wait_until
 from vane.mgmt.client import Client, DaemonError
 from vane.mgmt.server_http import LOOPBACK, PUBLIC, HttpMgmtServer
 from vane.mgmt.server_unix import MgmtStartError
 from vane.mgmt.service import start_management
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture
-def daemon():
-    return FakeDaemon()
 
 
 @pytest.fixture
@@ -155,7 +151,7 @@ def test_metrics_endpoint_for_scrapers(url):
 
 def test_stream_is_chunked_ndjson_and_close_cancels(url, daemon):
     def produce():
-        wait_for(lambda: daemon.flow_log.subscribers == 1)
+        wait_until(lambda: daemon.flow_log.subscribers == 1)
         for i in range(3):
             daemon.flow_log.record(flow_entry(i))
 
@@ -172,23 +168,23 @@ def test_stream_is_chunked_ndjson_and_close_cancels(url, daemon):
                 break
     assert [f["stream"]["data"]["path"] for f in frames] == ["/post/0", "/post/1", "/post/2"]
     assert [f["stream"]["seq"] for f in frames] == [1, 2, 3]
-    assert wait_for(lambda: daemon.flow_log.subscribers == 0)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 0)
 
 
 def test_stream_via_client_and_idle_disconnect(client, daemon):
     reader = client.stream("tail_flow")
-    gevent.spawn(lambda: wait_for(lambda: daemon.flow_log.subscribers == 1)
+    gevent.spawn(lambda: wait_until(lambda: daemon.flow_log.subscribers == 1)
                  and daemon.flow_log.record(flow_entry(9)))
     assert next(iter(reader))["path"] == "/post/9"
     reader.close()
-    assert wait_for(lambda: daemon.flow_log.subscribers == 0)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 0)
     # a client that vanishes while the stream is idle is noticed too
     s = socket.create_connection(("127.0.0.1", int(client.http_url.rsplit(":", 1)[1])))
     s.sendall(b"POST /v1/tail_log HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
               + b"\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n")
-    assert wait_for(lambda: daemon.log_hub.subscribers == 1)
+    assert wait_until(lambda: daemon.log_hub.subscribers == 1)
     s.close()
-    assert wait_for(lambda: daemon.log_hub.subscribers == 0)
+    assert wait_until(lambda: daemon.log_hub.subscribers == 0)
 
 
 def test_stream_error_before_start(client, daemon):

@@ -8,7 +8,7 @@ import stat
 import gevent
 import pytest
 
-from tests.mgmt_helpers import (
+from tests.support.mgmt import (
     CERTS,
     HASH_A,
     HASH_B,
@@ -19,8 +19,8 @@ from tests.mgmt_helpers import (
     short_tmpdir,
     sock_in,
     start_unix,
-    wait_for,
 )
+from tests.support.net import wait_until
 from vane.mgmt.client import Client, DaemonError, Unreachable
 from vane.mgmt.server_unix import MgmtStartError
 from vane.mgmt.verbs import STREAM_QUEUE
@@ -30,11 +30,6 @@ from vane.observe.logging import HubHandler
 @pytest.fixture
 def tmpdir_short():
     yield from short_tmpdir()
-
-
-@pytest.fixture
-def daemon():
-    return FakeDaemon()
 
 
 @pytest.fixture
@@ -143,7 +138,7 @@ def test_tail_flow_streams_and_client_close_cancels(client, daemon):
     reader = client.stream("tail_flow")
 
     def produce():
-        wait_for(lambda: daemon.flow_log.subscribers == 1)
+        wait_until(lambda: daemon.flow_log.subscribers == 1)
         for i in range(3):
             daemon.flow_log.record(flow_entry(i))
 
@@ -155,7 +150,7 @@ def test_tail_flow_streams_and_client_close_cancels(client, daemon):
             break
     assert got == ["/post/0", "/post/1", "/post/2"]
     reader.close()
-    assert wait_for(lambda: daemon.flow_log.subscribers == 0)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 0)
 
 
 def test_tail_flow_backlog_and_seq(server, daemon):
@@ -168,7 +163,7 @@ def test_tail_flow_backlog_and_seq(server, daemon):
     assert [f["stream"]["data"]["path"] for f in frames] == ["/post/3", "/post/4"]
     assert frames[0]["request_id"] == "t"
     conn.close()
-    assert wait_for(lambda: daemon.flow_log.subscribers == 0)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 0)
 
 
 def test_tail_log(client, daemon):
@@ -180,13 +175,13 @@ def test_tail_log(client, daemon):
     logger.setLevel(logging.INFO)
     try:
         reader = client.stream("tail_log")
-        gevent.spawn(lambda: wait_for(lambda: daemon.log_hub.subscribers == 1)
+        gevent.spawn(lambda: wait_until(lambda: daemon.log_hub.subscribers == 1)
                      and logger.warning("bind failed", extra={"listener": "tcp 0.0.0.0:443"}))
         rec = next(iter(reader))
         assert rec["message"] == "bind failed" and rec["level"] == "WARNING"
         assert rec["listener"] == "tcp 0.0.0.0:443"
         reader.close()
-        assert wait_for(lambda: daemon.log_hub.subscribers == 0)
+        assert wait_until(lambda: daemon.log_hub.subscribers == 0)
     finally:
         logger.removeHandler(handler)
 
@@ -195,7 +190,7 @@ def test_slow_reader_gets_dropped_frame_and_queue_stays_bounded(server, daemon):
     conn = RawConn(server.path, timeout=10)
     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     conn.send({"verb": "tail_flow", "request_id": "slow"})
-    assert wait_for(lambda: daemon.flow_log.subscribers == 1)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 1)
     sub = daemon.flow_log.hub._subs[0]
     peak = 0
     total = 50000
@@ -219,7 +214,7 @@ def test_slow_reader_gets_dropped_frame_and_queue_stays_bounded(server, daemon):
     assert received + dropped == total and dropped == sub.dropped
     assert seqs == list(range(1, len(seqs) + 1))
     conn.close()
-    assert wait_for(lambda: daemon.flow_log.subscribers == 0)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 0)
 
 
 def test_stop_ends_streams_with_shutdown_and_removes_socket(daemon, tmpdir_short):

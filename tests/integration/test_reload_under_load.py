@@ -13,8 +13,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.daemon_helpers import free_port, wait_until
-from tests.http_helpers import Backend
+from tests.support.net import free_port, wait_until
 from vane.mgmt.client import Client
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,13 +23,6 @@ def site(port: int, upstream: str, generation: int) -> dict:
     return {"rule": "site", "listen": [f"127.0.0.1:{port}"],
             "flow": {"headers": {"input": {"response": {"set": {"x-gen": str(generation)}}}, "output": {
                 "next": {"proxy": {"input": {"upstream": upstream}}}}}}}
-
-
-@pytest.fixture
-def backend():
-    b = Backend("origin")
-    yield b
-    b.stop()
 
 
 def test_100_reloads_under_load_fail_no_request_and_keepalive_sees_each_graph(lab, backend):

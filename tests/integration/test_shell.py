@@ -8,9 +8,10 @@ import pexpect
 import pytest
 from gevent import monkey
 
-from tests.mgmt_helpers import FakeDaemon, flow_entry, short_tmpdir, sock_in, start_unix, wait_for
+from tests.support.daemon import ROOT
+from tests.support.mgmt import FakeDaemon, flow_entry, short_tmpdir, sock_in, start_unix
+from tests.support.net import wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPR_REQUEST = r"\x1b\[6n"
 
 
@@ -19,7 +20,7 @@ class Shell:
 
     def __init__(self, sock, home):
         env = {"HOME": str(home), "TERM": "xterm", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               "PYTHONPATH": ROOT, "LANG": "C.UTF-8"}
+               "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"}
         # gevent defers os.close() to its loop; ptyprocess closes its exec-error pipe and then
         # blocks reading it, so with the patched close the spawn never returns. (The patched
         # forkpty stays: it registers the child with gevent, which reaps children.)
@@ -27,7 +28,7 @@ class Shell:
         os.close = monkey.get_original("os", "close")
         try:
             self.p = pexpect.spawn(sys.executable, ["-m", "vane.cli.main", "--socket", sock, "shell"],
-                                   cwd=ROOT, env=env, encoding="utf-8", timeout=10, dimensions=(30, 160))
+                                   cwd=str(ROOT), env=env, encoding="utf-8", timeout=10, dimensions=(30, 160))
         finally:
             os.close = patched
 
@@ -84,12 +85,12 @@ def test_shell_session(env):
 
     # tail flow shows an entry recorded meanwhile; Ctrl-C goes back to the prompt
     sh.run("tail flow")
-    assert wait_for(lambda: daemon.flow_log.subscribers == 1)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 1)
     daemon.flow_log.record(flow_entry(42))
     sh.expect(r"/post/42 -> .*200")
     sh.p.sendintr()
     sh.prompt()
-    assert wait_for(lambda: daemon.flow_log.subscribers == 0)
+    assert wait_until(lambda: daemon.flow_log.subscribers == 0)
     sh.run("ping")
     sh.expect("pong from vaned")
     sh.prompt()

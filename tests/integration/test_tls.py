@@ -16,6 +16,7 @@ import trustme
 from cryptography import x509
 from gevent.server import StreamServer
 
+from tests.support.net import wait_until
 from vane.net.tls.certs import ContextCache, TLSConfigError
 from vane.net.tls.server import ServerTLS
 from vane.net.tls.stream import TLSHandshakeError, TLSHandshakeTimeout, TLSStream
@@ -72,13 +73,6 @@ class TLSServer:
         self.server.stop(timeout=1)
 
 
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        gevent.sleep(0.01)
-
-
 def client_ctx(ca: trustme.CA, alpn=None, maximum=None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
@@ -123,7 +117,7 @@ def test_sni_picks_matching_certificate(ca, two_cert_server):
     for host, expected in (("a.test", "a.test"), ("b.test", "b.test"), ("x.wild.test", "b.test")):
         with connect(two_cert_server.port, ctx, host) as s:
             assert expected in peer_names(s)
-    wait_until(lambda: len(two_cert_server.streams) == 3)
+    assert wait_until(lambda: len(two_cert_server.streams) == 3)
     assert two_cert_server.streams[0].sni == "a.test"
     assert two_cert_server.streams[2].sni == "x.wild.test"
 
@@ -141,7 +135,7 @@ def test_alpn_follows_server_preference(ca, two_cert_server):
     for offered, expected in cases:
         with connect(two_cert_server.port, client_ctx(ca, offered), "a.test") as s:
             assert s.selected_alpn_protocol() == expected
-    wait_until(lambda: len(two_cert_server.streams) == 4)
+    assert wait_until(lambda: len(two_cert_server.streams) == 4)
     assert [st.alpn for st in two_cert_server.streams] == ["h2", "http/1.1", "", ""]
     assert all(st.version in ("TLSv1.2", "TLSv1.3") and st.cipher for st in two_cert_server.streams)
 
@@ -166,7 +160,7 @@ def test_tls11_client_is_refused(ca, two_cert_server):
     with pytest.raises((ssl.SSLError, OSError)):
         with connect(two_cert_server.port, ctx, "a.test"):
             pass
-    wait_until(lambda: two_cert_server.errors)
+    assert wait_until(lambda: two_cert_server.errors)
     assert isinstance(two_cert_server.errors[0], TLSHandshakeError)
 
 
@@ -236,7 +230,7 @@ def test_shutdown_write_keeps_read_side(ca, certs):
             assert s.recv(5) == b""  # close_notify
             s.sendall(b"still-open")
             s.unwrap().close()
-        wait_until(lambda: b"".join(got) == b"still-open")
+        assert wait_until(lambda: b"".join(got) == b"still-open")
     finally:
         server.stop()
 
@@ -405,7 +399,7 @@ def test_client_with_ca_file_and_alpn(certs, two_cert_server):
         assert isinstance(tls, ClientTLSSocket)
         assert tls.selected_alpn_protocol() == "h2"
         assert "b.test" in peer_names(tls)
-        wait_until(lambda: two_cert_server.streams)
+        assert wait_until(lambda: two_cert_server.streams)
         assert two_cert_server.streams[-1].sni == "b.test"
     finally:
         tls.close()

@@ -11,22 +11,11 @@ import time
 import gevent
 import pytest
 
+from tests.support.net import recv_all, tcp_pair
 from vane.net import tunnel
 from vane.net.tunnel import Counters, relay
 
 SIZE = 10 * 1024 * 1024
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected pair of TCP sockets on loopback."""
-    with socket.socket() as lst:
-        lst.bind(("127.0.0.1", 0))
-        lst.listen(1)
-        a = socket.create_connection(lst.getsockname(), timeout=2)
-        b, _ = lst.accept()
-    a.settimeout(2)
-    b.settimeout(2)
-    return a, b
 
 
 class WrappedStream:
@@ -101,15 +90,6 @@ def recv_hash(sock: socket.socket) -> tuple[str, int]:
             return h.hexdigest(), n
         h.update(memoryview(buf)[:k])
         n += k
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        b = sock.recv(65536)
-        if not b:
-            return b"".join(chunks)
-        chunks.append(b)
 
 
 def bidirectional(setup: Setup, g: gevent.Greenlet) -> None:

@@ -13,10 +13,8 @@ import gevent
 import h2.errors
 import pytest
 
-from tests.daemon_helpers import free_port, wait_until
-
-from .h2raw import RawH2
-from .origins import connect, exchange, parse_responses, read_for
+from tests.support.h2raw import RawH2
+from tests.support.net import connect, exchange, free_port, parse_responses, read_for, wait_until
 
 CLEAN = r"Traceback|ERROR|CRITICAL"
 
@@ -55,7 +53,7 @@ def test_a_body_over_the_limit_is_413(front):
 @pytest.mark.parametrize("path", ["/body", "/echo"])
 def test_a_client_gone_mid_body(front, path):
     port, d = front
-    with connect(port) as sock:
+    with connect(port, timeout=5.0) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 900\r\n\r\n".encode() + b"x" * 100)
         gevent.sleep(0.2)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -66,7 +64,7 @@ def test_a_client_gone_mid_body(front, path):
 
 def test_a_body_that_stops_coming_is_408(front):
     port, d = front
-    with connect(port) as sock:
+    with connect(port, timeout=5.0) as sock:
         sock.sendall(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: 900\r\n\r\n" + b"x" * 100)
         answers = parse_responses(read_for(sock, 3))
     assert [a[0] for a in answers] == [408]
@@ -139,7 +137,7 @@ def test_each_upstream_failure_is_one_warning_naming_rule_upstream_and_request(l
     idx = d.wait_log(rf"WARNING vane\.upstream: upstream http://127\.0\.0\.1:{dead} failed \(connect\) "
                      r"for rule to-dead, request [0-9a-f-]{36}/1: ", since=mark)
     assert idx >= 0
-    with connect(port) as sock:                                   # ten more within a second
+    with connect(port, timeout=5.0) as sock:                      # ten more within a second
         sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" * 10)
         assert [a[0] for a in parse_responses(read_for(sock, 0.5))] == [502] * 10
     assert d.count(r"vane\.upstream: upstream", mark) <= 2          # rate-limited per rule and upstream

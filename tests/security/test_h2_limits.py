@@ -12,9 +12,8 @@ import gevent
 import h2.errors
 import pytest
 
-from tests.daemon_helpers import free_port
-
-from .h2raw import RawH2
+from tests.support.h2raw import RawH2
+from tests.support.net import free_port
 
 MAX_STREAMS = 20
 

@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.daemon_helpers import connect, free_ports, rule, wait_until
+from tests.support.config import rule
+from tests.support.net import connect, free_ports, wait_until
 from vane.mgmt.fds import FdReserve, raise_nofile_limit
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,7 +43,7 @@ def mgmt_ping(port: int) -> bool:
 
 def test_management_answers_and_the_log_stays_bounded_without_descriptors(lab):
     port, mport = free_ports(2)
-    d = lab.vaned({"10-web.json": rule("web", f"127.0.0.1:{port}", {"respond": {"input": {"body": "ok"}}},
+    d = lab.vaned({"10-web.json": rule("web", {"respond": {"input": {"body": "ok"}}}, listen=f"127.0.0.1:{port}",
                                        match={"req.host": "app.test"})},
                   env={"VANE_SEC_MAX_CONNECTIONS_PER_IP": "10000", "VANE_MGMT_HTTP_PORT": str(mport),
                        "VANE_MGMT_HTTP_TOKEN": TOKEN},

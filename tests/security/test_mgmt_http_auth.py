@@ -10,18 +10,13 @@ import socket
 import httpx
 import pytest
 
-from tests.mgmt_helpers import FakeDaemon, start_http
+from tests.support.mgmt import start_http
 from vane.mgmt.server_http import HttpMgmtServer
 
 pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "4f1c0e7d9a8b6c5d4e3f2a1b0c9d8e7f"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def daemon():
-    return FakeDaemon()
 
 
 @pytest.fixture

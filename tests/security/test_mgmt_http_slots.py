@@ -10,18 +10,14 @@ import gevent
 import httpx
 import pytest
 
-from tests.mgmt_helpers import FakeDaemon, start_http, wait_for
+from tests.support.mgmt import start_http
+from tests.support.net import wait_until
 from vane.mgmt.client import Client
 from vane.mgmt.slots import PENDING
 
 pytestmark = pytest.mark.timeout(30)
 
 TOKEN = "0b8d6f4e2c1a3b5d7f9e8c6a4b2d0f1e"
-
-
-@pytest.fixture
-def daemon():
-    return FakeDaemon()
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
@@ -43,7 +39,7 @@ def test_idle_connections_cannot_lock_out_an_authorised_client(daemon):
     try:
         for _ in range(200):  # more than the whole connection table
             idle.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
-        assert wait_for(lambda: srv.slots.count(PENDING) == srv.slots.max_pending, timeout=3)
+        assert wait_until(lambda: srv.slots.count(PENDING) == srv.slots.max_pending, timeout=3)
         client = Client(http_url=f"http://127.0.0.1:{srv.port}", token=TOKEN, timeout=2)
         for _ in range(5):  # well before any idle connection's head timeout
             assert client.call("ping")["pong"]
@@ -133,7 +129,7 @@ def test_streams_are_capped(daemon):
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
             s.sendall(tail)
             streams.append(s)
-        assert wait_for(lambda: daemon.log_hub.subscribers == 2)
+        assert wait_until(lambda: daemon.log_hub.subscribers == 2)
         r = httpx.post(f"{url}/v1/tail_log", json={}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
         assert r.status_code == 503 and r.json()["error"]["kind"] == "Unavailable"
         assert daemon.log_hub.subscribers == 2

@@ -10,7 +10,8 @@ import subprocess
 import httpx
 import pytest
 
-from tests.daemon_helpers import ROOT, VANE, free_ports, refused
+from tests.support.daemon import ROOT, VANE, clean_environ
+from tests.support.net import free_ports, refused
 from vane.mgmt.token import MAX_TOKEN_BYTES, find_token, read_token_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,7 +21,7 @@ TOKEN = "9c2f6b1e0d3a4f5b8e7d6c5b4a392817"
 
 def vane_http(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``vane --http`` with an environment holding no VANE_* but ``env``."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("VANE_")}
+    full = clean_environ()
     full.update(env or {})
     return subprocess.run([*VANE, "--http", f"http://127.0.0.1:{port}", *args], env=full, cwd=str(ROOT),
                           capture_output=True, text=True, timeout=20)

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mgmt_helpers import FakeDaemon, RawConn, short_tmpdir, sock_in, start_unix, wait_for
+from tests.support.mgmt import RawConn, short_tmpdir, sock_in, start_unix
+from tests.support.net import wait_until
 from vane.mgmt.client import Client
 from vane.mgmt.server_unix import MAX_CLIENTS, MAX_STREAMS
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def daemon():
-    return FakeDaemon()
 
 
 @pytest.fixture
@@ -49,7 +45,7 @@ def test_a_kept_alive_client_survives_being_closed_to_make_room(server):
         assert c.call("ping")["pong"]
         others = [RawConn(server.path) for _ in range(MAX_CLIENTS)]  # c's connection is the oldest
         try:
-            assert wait_for(lambda: server.slots.evicted >= 1, timeout=2)
+            assert wait_until(lambda: server.slots.evicted >= 1, timeout=2)
             assert c.call("stats")["graph_hash"]  # reconnects: the closed request was never read
         finally:
             for conn in others:
@@ -63,7 +59,7 @@ def test_streams_are_capped_and_commands_still_get_through(server, daemon):
             conn = RawConn(server.path)
             conn.send({"verb": "tail_log", "request_id": f"s{i}"})
             streams.append(conn)
-        assert wait_for(lambda: daemon.log_hub.subscribers == MAX_STREAMS, timeout=3)
+        assert wait_until(lambda: daemon.log_hub.subscribers == MAX_STREAMS, timeout=3)
         extra = RawConn(server.path)
         extra.send({"verb": "tail_flow", "request_id": "one-more"})
         frame = extra.frame()
@@ -83,11 +79,11 @@ def test_streams_are_capped_and_commands_still_get_through(server, daemon):
                 conn.close()
         assert daemon.log_hub.subscribers == MAX_STREAMS  # no stream was closed to make room
         streams.pop().close()
-        assert wait_for(lambda: daemon.log_hub.subscribers == MAX_STREAMS - 1)
+        assert wait_until(lambda: daemon.log_hub.subscribers == MAX_STREAMS - 1)
         conn = RawConn(server.path)
         conn.send({"verb": "tail_log", "request_id": "again"})
         streams.append(conn)
-        assert wait_for(lambda: daemon.log_hub.subscribers == MAX_STREAMS)
+        assert wait_until(lambda: daemon.log_hub.subscribers == MAX_STREAMS)
     finally:
         for conn in streams:
             conn.close()

@@ -14,11 +14,9 @@ import socket
 import gevent
 import pytest
 
-from tests.daemon_helpers import free_port, wait_until
-from tests.http_helpers import pattern
-
-from .h2raw import RawH2
-from .origins import connect, parse_responses, read_for
+from tests.support.h2raw import RawH2
+from tests.support.http_backend import pattern
+from tests.support.net import connect, free_port, parse_responses, read_for, wait_until
 
 POOL = {"upstream_pool": {"max_active_per_host": 8, "response_buffer": 65536, "connect_timeout": 2}}
 BIG = 8 * 1024 * 1024          # far more than the read-ahead buffer and the socket buffers
@@ -40,7 +38,7 @@ def slow_readers(port: int, source: str, n: int, size: int) -> list[socket.socke
     """``n`` connections from ``source`` that each ask for ``size`` bytes and read nothing."""
     socks = []
     for _ in range(n):
-        sock = connect(port, source)
+        sock = connect(port, source, timeout=5.0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(f"GET /data?n={size} HTTP/1.1\r\nHost: site.test\r\n\r\n".encode())
         socks.append(sock)
@@ -117,6 +115,6 @@ def test_one_client_past_its_share_gets_503_and_the_share_comes_back(front):
         for sock in attack:
             sock.close()
     wait_until(lambda: all(r["active"] == 0 for r in d.cli_json("get", "upstreams")["upstreams"]), 10)
-    with connect(port, "127.0.0.3") as sock:
+    with connect(port, "127.0.0.3", timeout=5.0) as sock:
         sock.sendall(b"GET /data?n=10 HTTP/1.1\r\nHost: site.test\r\n\r\n")
         assert [a[0] for a in parse_responses(read_for(sock, 2))] == [200]

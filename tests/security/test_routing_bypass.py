@@ -12,10 +12,8 @@ import json
 import httpx
 import pytest
 
-from tests.daemon_helpers import free_port, wait_until
-
-from .h2raw import RawH2
-from .origins import exchange
+from tests.support.h2raw import RawH2
+from tests.support.net import exchange, free_port, wait_until
 
 
 @pytest.fixture

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.daemon_helpers import free_port, wait_until
-
-from .h2raw import RawH2
-from .origins import connect, exchange, parse_responses, read_for
+from tests.support.h2raw import RawH2
+from tests.support.net import connect, exchange, free_port, parse_responses, read_for, wait_until
 
 
 def proxy_rules(port: int, origin: str) -> dict:
@@ -186,7 +184,7 @@ def test_bare_lf_request_line_is_refused(front):
 
 def test_pipelined_requests_reach_the_origin_one_by_one(front):
     port, nginx, _ = front
-    with connect(port) as sock:
+    with connect(port, timeout=5.0) as sock:
         sock.sendall(b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
                      b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n"
                      b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.mgmt_helpers import flow_entry
+from tests.support.mgmt import flow_entry
 from vane.cli import render
 from vane.cli.args import USAGE, UsageError, parse
 from vane.cli.main import main

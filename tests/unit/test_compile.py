@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.confhelpers import PROXY_L4, RESPOND, rule, write_config
+from tests.support.config import PROXY_L4, RESPOND, rule, write_config
 from vane.compile import compile_dir, compile_path
 from vane.config.errors import CompileFailed
 

@@ -13,7 +13,7 @@ import pytest
 import trustme
 import wasmtime
 
-from tests.confhelpers import RESPOND, rule, write_config
+from tests.support.config import RESPOND, rule, write_config
 from vane.compile import compile_dir, link_offline
 from vane.config.errors import CompileFailed
 from vane.config.files import MAX_CERT_BYTES, FileRefused, read_regular

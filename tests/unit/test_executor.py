@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.unit.fakeplugins import TEST_SPECS, External, RecCtx
+from tests.support.fakeplugins import TEST_SPECS, External, RecCtx
 from vane.compile.flows import FlowBuilder
 from vane.config.errors import ConfigError
 from vane.config.settings import Settings

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.mgmt_helpers import HASH_A, FakeDaemon, flow_entry
+from tests.support.mgmt import HASH_A, FakeDaemon, flow_entry
 from vane.mgmt.api import DaemonAPI
 from vane.mgmt.paths import client_socket_paths, server_socket_path
 from vane.mgmt.protocol import MgmtError, Request

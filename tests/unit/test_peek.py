@@ -9,6 +9,7 @@ import time
 import gevent
 import pytest
 
+from tests.support.net import tcp_pair
 from vane.net.peek import H2_PREFACE, PROTOCOLS, classify, classify_datagram, detect, peek
 
 DNS_QUERY = (
@@ -26,16 +27,6 @@ TLS_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
 def quic_initial(version: int = 1, dcid: bytes = b"\x01" * 8) -> bytes:
     head = bytes([0xC3]) + struct.pack("!I", version) + bytes([len(dcid)]) + dcid + b"\x00"
     return head + b"\x00" * (1200 - len(head))
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.socket() as lst:
-        lst.bind(("127.0.0.1", 0))
-        lst.listen(1)
-        a = socket.create_connection(lst.getsockname(), timeout=2)
-        b, _ = lst.accept()
-    b.settimeout(2)
-    return a, b
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The route node the compiler lowers rules to: first match wins, host index, fallback."""
 
-from tests.confhelpers import RESPOND, rule, write_config
-from tests.unit.fakeplugins import RecCtx
+from tests.support.config import RESPOND, rule, write_config
+from tests.support.fakeplugins import RecCtx
 from vane.compile import compile_dir
 from vane.config.settings import Settings
 from vane.engine.kv import KV

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from tests.confhelpers import RESPOND, rule, write_config
+from tests.support.config import RESPOND, rule, write_config
 from vane.compile import compile_dir
 from vane.config import schemas
 from vane.config.errors import CompileFailed

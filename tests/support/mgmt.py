@@ -1,4 +1,6 @@
-"""A fake daemon implementing DaemonAPI with canned, consistent state, plus server helpers.
+"""Management without a real daemon: a fake implementing DaemonAPI with canned, consistent
+state, the real unix and HTTP management servers started in front of it, a raw NDJSON
+connection for protocol-level tests, and short directories for unix sockets.
 
 The management servers under test are real (real sockets); only the daemon behind them is fake.
 """
@@ -13,8 +15,6 @@ import tempfile
 import time
 from types import SimpleNamespace
 from typing import Any, Iterator
-
-import gevent
 
 from vane.config.errors import CompileFailed, ConfigError
 from vane.mgmt.server_http import HttpMgmtServer
@@ -196,16 +196,6 @@ class RawConn:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` cooperatively until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        gevent.sleep(0.01)
-    return bool(predicate())
 
 
 def short_tmpdir() -> Iterator[str]:

@@ -1,4 +1,4 @@
-"""Plugins for executor tests: no sockets, deterministic behaviour."""
+"""Plugins for the executor and external-plugin tests: no sockets, deterministic behaviour."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class RecCtx(Context):
 
 def spec(name, kind, branches=(), impl="Branch", layers=LAYERS_ALL, external=False, outputs=None):
     return PluginSpec(name=name, kind=kind, layers=layers, branches=tuple(branches),
-                      impl=f"tests.unit.fakeplugins:{impl}", input_schema={"type": "object"},
+                      impl=f"tests.support.fakeplugins:{impl}", input_schema={"type": "object"},
                       outputs=outputs, external=external, has_next=name == "layer")
 
 

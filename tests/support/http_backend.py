@@ -1,4 +1,4 @@
-"""Helpers for the HTTP tests: a real backend on loopback, a vaned subprocess, TLS files, ports.
+"""The HTTP backend of the tests: a real server on loopback (or on a unix socket).
 
 ``Backend`` is a small gevent HTTP/1.1 server written on httptools, independent of vane's own
 codecs. Routes: ``/echo`` (the body back; ``?chunked=1`` answers chunked), ``/hash`` (sha256
@@ -14,24 +14,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import signal
 import socket
 import ssl
 import struct
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
 import httptools
 from gevent.server import StreamServer
 
-ROOT = Path(__file__).resolve().parent.parent
-VANED = str(Path(sys.executable).parent / "vaned")
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 _BLOCK = hashlib.sha256(b"vane").digest() * 2048           # 64 KiB, deterministic
@@ -42,26 +34,6 @@ def pattern(n: int) -> bytes:
     reps = n // len(_BLOCK) + 1
     return (_BLOCK * reps)[:n]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            gevent.sleep(0.05)
-
-
-# -- backend ---------------------------------------------------------------------------------------
 
 class _Req:
     __slots__ = ("method", "url", "path", "query", "headers", "body", "done", "upgrade", "headers_done")
@@ -341,90 +313,3 @@ def _ws_frame(opcode: int, payload: bytes) -> bytes:
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
     return head + payload
-
-
-def backend_tls_context(ca: Any, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
-                        alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
-    """A server context with a trustme certificate for ``hosts``."""
-    cert = ca.issue_cert(*hosts)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert.configure_cert(ctx)
-    ctx.set_alpn_protocols(list(alpn))
-    return ctx
-
-
-# -- vaned -----------------------------------------------------------------------------------------
-
-class Vaned:
-    """A real vaned subprocess on a config directory."""
-
-    def __init__(self, config_dir: str | os.PathLike, env: dict | None = None) -> None:
-        self.config_dir = str(config_dir)
-        self.sock_path = os.path.join(self.config_dir, "vaned.sock")
-        self.log_path = os.path.join(self.config_dir, "vaned.log")
-        full = {k: v for k, v in os.environ.items() if not k.startswith("VANE_")}
-        full.update({"VANE_MGMT_UNIX": self.sock_path, "VANE_MGMT_HTTP_PORT": "", "VANE_LOG_LEVEL": "info",
-                     "VANE_STATE_DIR": os.path.join(self.config_dir, "state")})
-        full.update(env or {})
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([VANED, "--config", self.config_dir], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=full, cwd=str(ROOT))
-
-    def wait_listening(self, port: int, timeout: float = 15.0) -> "Vaned":
-        try:
-            wait_port(port, timeout)
-        except OSError:
-            raise AssertionError(f"vaned did not listen on {port}:\n{self.log()}") from None
-        return self
-
-    def log(self) -> str:
-        try:
-            return Path(self.log_path).read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-    def mgmt(self, verb: str, args: dict | None = None) -> Any:
-        """One management request over the unix socket; returns the result."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(self.sock_path)
-            s.sendall(json.dumps({"verb": verb, "args": args or {}, "request_id": "1"}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        reply = json.loads(data)
-        if reply.get("error"):
-            raise RuntimeError(reply["error"])
-        return reply["result"]
-
-
-def write_rules(root: Path, rules: dict[str, Any], config: dict | None = None) -> Path:
-    (root / "rules").mkdir(parents=True, exist_ok=True)
-    for name, content in rules.items():
-        (root / "rules" / name).write_text(json.dumps(content))
-    (root / "config.json").write_text(json.dumps(config or {}))
-    return root
-
-
-def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run curl (silent, errors shown); stdout is bytes."""
-    return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)
-
-
-def chunks_of(data: bytes, size: int = 65536) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i:i + size]
