@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 from tests.support.daemon import Lab, new_lab  # noqa: E402
 from tests.support.http_backend import Backend  # noqa: E402
 from tests.support.nginx import Nginx  # noqa: E402
+from tests.support.redis import Redis  # noqa: E402
 
 
 @pytest.fixture
@@ -36,6 +37,14 @@ def nginx(lab: Lab) -> Nginx:
     origin = Nginx(lab.base / "nginx")
     lab.on_close(origin.stop)
     return origin
+
+
+@pytest.fixture
+def redis_server(lab: Lab) -> Redis:
+    """A real redis-server on loopback, stopped with the lab."""
+    server = Redis(lab.base / "redis")
+    lab.on_close(server.stop)
+    return server
 
 
 @pytest.fixture

@@ -204,4 +204,4 @@ def test_ratelimit_memory_bounded():
     root, _ = build(flow)
     for i in range(1000):
         walk(root, RecCtx(kv=KV({"k": str(i)})), 5)
-    assert len(root.impl.buckets) == 100
+    assert len(root.impl.store.buckets) == 100

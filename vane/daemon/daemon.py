@@ -72,6 +72,9 @@ class Services:
         self.draining = Event()
         self._pool = None
         self.pool_config: dict | None = None
+        self.shared_limits: Any = None   # SharedLimits when this process is one of several workers
+        self._ratelimit_stores: dict[str, Any] = {}
+        self._local_buckets: Any = None
         self.graph: FlowGraph | None = None  # the graph serving now (requests look theirs up in it)
 
     @property
@@ -90,6 +93,29 @@ class Services:
             self._pool = UpstreamPool(self.settings, self.metrics)
             self._pool.configure(self.pool_config)
         return self._pool
+
+    def ratelimit_store(self, url: str) -> Any:
+        """The daemon-scoped ``ratelimit`` store for ``url`` (a Redis server), created on first
+        use; it falls back to the daemon's own buckets while the server does not answer."""
+        store = self._ratelimit_stores.get(url)
+        if store is None:
+            from vane.net.redis_buckets import RedisBuckets
+            if self.shared_limits is not None:
+                fallback = self.shared_limits.buckets
+            else:
+                if self._local_buckets is None:
+                    from vane.plugins.builtin.ratelimit import DEFAULT_MAX_KEYS, LocalBuckets
+                    self._local_buckets = LocalBuckets(DEFAULT_MAX_KEYS)
+                fallback = self._local_buckets
+            store = self._ratelimit_stores[url] = RedisBuckets(url, fallback, self.metrics)
+        return store
+
+    def close(self) -> None:
+        """The process is ending: close upstream and store connections."""
+        if self._pool is not None:
+            self._pool.close()
+        for store in self._ratelimit_stores.values():
+            store.close()
 
     def configure_pool(self, config: dict | None) -> None:
         """config.json's ``upstream_pool`` (reloadable)."""
@@ -369,8 +395,7 @@ class Daemon:
                 self.management.stop()
             except Exception:  # noqa: BLE001
                 log.debug("management stop failed", exc_info=True)
-        if self.services._pool is not None:
-            self.services._pool.close()
+        self.services.close()
         self.flow_log.close()
         self.stopped.set()
 

@@ -115,6 +115,10 @@ class Metrics:
             Counter("vane_reloads_total", "Config reloads by result.", ["result"], registry=r), 1)
         self.floor_hits = fam(
             Counter("vane_floor_hits_total", "Security-floor limit breaches.", ["limit"], registry=r), 1)
+        self.ratelimit_fallbacks = fam(
+            Counter("vane_ratelimit_store_fallbacks_total",
+                    "ratelimit decisions taken locally because the shared store did not answer.",
+                    ["store"], registry=r), 1)
 
     # hot path --------------------------------------------------------------------
     def conn_opened(self, listener: str) -> None:
@@ -166,6 +170,9 @@ class Metrics:
 
     def floor_hit(self, limit: str) -> None:
         self.floor_hits.child(limit).inc()
+
+    def ratelimit_fallback(self, store: str) -> None:
+        self.ratelimit_fallbacks.child(store).inc()
 
     # exposition ------------------------------------------------------------------
     def render_prometheus(self) -> bytes:
