@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import gevent
 import h2.connection
 from gevent.event import Event
 
+from vane.net.h2 import workers
 from vane.net.h2.protocol import goaway_frame
 from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers, connection_tokens
 
@@ -94,7 +94,7 @@ class H2Output:
             self._h2.data_to_send()
             return
         self._scheduled = True
-        gevent.spawn_raw(self._scheduled_flush)
+        workers.spawn(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
         self._scheduled = False

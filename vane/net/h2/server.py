@@ -18,10 +18,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import gevent
 from gevent import get_hub, getcurrent
 from gevent.event import Event
 
+from vane.net.h2 import workers
 from vane.net.h2.common import (
     RECV_SIZE,
     H2Output,
@@ -111,7 +111,7 @@ class H2ServerConnection:
 
     def __init__(self, stream: Any, handler: Callable[[Request], Any],
                  limits: H2Limits = H2Limits(), scheme: str = "https",
-                 spawn: Callable[..., Any] = gevent.spawn,
+                 spawn: Callable[..., Any] = workers.spawn,
                  finished: Callable[[Any, Response, int, bool], None] | None = None,
                  inline: Callable[[Request], bool] | None = None) -> None:
         self._stream = stream
