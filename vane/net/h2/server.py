@@ -143,7 +143,7 @@ class H2ServerConnection:
         # on a budget that refills at half the stream limit per second
         self._reset_budget = float(limits.max_concurrent_streams)
         self._reset_refill = time.monotonic()
-        self._calmed = False    # closed for abuse (GOAWAY ENHANCE_YOUR_CALM sent)
+        self._failed = False    # closed with an error GOAWAY (abuse, protocol error)
         self.bytes_in = 0
         self.requests = 0
 
@@ -214,6 +214,7 @@ class H2ServerConnection:
             log.debug("h2 protocol error from client: %s", exc.reason)
             self._proto.goaway(exc.code)
             self._out.seal()
+            self._failed = True
             return False
         if self._new:
             self._last_active = time.monotonic()
@@ -247,7 +248,7 @@ class H2ServerConnection:
                 self._proto.goaway()
             self._out.flush()   # with the last answers, whose writes may still be scheduled
             self._linger()
-        elif self._calmed and self._out.error is None:
+        elif self._failed and self._out.error is None:
             self._linger()      # the GOAWAY must arrive before the close resets the connection
         for st in list(self._streams.values()):
             if st.reset is None:
@@ -397,7 +398,7 @@ class H2ServerConnection:
             log.info("h2: client cancels streams faster than they can be served; closing the connection")
             self._proto.goaway(ENHANCE_YOUR_CALM)
             self._out.seal()
-            self._calmed = True
+            self._failed = True
             self._closed = True
             for each in self._streams.values():
                 if each.reset is None:
