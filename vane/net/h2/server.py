@@ -68,6 +68,9 @@ class H2Limits:
     connection_window: int = 1 << 20   # inbound window shared by all streams of the connection
 
 
+_BODY_TO_COME = Body.empty()    # a placeholder, replaced by the stream's body at once
+
+
 class _Wakeup(Exception):
     """Thrown into the reader while it waits in recv, to make it re-check its exit conditions."""
 
@@ -291,7 +294,8 @@ class H2ServerConnection:
                 self._count_early_reset()   # a client past the advertised limit
             return
         try:
-            request, length = request_head(fields, self._scheme, self._limits.max_header_count)
+            request, length = request_head(fields, self._scheme, self._limits.max_header_count,
+                                           Body.empty() if ended else _BODY_TO_COME)
         except HttpError as exc:
             self._reject(st, exc, ended)
             return
@@ -302,11 +306,11 @@ class H2ServerConnection:
                 self._reject(st, HttpError(400, "content-length without a body"), True)
                 return
             st.ended = True
-            body = Body.empty()
+            body = request.body
         else:
             body = Body(self._body_chunks(st), length, close=lambda: self._discard(st))
+            request.body = body
         st.body = body
-        request.body = body
         self.requests += 1
         self._new.append((st, request))
 

@@ -27,7 +27,12 @@ _idle: list[Any] = []
 def spawn(fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn(*args)`` in a worker greenlet, soon (see module doc)."""
     hub = get_hub()
-    worker = _idle.pop() if _idle else greenlet(_work, parent=hub)
+    while _idle:
+        worker = _idle.pop()
+        if worker.parent is hub:     # parked under this hub (a new hub starts afresh)
+            break
+    else:
+        worker = greenlet(_work, parent=hub)
     hub.loop.run_callback(worker.switch, fn, args)
 
 
