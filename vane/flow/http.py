@@ -294,13 +294,23 @@ def serve_h2(service: HttpService, scheme: str) -> None:
         if rctx is not None:
             service.finished(rctx, resp, sent, aborted)
 
+    tree: list[Any] = [None, True]      # the last L7 tree seen, and whether its walk can block
+
+    def inline(req: Request) -> bool:
+        """The walk cannot wait on I/O: the codec may run it in its reader."""
+        root = service.entry.current()
+        if root is not tree[0]:
+            tree[0] = root
+            tree[1] = root is not None and any(node.spec.blocking for node in root.walk())
+        return not tree[1]
+
     limits = H2Limits(max_concurrent_streams=settings.sec_h2_max_streams,
                       max_header_list_size=settings.sec_max_header_bytes,
                       max_header_count=settings.sec_max_header_count,
                       header_timeout=settings.sec_header_timeout,
                       body_idle_timeout=settings.sec_body_idle_timeout,
                       send_timeout=settings.sec_send_timeout)
-    codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished)
+    codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished, inline=inline)
     watcher = gevent.spawn(_goaway_on_drain, service.services.draining, codec)
     try:
         codec.serve()

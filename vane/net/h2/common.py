@@ -1,12 +1,14 @@
 """Pieces the HTTP/2 server and client codecs share.
 
-- ``H2Output``: the one path to the socket. Any greenlet may queue frames in the h2
-  connection and call ``flush``; one of them at a time writes, the others leave their bytes
-  to it, and producers wait while the backlog is above a high-water mark.
-- ``GoawayFilter``: h2 closes its state machine on a GOAWAY in either direction, which rules
-  out the graceful shutdown HTTP/2 allows (in-flight streams finish after a GOAWAY). The
-  filter takes inbound GOAWAY frames out of the byte stream before h2 sees them, and outbound
-  GOAWAYs are written as raw frames, so h2 keeps serving the streams already open.
+- ``H2Output``: the one path to the socket. Any greenlet may queue frames in the connection
+  state (an h2 ``H2Connection`` or the server's ``ServerProtocol``) and call ``flush`` or
+  ``flush_soon``; one of them at a time writes, the others leave their bytes to it, and
+  producers wait while the backlog is above a high-water mark.
+- ``GoawayFilter`` (the client's): h2 closes its state machine on a GOAWAY in either
+  direction, which rules out the graceful shutdown HTTP/2 allows (in-flight streams finish
+  after a GOAWAY). The filter takes inbound GOAWAY frames out of the byte stream before h2
+  sees them, and outbound GOAWAYs are written as raw frames, so h2 keeps serving the streams
+  already open.
 """
 
 from __future__ import annotations
@@ -15,29 +17,35 @@ from typing import Any, Callable
 
 import h2.connection
 from gevent.event import Event
-from hyperframe.frame import GoAwayFrame
 
+from vane.net.h2 import workers
+from vane.net.h2.protocol import goaway_frame
 from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers, connection_tokens
+
+__all__ = ["GoawayFilter", "H2Output", "StreamGone", "goaway_frame", "response_header_block",
+           "take_chunk", "trailer_block", "write_data"]
 
 RECV_SIZE = 65536
 HIGH_WATER = 65536
 _GOAWAY = 0x7
 _MAX_GOAWAY_PAYLOAD = 16384
-_PREFACE_LEN = 24
 
 class H2Output:
-    """Serialised writes of an h2 connection's pending bytes to its stream.
+    """Serialised writes of a connection's pending bytes (``conn.data_to_send()``) to its stream.
 
     ``flush`` never blocks a caller on another greenlet's write: if a write is in progress,
-    the bytes join the backlog and the writing greenlet sends them next. A failed write
-    records ``error`` and calls ``on_error`` once; later flushes are no-ops.
+    the bytes join the backlog and the writing greenlet sends them next. ``flush_soon`` writes
+    from a greenlet of its own once the greenlets already runnable have queued their frames
+    too, so that the answers of many streams leave in one write; while ``held`` is set (the
+    reader is handling a read and flushes when done) it does nothing. A failed write records
+    ``error`` and calls ``on_error`` once; later flushes are no-ops, as they are once ``seal``
+    said the last frame (a GOAWAY that ends the connection) went out.
     """
 
     __slots__ = ("_h2", "_stream", "_backlog", "_writing", "_drained", "_on_error", "error",
-                 "bytes_out")
+                 "bytes_out", "held", "_scheduled", "_sealed")
 
-    def __init__(self, conn: h2.connection.H2Connection, stream: Any,
-                 on_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, conn: Any, stream: Any, on_error: Callable[[BaseException], None]) -> None:
         self._h2 = conn
         self._stream = stream
         self._backlog = bytearray()
@@ -46,9 +54,12 @@ class H2Output:
         self._on_error = on_error
         self.error: BaseException | None = None
         self.bytes_out = 0
+        self.held = False
+        self._scheduled = False
+        self._sealed = False
 
     def flush(self) -> None:
-        if self.error is not None:
+        if self.error is not None or self._sealed:
             self._h2.data_to_send()  # discard: nothing can be written any more
             return
         if self._writing:
@@ -58,6 +69,8 @@ class H2Output:
         try:
             while True:
                 data: Any = self._h2.data_to_send()
+                if self._sealed:
+                    data = b""
                 if self._backlog:
                     self._backlog += data
                     data, self._backlog = self._backlog, bytearray()
@@ -74,6 +87,24 @@ class H2Output:
             self._writing = False
             self._wake()
 
+    def flush_soon(self) -> None:
+        if self.held or self._writing or self._scheduled:
+            return
+        if self.error is not None or self._sealed:
+            self._h2.data_to_send()
+            return
+        self._scheduled = True
+        workers.spawn(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def seal(self) -> None:
+        """Write what is queued, then nothing more."""
+        self.flush()
+        self._sealed = True
+
     def raw(self, frame: bytes) -> None:
         """Queue bytes that did not come from h2 (keeping order with what h2 queued before)."""
         self._backlog += self._h2.data_to_send()
@@ -82,7 +113,7 @@ class H2Output:
 
     def wait_room(self, timeout: float | None) -> None:
         """Block while a write is in progress and the backlog is above the high-water mark."""
-        while self._writing and self.error is None and len(self._backlog) >= HIGH_WATER:
+        while (self._writing or self._scheduled) and self.error is None and len(self._backlog) >= HIGH_WATER:
             if not self._drained.wait(timeout):
                 self._fail(TimeoutError("peer is not reading"))
                 return
@@ -170,10 +201,6 @@ class GoawayFilter:
         if pos > seg:
             out.append(mv[seg:pos])
         return b"".join(out), found
-
-
-def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
-    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()
 
 
 def response_header_block(status: int, headers: Headers) -> HeaderList:

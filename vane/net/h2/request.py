@@ -17,8 +17,10 @@ is not digits or disagrees with another one.
 
 from __future__ import annotations
 
+import re
+
 from vane.net.http.errors import HttpError
-from vane.net.http.message import HeaderList, Headers, Request
+from vane.net.http.message import Body, HeaderList, Headers, Request
 from vane.net.http.target import check_query, is_token, normalize_authority, normalize_path
 
 __all__ = ["request_head", "check_trailers"]
@@ -26,6 +28,10 @@ __all__ = ["request_head", "check_trailers"]
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
+_SPECIAL = _CONNECTION_SPECIFIC | {b"te", b"host", b"content-length", b"cookie"}
+_bad_value = re.compile(rb"[\r\n\x00]|\A[ \t]|[ \t]\Z").search
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
+_SCHEMES = {b"https": "https", b"http": "http"}
 _NAME_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _CACHE_MAX = 4096
 _good_names: set[bytes] = set()
@@ -41,20 +47,21 @@ def _check_name(name: bytes) -> None:
 
 
 def _check_value(value: bytes) -> None:
-    if value and (b"\r" in value or b"\n" in value or b"\0" in value
-                  or value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
+    if value and _bad_value(value) is not None:
         raise HttpError(400, "invalid header field value")
 
 
-def request_head(headers: HeaderList, default_scheme: str, max_fields: int) -> tuple[Request, int | None]:
-    """The ``Request`` (its body still to be attached) and the announced content length of a
-    received header block; raises ``HttpError``."""
+def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
+                 body: Body | None = None) -> tuple[Request, int | None]:
+    """The ``Request`` (with ``body``, else an empty one) and the announced content length of
+    a received header block; raises ``HttpError``."""
     if len(headers) > max_fields:
         raise HttpError(431, "too many header fields")
     method = path = scheme = authority = host = length = None
     items: HeaderList = []
     cookies: list[bytes] | None = None
     regular = False
+    good = _good_names
     for name, value in headers:
         if name[:1] == b":":
             if regular or name not in _PSEUDO:
@@ -77,8 +84,13 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int) -> t
                 scheme = value
             continue
         regular = True
-        _check_name(name)
-        _check_value(value)
+        if name not in good:
+            _check_name(name)
+        if value and _bad_value(value) is not None:
+            raise HttpError(400, "invalid header field value")
+        if name not in _SPECIAL:
+            items.append((name, value))
+            continue
         if name in _CONNECTION_SPECIFIC:
             raise HttpError(400, f"connection-specific field {name.decode()!r} in an HTTP/2 request")
         if name == b"te":
@@ -104,9 +116,11 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int) -> t
         items.append((name, value))
     if method is None:
         raise HttpError(400, "missing :method")
-    text_method = method.decode("latin-1")
-    if not is_token(text_method):
-        raise HttpError(400, "the method is not a token")
+    text_method = _METHODS.get(method)
+    if text_method is None:
+        text_method = method.decode("latin-1")
+        if not is_token(text_method):
+            raise HttpError(400, "the method is not a token")
     if authority is not None and host is not None and normalize_authority(authority) != normalize_authority(host):
         raise HttpError(400, ":authority and host name different authorities")
     raw_authority = authority if authority is not None else host
@@ -117,20 +131,23 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int) -> t
     else:
         if path is None or scheme is None:
             raise HttpError(400, "missing :path or :scheme")
-        raw_path, _, raw_query = path.partition(b"?")
-        if raw_path == b"*" and text_method == "OPTIONS" and not raw_query:
-            target = "*"
-        elif raw_path[:1] == b"/":
-            target = normalize_path(raw_path.decode("latin-1"))
+        if path == b"/":
+            target, query = "/", ""
         else:
-            raise HttpError(400, ":path is not origin-form")
-        query = check_query(raw_query.decode("latin-1"))
+            raw_path, _, raw_query = path.partition(b"?")
+            if raw_path == b"*" and text_method == "OPTIONS" and not raw_query:
+                target = "*"
+            elif raw_path[:1] == b"/":
+                target = normalize_path(raw_path.decode("latin-1"))
+            else:
+                raise HttpError(400, ":path is not origin-form")
+            query = check_query(raw_query.decode("latin-1")) if raw_query else ""
         auth = normalize_authority(raw_authority) if raw_authority is not None else ""
     if cookies is not None and len(cookies) > 1:
         joined = b"; ".join(cookies)
         items = [(k, joined if k == b"cookie" else v) for k, v in items]
-    request = Request(text_method, target, query, "2", Headers(items), None,
-                      scheme.decode("latin-1") if scheme else default_scheme, auth)
+    text_scheme = (_SCHEMES.get(scheme) or scheme.decode("latin-1")) if scheme else default_scheme
+    request = Request(text_method, target, query, "2", Headers(items), body, text_scheme, auth)
     return request, length
 
 

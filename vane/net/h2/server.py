@@ -1,11 +1,13 @@
-"""HTTP/2 server codec on h2: one connection, a greenlet per stream running the L7 handler.
+"""HTTP/2 server codec: one connection, its requests handed to the L7 handler.
 
-``H2ServerConnection.serve`` reads frames in the connection greenlet and turns each new
-stream into a ``Request`` whose body streams the DATA frames; ``handler(request)`` runs in its
-own greenlet and its ``Response`` is written back under the peer's flow control. Inbound flow
-control is credited only as the handler consumes the body, so a slow consumer slows the
-client down instead of filling memory.
-The plumbing shared with the client codec is in ``h2common``.
+``H2ServerConnection.serve`` reads in the connection greenlet and feeds ``ServerProtocol``
+(framing, stream states, flow control, HPACK), which reports each new request, its body data
+and its end here. Once a read is handled, each new stream runs ``handler(request)``: in a
+greenlet of its own, or, when ``inline(request)`` says the handler cannot block and the
+request has no body, right there in the reader. The ``Response`` goes back under the peer's
+flow control; everything the streams queue during one turn of the read loop leaves in one
+write (``H2Output``). Inbound flow control is credited only as the handler consumes the body,
+so a slow consumer slows the client down instead of filling memory.
 """
 
 from __future__ import annotations
@@ -16,28 +18,28 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import gevent
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-import h2.stream
 from gevent import get_hub, getcurrent
 from gevent.event import Event
-from h2.errors import ErrorCodes
 
+from vane.net.h2 import workers
 from vane.net.h2.common import (
-    _PREFACE_LEN,
     RECV_SIZE,
-    GoawayFilter,
     H2Output,
     StreamGone,
-    goaway_frame,
     response_header_block,
-    take_chunk,
     trailer_block,
-    write_data,
+)
+from vane.net.h2.protocol import (
+    CANCEL,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    ConnectionFailure,
+    ServerProtocol,
+    StreamClosed,
+    StreamState,
 )
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
@@ -49,8 +51,6 @@ from vane.net.tunnel import linger
 __all__ = ["H2Limits", "H2ServerConnection"]
 
 log = logging.getLogger("vane.net.h2")
-
-_SETTING = h2.settings.SettingCodes
 
 
 @dataclass(frozen=True)
@@ -68,51 +68,39 @@ class H2Limits:
     connection_window: int = 1 << 20   # inbound window shared by all streams of the connection
 
 
-class _LenientStream(h2.stream.H2Stream):
-    """h2's stream with its content-length checks left to ``request_head`` and ``_on_data``:
-    h2 raises those as connection errors, RFC 9113 §8.1.1 makes them stream errors."""
-
-    def _initialize_content_length(self, headers: Any) -> None:
-        self._expected_content_length = None
-
-    def _track_content_length(self, length: int, end_stream: bool) -> None:
-        pass
-
-
-class _ServerH2(h2.connection.H2Connection):
-    """The h2 connection state machine with per-stream (not per-connection) request checks."""
-
-    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> h2.stream.H2Stream:
-        stream = super()._begin_new_stream(stream_id, allowed_ids)
-        stream.__class__ = _LenientStream
-        return stream
+_BODY_TO_COME = Body.empty()    # a placeholder, replaced by the stream's body at once
 
 
 class _Wakeup(Exception):
     """Thrown into the reader while it waits in recv, to make it re-check its exit conditions."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Server
+class _ServerStream(StreamState):
+    """A request stream: its protocol state, its body as received, and its waiters."""
 
-class _ServerStream:
-    __slots__ = ("id", "chunks", "buffered", "ended", "reset", "trailers", "body", "discard",
-                 "data_ev", "win_ev", "headers_sent", "length", "received")
+    __slots__ = ("length", "received", "chunks", "buffered", "ended", "reset", "trailers", "body",
+                 "discard", "data_ev", "win_ev", "headers_sent")
 
-    def __init__(self, stream_id: int, length: int | None = None) -> None:
-        self.id = stream_id
-        self.length = length             # the request's content-length, if announced
+    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
+        super().__init__(stream_id, send_window, recv_window)
+        self.length: int | None = None   # the request's content-length, if announced
         self.received = 0                # body bytes received so far
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
-        self.ended = False               # the client finished its side
+        self.ended = False               # the client finished its side, body complete
         self.reset: int | None = None    # error code once reset (by either side) or conn lost
         self.trailers: HeaderList | None = None
         self.body: Body | None = None
         self.discard = False             # the handler dropped the body: credit arrivals at once
-        self.data_ev = Event()           # body data / end / reset for the consumer
-        self.win_ev = Event()            # flow-control window opened for the sender
+        self.data_ev: Event | None = None  # body data / end / reset, for the consumer (made on demand)
+        self.win_ev: Event | None = None   # flow-control window opened, for the sender (made on demand)
         self.headers_sent = False
+
+    def wake(self) -> None:
+        if self.data_ev is not None:
+            self.data_ev.set()
+        if self.win_ev is not None:
+            self.win_ev.set()
 
 
 class H2ServerConnection:
@@ -120,40 +108,30 @@ class H2ServerConnection:
 
     ``serve()`` runs in the connection greenlet and returns when the connection is finished
     (peer closed, error, idle, or drained after ``goaway()``); the caller closes the stream.
+    ``handler(request)`` returns the ``Response`` (with ``finished``: ``(response, token)``,
+    and ``finished(token, response, body_bytes_sent, aborted)`` is called once it went out).
     """
 
     def __init__(self, stream: Any, handler: Callable[[Request], Any],
                  limits: H2Limits = H2Limits(), scheme: str = "https",
-                 spawn: Callable[..., Any] = gevent.spawn,
-                 finished: Callable[[Any, Response, int, bool], None] | None = None) -> None:
+                 spawn: Callable[..., Any] = workers.spawn,
+                 finished: Callable[[Any, Response, int, bool], None] | None = None,
+                 inline: Callable[[Request], bool] | None = None) -> None:
         self._stream = stream
         set_nodelay(stream)
         self._handler = handler
         self._finished = finished
+        self._inline = inline
         self._limits = limits
         self._scheme = scheme
         self._spawn = spawn
-        window = max(limits.stream_buffer, 65535)
-        # Outbound header blocks are built by response_header_block/trailer_block, which
-        # already apply h2's outbound rules; h2 re-checking them costs ~10% per request.
-        # Inbound blocks are checked by request_head, per stream (h2 would fail the whole
-        # connection on a malformed request).
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_outbound_headers=False,
-                                           validate_inbound_headers=False,
-                                           normalize_inbound_headers=False)
-        conn = _ServerH2(config=config)
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            _SETTING.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-            _SETTING.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-            _SETTING.INITIAL_WINDOW_SIZE: window,
-            _SETTING.ENABLE_PUSH: 0,
-        })
-        conn.decoder.max_header_list_size = limits.max_header_list_size
-        self._h2 = conn
-        self._out = H2Output(conn, stream, self._on_write_error)
-        self._filter = GoawayFilter(_PREFACE_LEN)
-        self._streams: dict[int, _ServerStream] = {}
+        self._proto = ServerProtocol(self, _ServerStream,
+                                     max_concurrent_streams=limits.max_concurrent_streams,
+                                     max_header_list_size=limits.max_header_list_size,
+                                     stream_window=max(limits.stream_buffer, 65535),
+                                     connection_window=limits.connection_window)
+        self._streams: dict[int, Any] = self._proto.streams
+        self._out = H2Output(self._proto, stream, self._on_write_error)
         self._tick = min(limits.header_timeout, limits.body_idle_timeout, limits.idle_timeout)
         self._reader: Any = None
         self._in_recv = False
@@ -168,7 +146,7 @@ class H2ServerConnection:
         # on a budget that refills at half the stream limit per second
         self._reset_budget = float(limits.max_concurrent_streams)
         self._reset_refill = time.monotonic()
-        self._calmed = False    # closed for abuse (GOAWAY ENHANCE_YOUR_CALM sent)
+        self._failed = False    # closed with an error GOAWAY (abuse, protocol error)
         self.bytes_in = 0
         self.requests = 0
 
@@ -186,17 +164,11 @@ class H2ServerConnection:
         """Run the connection until it is finished (see class doc)."""
         self._reader = getcurrent()
         limits = self._limits
-        conn = self._h2
-        self._stream.settimeout(self._tick)
-        conn.initiate_connection()
-        if limits.connection_window > 65535:
-            conn.increment_flow_control_window(limits.connection_window - 65535)
-        # Advertise max_concurrent_streams but let h2 itself enforce only twice that: h2
-        # answers an excess stream with a connection error, we want REFUSED_STREAM for the
-        # streams a client opens before it has seen our SETTINGS.
-        conn.local_settings[_SETTING.MAX_CONCURRENT_STREAMS] = 2 * limits.max_concurrent_streams
-        conn.local_settings.acknowledge()
-        self._out.flush()
+        stream = self._stream
+        out = self._out
+        stream.settimeout(self._tick)
+        self._proto.initiate()
+        out.flush()
         started = time.monotonic()
         graceful = False
         try:
@@ -206,7 +178,7 @@ class H2ServerConnection:
                     break
                 try:
                     self._in_recv = True
-                    data = self._stream.recv(RECV_SIZE)
+                    data = stream.recv(RECV_SIZE)
                 except _Wakeup:
                     continue
                 except TimeoutError:
@@ -226,32 +198,38 @@ class H2ServerConnection:
                 if not data:
                     break
                 self.bytes_in += len(data)
-                if not self._receive(data):
+                out.held = True
+                try:
+                    ok = self._receive(data)
+                finally:
+                    out.held = False
+                out.flush()
+                if not ok:
                     break
-                self._out.flush()
-                self._out.wait_room(self._tick)
+                out.wait_room(self._tick)
         finally:
             self._finish(graceful)
 
     def _receive(self, data: bytes) -> bool:
-        passthrough, goaways = self._filter.feed(data)
-        if passthrough:
-            try:
-                events = self._h2.receive_data(passthrough)
-            except h2.exceptions.ProtocolError as exc:
-                log.debug("h2 protocol error from client: %s", exc)
-                self._out.flush()  # h2 queued a GOAWAY with the error code
-                return False
-            for event in events:
-                self._dispatch(event)
+        try:
+            self._proto.receive(data)
+        except ConnectionFailure as exc:
+            log.debug("h2 protocol error from client: %s", exc.reason)
+            self._proto.goaway(exc.code)
+            self._out.seal()
+            self._failed = True
+            return False
+        if self._new:
+            self._last_active = time.monotonic()
             new, self._new = self._new, []
+            inline = self._inline
             for st, request in new:     # a stream reset in the same read never starts
-                if st.reset is None and not self._closed:
-                    self._spawn(self._run, st, request)
+                if st.reset is not None or self._closed:
+                    self._proto.release(st)
+                elif inline is not None and st.ended and inline(request):
+                    self._run_inline(st, request)
                 else:
-                    self._streams.pop(st.id, None)
-        if goaways:
-            self._peer_goaway = True
+                    self._spawn(self._run, st, request)
         return not self._closed
 
     def goaway(self) -> None:
@@ -259,8 +237,9 @@ class H2ServerConnection:
         if self._draining or self._closed:
             return
         self._draining = True
-        self._last_stream_id = self._h2.highest_inbound_stream_id
-        self._out.raw(goaway_frame(self._last_stream_id))
+        self._last_stream_id = self._proto.highest_inbound
+        self._proto.goaway()
+        self._out.flush()
         if not self._streams:
             self._wake_reader()
 
@@ -269,15 +248,15 @@ class H2ServerConnection:
         if graceful and self._out.error is None:
             if not self._draining:
                 self._draining = True
-                self._out.raw(goaway_frame(self._h2.highest_inbound_stream_id))
+                self._proto.goaway()
+            self._out.flush()   # with the last answers, whose writes may still be scheduled
             self._linger()
-        elif self._calmed and self._out.error is None:
+        elif self._failed and self._out.error is None:
             self._linger()      # the GOAWAY must arrive before the close resets the connection
         for st in list(self._streams.values()):
             if st.reset is None:
-                st.reset = ErrorCodes.CANCEL
-            st.data_ev.set()
-            st.win_ev.set()
+                st.reset = CANCEL
+            st.wake()
         self._streams.clear()
 
     def _linger(self) -> None:
@@ -288,8 +267,7 @@ class H2ServerConnection:
         log.debug("h2 write failed: %r", exc)
         self._closed = True
         for st in self._streams.values():
-            st.data_ev.set()
-            st.win_ev.set()
+            st.wake()
         self._wake_reader()
 
     def _wake_reader(self) -> None:
@@ -302,116 +280,117 @@ class H2ServerConnection:
         if self._in_recv and self._reader is not None:
             self._reader.throw(_Wakeup())
 
-    # -- inbound events -------------------------------------------------------------------------
+    # -- what the protocol reports (in the reader) ----------------------------------------------
 
-    def _dispatch(self, event: Any) -> None:
-        kind = type(event)
-        if kind is h2.events.DataReceived:
-            self._on_data(event)
-        elif kind is h2.events.RequestReceived:
-            self._on_request(event)
-        elif kind is h2.events.StreamEnded:
-            st = self._streams.get(event.stream_id)
-            if st is not None:
-                if st.length is not None and st.received != st.length:
-                    self._malformed(st, "request body shorter than its content-length")
-                    return
-                st.ended = True
-                st.data_ev.set()
-        elif kind is h2.events.WindowUpdated:
-            if event.stream_id == 0:
-                for st in self._streams.values():
-                    st.win_ev.set()
-            else:
-                st = self._streams.get(event.stream_id)
-                if st is not None:
-                    st.win_ev.set()
-        elif kind is h2.events.StreamReset:
-            st = self._streams.get(event.stream_id)
-            if st is not None:
-                st.reset = event.error_code
-                st.data_ev.set()
-                st.win_ev.set()
-                if not st.headers_sent:
-                    self._count_early_reset()
-        elif kind is h2.events.TrailersReceived:
-            st = self._streams.get(event.stream_id)
-            if st is not None:
-                trailers = [(k, v) for k, v in event.headers]
-                try:
-                    check_trailers(trailers, self._limits.max_header_count)
-                except HttpError as exc:
-                    self._malformed(st, exc.reason)
-                    return
-                st.trailers = trailers
-                if st.body is not None:
-                    st.body.trailers = trailers
-        elif kind is h2.events.RemoteSettingsChanged:
-            if _SETTING.INITIAL_WINDOW_SIZE in event.changed_settings:
-                for st in self._streams.values():
-                    st.win_ev.set()
-
-    def _on_request(self, event: h2.events.RequestReceived) -> None:
-        sid = event.stream_id
+    def on_request(self, st: _ServerStream, fields: HeaderList, ended: bool) -> None:
+        sid = st.id
         self._seen_request = True
-        self._last_active = time.monotonic()
+        proto = self._proto
         if (self._draining and sid > self._last_stream_id) or self._closed \
-                or len(self._streams) >= self._limits.max_concurrent_streams:
-            self._reset_quietly(sid, ErrorCodes.REFUSED_STREAM)
+                or len(self._streams) > self._limits.max_concurrent_streams:
+            proto.reset(st, REFUSED_STREAM)
+            proto.release(st)
             if not self._draining:
                 self._count_early_reset()   # a client past the advertised limit
             return
         try:
-            request, length = request_head(event.headers, self._scheme, self._limits.max_header_count)
+            request, length = request_head(fields, self._scheme, self._limits.max_header_count,
+                                           Body.empty() if ended else _BODY_TO_COME)
         except HttpError as exc:
-            self._reject(sid, exc, event.stream_ended is not None)
+            self._reject(st, exc, ended)
             return
         request.stream_id = sid
-        st = _ServerStream(sid, length)
-        self._streams[sid] = st
-        if event.stream_ended is not None:
+        st.length = length
+        if ended:
             if length:
-                self._streams.pop(sid, None)
-                self._reject(sid, HttpError(400, "content-length without a body"), True)
+                self._reject(st, HttpError(400, "content-length without a body"), True)
                 return
             st.ended = True
-            body = Body.empty()
+            body = request.body
         else:
             body = Body(self._body_chunks(st), length, close=lambda: self._discard(st))
+            request.body = body
         st.body = body
-        request.body = body
         self.requests += 1
         self._new.append((st, request))
 
-    def _reject(self, sid: int, exc: HttpError, ended: bool) -> None:
+    def on_data(self, st: _ServerStream, data: bytes) -> None:
+        size = len(data)
+        if st.discard:
+            self._proto.acknowledge(st, size)
+            return
+        st.received += size
+        if st.length is not None and st.received > st.length:
+            self._proto.acknowledge(st, size)
+            self._malformed(st, "request body longer than its content-length")
+            return
+        st.chunks.append(data)
+        st.buffered += size
+        if st.data_ev is not None:
+            st.data_ev.set()
+
+    def on_trailers(self, st: _ServerStream, fields: HeaderList) -> None:
+        try:
+            check_trailers(fields, self._limits.max_header_count)
+        except HttpError as exc:
+            self._malformed(st, exc.reason)
+            return
+        st.trailers = fields
+        if st.body is not None:
+            st.body.trailers = fields
+
+    def on_end(self, st: _ServerStream) -> None:
+        if st.reset is not None:
+            return
+        if st.length is not None and st.received != st.length:
+            self._malformed(st, "request body shorter than its content-length")
+            return
+        st.ended = True
+        if st.data_ev is not None:
+            st.data_ev.set()
+
+    def on_reset(self, st: _ServerStream, code: int, remote: bool) -> None:
+        st.reset = code if remote or st.reset is None else st.reset
+        st.wake()
+        if remote and not st.headers_sent:
+            self._count_early_reset()
+
+    def on_window(self, st: _ServerStream | None) -> None:
+        if st is not None:
+            if st.win_ev is not None:
+                st.win_ev.set()
+            return
+        for each in self._streams.values():
+            if each.win_ev is not None:
+                each.win_ev.set()
+
+    def on_goaway(self, last_stream_id: int, code: int) -> None:
+        self._peer_goaway = True
+
+    def _reject(self, st: _ServerStream, exc: HttpError, ended: bool) -> None:
         """Answer a malformed request on its own stream (RFC 9113 §8.1.1); the connection
         and its other streams go on."""
+        proto = self._proto
         data = f"{exc.status} {exc.reason}\n".encode()
-        try:
-            self._h2.send_headers(sid, [(b":status", b"%d" % exc.status),
-                                        (b"content-type", b"text/plain; charset=utf-8"),
-                                        (b"content-length", b"%d" % len(data))])
-            self._h2.send_data(sid, data, end_stream=True)
+        proto.send_headers(st, [(b":status", b"%d" % exc.status),
+                                (b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", b"%d" % len(data))], False)
+        if proto.window(st) >= len(data):
+            proto.send_data(st, data, True)
             if not ended:
-                self._h2.reset_stream(sid, ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:   # closed meanwhile, or no window for the answer
-            self._reset_quietly(sid, ErrorCodes.PROTOCOL_ERROR)
-        log.debug("h2 stream %d: malformed request (%s)", sid, exc)
+                proto.reset(st, NO_ERROR)
+        else:                                   # no window for the answer
+            proto.reset(st, PROTOCOL_ERROR)
+        proto.release(st)
+        log.debug("h2 stream %d: malformed request (%s)", st.id, exc)
 
     def _malformed(self, st: _ServerStream, reason: str) -> None:
         """A stream's request turned out malformed after its head (body length, trailers)."""
         log.debug("h2 stream %d: malformed request (%s)", st.id, reason)
         if st.reset is None:
-            st.reset = ErrorCodes.PROTOCOL_ERROR
-        st.data_ev.set()
-        st.win_ev.set()
-        self._reset_quietly(st.id, ErrorCodes.PROTOCOL_ERROR)
-
-    def _reset_quietly(self, sid: int, code: int) -> None:
-        try:
-            self._h2.reset_stream(sid, code)
-        except h2.exceptions.ProtocolError:   # the client reset or ended it first
-            pass
+            st.reset = PROTOCOL_ERROR
+        st.wake()
+        self._proto.reset(st, PROTOCOL_ERROR)
 
     def _count_early_reset(self) -> None:
         limit = self._limits.max_concurrent_streams
@@ -421,50 +400,38 @@ class H2ServerConnection:
         self._reset_budget = budget - 1.0
         if self._reset_budget < 0 and not self._closed:
             log.info("h2: client cancels streams faster than they can be served; closing the connection")
-            self._out.raw(goaway_frame(self._h2.highest_inbound_stream_id, ErrorCodes.ENHANCE_YOUR_CALM))
-            self._calmed = True
+            self._proto.goaway(ENHANCE_YOUR_CALM)
+            self._out.seal()
+            self._failed = True
             self._closed = True
             for each in self._streams.values():
                 if each.reset is None:
-                    each.reset = ErrorCodes.CANCEL
-                each.data_ev.set()
-                each.win_ev.set()
-
-    def _on_data(self, event: h2.events.DataReceived) -> None:
-        sid = event.stream_id
-        st = self._streams.get(sid)
-        size = event.flow_controlled_length
-        data = event.data
-        if st is None or st.discard:
-            if size:
-                self._h2.acknowledge_received_data(size, sid)
-            return
-        if size > len(data):  # padding is never handed to the consumer: credit it now
-            self._h2.acknowledge_received_data(size - len(data), sid)
-        if data:
-            st.received += len(data)
-            if st.length is not None and st.received > st.length:
-                self._h2.acknowledge_received_data(len(data), sid)
-                self._malformed(st, "request body longer than its content-length")
-                return
-            st.chunks.append(data)
-            st.buffered += len(data)
-            st.data_ev.set()
+                    each.reset = CANCEL
+                each.wake()
 
     # -- request body ---------------------------------------------------------------------------
 
     def _body_chunks(self, st: _ServerStream) -> Iterator[bytes]:
         timeout = self._limits.body_idle_timeout
-        conn = self._h2
+        proto = self._proto
+        out = self._out
         while True:
             if st.chunks:
-                yield take_chunk(conn, self._out, st, self._closed)
+                chunk = st.chunks.popleft()
+                st.buffered -= len(chunk)
+                if not self._closed:    # hand the credit back once the chunk is passed on
+                    proto.acknowledge(st, len(chunk))
+                    out.flush_soon()
+                yield chunk
                 continue
             if st.ended:
                 return
             if st.reset is not None or self._closed:
                 raise HttpError(400, "the client reset the stream")
-            st.data_ev.clear()
+            if st.data_ev is None:
+                st.data_ev = Event()
+            else:
+                st.data_ev.clear()
             if not st.data_ev.wait(timeout):
                 raise HttpError(408, "request body timed out")
 
@@ -475,48 +442,63 @@ class H2ServerConnection:
         pending, st.buffered = st.buffered, 0
         st.chunks.clear()
         if pending and not self._closed:
-            self._h2.acknowledge_received_data(pending, st.id)
-            self._out.flush()
+            self._proto.acknowledge(st, pending)
+            self._out.flush_soon()
 
     # -- handler and response -------------------------------------------------------------------
 
     def _run(self, st: _ServerStream, request: Request) -> None:
-        response: Response | None = None
-        token: Any = None
+        """A stream's greenlet: the handler, then the answer."""
+        response, token = self._answer(st, request)
+        self._deliver(st, request, response, token)
+
+    def _run_inline(self, st: _ServerStream, request: Request) -> None:
+        """A stream whose handler cannot block, run by the reader; the answer is queued at
+        once when it can go out without waiting for window, else a greenlet sends it."""
+        response, token = self._answer(st, request)
+        body = response.body
+        if body.is_buffered and (body.length or 0) <= self._proto.window(st):
+            self._deliver(st, request, response, token)
+        else:
+            self._spawn(self._deliver, st, request, response, token)
+
+    def _answer(self, st: _ServerStream, request: Request) -> tuple[Response, Any]:
+        try:
+            answer = self._handler(request)
+            return answer if self._finished is not None else (answer, None)
+        except HttpError as exc:
+            return plain_response(exc.status, f"{exc.status} {exc.reason}\n"), None
+        except Exception:
+            log.exception("h2 handler failed on stream %d", st.id)
+            return plain_response(500), None
+
+    def _deliver(self, st: _ServerStream, request: Request, response: Response, token: Any) -> None:
         sent = 0
         aborted = True
         try:
-            try:
-                answer = self._handler(request)
-                response, token = answer if self._finished is not None else (answer, None)
-            except HttpError as exc:
-                response = plain_response(exc.status, f"{exc.status} {exc.reason}\n")
-            except Exception:
-                log.exception("h2 handler failed on stream %d", st.id)
-                response = plain_response(500)
             sent = self._respond(st, request, response)
             aborted = False
         except StreamGone:
             pass
         except UpstreamError as exc:    # the backend broke off mid-body (the proxy logged it)
             log.debug("h2 stream %d: response aborted: %s", st.id, exc)
-            self._reset(st, ErrorCodes.INTERNAL_ERROR)
+            self._reset(st, INTERNAL_ERROR)
         except Exception:
             log.exception("h2 response failed on stream %d", st.id)
-            self._reset(st, ErrorCodes.INTERNAL_ERROR)
+            self._reset(st, INTERNAL_ERROR)
         finally:
             request.body.close()
-            if response is not None:
-                response.body.close()
-                if self._finished is not None:
-                    self._finished(token, response, sent, aborted)
+            response.body.close()
+            if self._finished is not None:
+                self._finished(token, response, sent, aborted)
             if not st.ended and st.reset is None and not self._closed:
                 # RFC 9113 §8.1: the response is complete; the rest of the request is not needed.
-                self._reset(st, ErrorCodes.NO_ERROR)
-            self._streams.pop(st.id, None)
+                self._reset(st, NO_ERROR)
+            self._proto.release(st)
             self._last_active = time.monotonic()
             if (self._draining or self._peer_goaway) and not self._streams:
                 self._wake_reader()
+            self._out.flush_soon()
 
     def _respond(self, st: _ServerStream, request: Request, response: Response) -> int:
         """Send the answer on the stream; the body bytes sent."""
@@ -534,9 +516,13 @@ class H2ServerConnection:
             data = body.read_all(body.length or 0)
             self._send_headers(st, headers, not data)
             if data:
-                self._send_data(st, data, True)
+                if len(data) <= self._proto.window(st):
+                    self._proto.send_data(st, data, True)
+                else:
+                    self._send_data(st, data, True)
             return len(data)
         self._send_headers(st, headers, False)
+        self._out.flush_soon()          # the head goes out while the body is awaited
         sent = 0
         for chunk in body:
             self._send_data(st, chunk, False)
@@ -545,14 +531,11 @@ class H2ServerConnection:
         self._check(st)
         try:
             if trailers:
-                self._h2.send_headers(st.id, trailer_block(trailers), end_stream=True)
+                self._encode_headers(st, trailer_block(trailers), True)
             else:
-                self._h2.end_stream(st.id)
-        except h2.exceptions.StreamClosedError:
+                self._proto.end_stream(st)
+        except StreamClosed:
             raise StreamGone from None
-        except h2.exceptions.ProtocolError as exc:
-            self._encoding_failed(st, exc)
-        self._out.flush()
         return sent
 
     def _check(self, st: _ServerStream) -> None:
@@ -562,34 +545,63 @@ class H2ServerConnection:
     def _send_headers(self, st: _ServerStream, headers: HeaderList, end: bool) -> None:
         self._check(st)
         try:
-            self._h2.send_headers(st.id, headers, end_stream=end)
-        except h2.exceptions.StreamClosedError:
+            self._encode_headers(st, headers, end)
+        except StreamClosed:
             raise StreamGone from None
-        except h2.exceptions.ProtocolError as exc:
-            self._encoding_failed(st, exc)
         st.headers_sent = True
-        self._out.flush()
-        self._out.wait_room(self._tick)
+
+    def _encode_headers(self, st: _ServerStream, headers: HeaderList, end: bool) -> None:
+        try:
+            self._proto.send_headers(st, headers, end)
+        except StreamClosed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a field HPACK cannot carry
+            self._encoding_failed(st, exc)
 
     def _send_data(self, st: _ServerStream, data: bytes, end: bool) -> None:
+        """Send ``data`` as DATA frames as the peer's windows allow, waiting for window
+        updates (at most ``send_timeout`` each) and for the writer to keep up."""
+        proto = self._proto
+        out = self._out
         timeout = self._limits.send_timeout
-        if not write_data(self._h2, self._out, st, data, end, timeout, self._check, self._tick):
-            log.debug("h2 stream %d: peer window stayed closed for %.0fs", st.id, timeout)
-            self._reset(st, ErrorCodes.CANCEL)
-            raise StreamGone
+        view = memoryview(data)
+        total = len(view)
+        off = 0
+        while True:
+            self._check(st)
+            room = min(proto.window(st), total - off)
+            if room > 0 or (end and off == total):
+                try:
+                    proto.send_data(st, data if room == total else view[off:off + room],
+                                    end and off + room == total)
+                except StreamClosed:
+                    raise StreamGone from None
+                off += room
+            out.flush()
+            out.wait_room(self._tick)
+            if off >= total:
+                return
+            if st.win_ev is None:
+                st.win_ev = Event()
+            else:
+                st.win_ev.clear()
+            if proto.window(st) <= 0 and not st.win_ev.wait(timeout):
+                log.debug("h2 stream %d: peer window stayed closed for %.0fs", st.id, timeout)
+                self._reset(st, CANCEL)
+                raise StreamGone
 
     def _encoding_failed(self, st: _ServerStream, exc: Exception) -> None:
-        """h2 refused a header block part-way through HPACK encoding, so the compression state
-        the client tracks is now out of step: end the whole connection."""
+        """A header block could not be encoded, and HPACK state may be half-updated: the
+        client's compression context can no longer be trusted, so end the whole connection."""
         log.error("h2 stream %d: invalid response header block (%s); closing the connection", st.id, exc)
         if not self._closed:
-            self._out.raw(goaway_frame(self._h2.highest_inbound_stream_id, ErrorCodes.INTERNAL_ERROR))
+            self._proto.goaway(INTERNAL_ERROR)
+            self._out.seal()
             self._closed = True
             for each in self._streams.values():
                 if each.reset is None:
-                    each.reset = ErrorCodes.CANCEL
-                each.data_ev.set()
-                each.win_ev.set()
+                    each.reset = CANCEL
+                each.wake()
             self._wake_reader()
         raise StreamGone
 
@@ -598,8 +610,5 @@ class H2ServerConnection:
             st.reset = code
         if self._closed or self._out.error is not None:
             return
-        try:
-            self._h2.reset_stream(st.id, code)
-        except h2.exceptions.StreamClosedError:
-            return
-        self._out.flush()
+        self._proto.reset(st, code)
+        self._out.flush_soon()
