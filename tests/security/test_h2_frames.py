@@ -13,9 +13,8 @@ import h2.events
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-from tests.daemon_helpers import free_port
-
-from .h2raw import RawH2
+from tests.support.h2raw import RawH2
+from tests.support.net import free_port
 
 BIG = "b" * 70000       # past the default 65535-byte windows
 

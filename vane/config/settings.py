@@ -46,6 +46,16 @@ def _float(lo: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
+MAX_WORKERS = 256
+
+
+def _workers(raw: str) -> int:
+    """``auto`` -> the CPUs this process may run on; else a count from 1."""
+    if raw.strip().lower() == "auto":
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    return _int(1, MAX_WORKERS)(raw)
+
+
 def parse_bool(raw: str) -> bool | None:
     """``1 true yes on`` -> True, ``0 false no off`` and "" -> False (any case); else None."""
     low = raw.strip().lower()
@@ -119,6 +129,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "reload_debounce_ms": ("VANE_RELOAD_DEBOUNCE_MS", _int(0), 250, None),
     "drain_timeout": ("VANE_DRAIN_TIMEOUT_SECS", _float(), 30.0, None),
     "boot_health_timeout": ("VANE_BOOT_HEALTH_TIMEOUT_SECS", _float(), 60.0, None),
+    "workers": ("VANE_WORKERS", _workers, 1, None),
     # security floor (§8)
     "sec_max_connections": ("VANE_SEC_MAX_CONNECTIONS", _int(1), 65536, None),
     "sec_max_connections_per_ip": ("VANE_SEC_MAX_CONNECTIONS_PER_IP", _int(1), 100, None),
@@ -166,6 +177,7 @@ class Settings:
     reload_debounce_ms: int = 250
     drain_timeout: float = 30.0
     boot_health_timeout: float = 60.0
+    workers: int = 1
     sec_max_connections: int = 65536
     sec_max_connections_per_ip: int = 100
     sec_handshake_timeout: float = 10.0

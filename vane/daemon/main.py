@@ -70,7 +70,11 @@ def run(config_dir: str, check: bool = False) -> int:
         return 1
     from vane.daemon.daemon import Daemon
 
-    daemon = Daemon(config_dir, settings, hub)
+    if settings.workers > 1 and not check:
+        from vane.daemon.master import Master
+        daemon: Daemon | Master = Master(config_dir, settings, hub)
+    else:
+        daemon = Daemon(config_dir, settings, hub)
     if check:
         try:
             graph = daemon.compile()

@@ -117,6 +117,7 @@ class Connection:
             except OSError:
                 pass
         services.conns.remove(self)
+        services.floor.release(self.peer[0])
         services.metrics.conn_closed(self.listener.label)
         ctx = self.ctx
         root_ctx = ctx if ctx is None or ctx.layer != "l7" else ctx.l4
@@ -162,6 +163,7 @@ def admit(services: Any, listener: Any, sock: Any, peer: tuple, plan: Any) -> No
         sock.setsockopt(6, 1, 1)  # TCP_NODELAY
     except OSError:
         reset(sock)
+        services.floor.release(peer[0])
         return
     Connection(services, listener, sock, peer, local).serve(plan.root)
 

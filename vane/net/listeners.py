@@ -1,6 +1,6 @@
 """Listeners (DESIGN.md §7; seed 002): one per (transport, address), each with its own socket.
 
-Bind with ``SO_REUSEADDR`` (never ``SO_REUSEPORT``), IPv6 sockets v6-only, retry with
+Bind with ``SO_REUSEADDR`` (``SO_REUSEPORT`` only for the per-worker sockets of a UDP listener), IPv6 sockets v6-only, retry with
 exponential backoff up to a number of attempts, then give up alone: siblings go on. A socket
 handed over by systemd (``LISTEN_FDS``) is used as is. TCP listeners spawn one greenlet per
 accepted connection; UDP listeners keep a bounded table of client sessions.
@@ -32,10 +32,15 @@ Handler = Callable[["Listener", Any, tuple], None]
 
 
 class Listener:
-    """Owns one accept socket and its accept loop. ``addr`` is a compile.ListenAddr."""
+    """Owns one accept socket and its accept loop. ``addr`` is a compile.ListenAddr.
 
-    def __init__(self, addr: Any, handler: Handler, settings: Any, inherited: socket.socket | None = None,
-                 max_udp_sessions: int = 4096) -> None:
+    Without a ``handler`` it only binds: a master holds the socket for its workers
+    (``socket_for``). A UDP listener bound for ``group`` workers opens one socket per worker
+    with ``SO_REUSEPORT``: the kernel then sends every datagram of one client address to the
+    same socket, hence to the same worker."""
+
+    def __init__(self, addr: Any, handler: Handler | None, settings: Any, inherited: socket.socket | None = None,
+                 max_udp_sessions: int = 4096, group: int = 0, announce: bool = True) -> None:
         self.addr = addr
         self.label = str(addr)       # "tcp 0.0.0.0:443", shared by every connection's records
         self.handler = handler
@@ -50,6 +55,9 @@ class Listener:
         self.sessions: dict[tuple, UdpSession] = {}
         self.max_udp_sessions = max_udp_sessions
         self.udp_dropped = 0
+        self.group = group
+        self.announce = announce     # log "listening on"; a worker's copy of a master's socket does not
+        self.group_socks: list[Any] = []
         self._loop: gevent.Greenlet | None = None
 
     def __repr__(self) -> str:
@@ -79,9 +87,23 @@ class Listener:
         while self.state in ("pending", "binding") and not self.bind_attempts and time.monotonic() < deadline:
             gevent.sleep(0.01)
 
+    def socket_for(self, worker: int) -> Any:
+        """The bound socket worker number ``worker`` accepts on (None: none for it)."""
+        if self.group_socks:
+            return self.group_socks[worker] if worker < len(self.group_socks) else None
+        if self.addr.transport == "udp" and worker:
+            return None     # one inherited UDP socket: one worker reads it
+        return self.sock
+
     def stop(self) -> None:
         """Stop accepting now; connections already accepted are not touched."""
         self.state = "stopped"
+        for extra in self.group_socks[1:]:
+            try:
+                extra.close()
+            except OSError:
+                pass
+        self.group_socks = []
         sock, self.sock = self.sock, None
         if self._loop is not None and not self._loop.dead and self._loop is not gevent.getcurrent():
             self._loop.kill(block=False)
@@ -96,11 +118,28 @@ class Listener:
     # -- binding -------------------------------------------------------------------------------
 
     def _socket(self) -> socket.socket:
+        udp = self.addr.transport == "udp"
+        if udp and self.group > 1:
+            socks: list[Any] = []
+            try:
+                for _ in range(self.group):
+                    socks.append(self._one_socket(reuseport=True))
+            except BaseException:
+                for s in socks:
+                    s.close()
+                raise
+            self.group_socks = socks
+            return socks[0]
+        return self._one_socket()
+
+    def _one_socket(self, reuseport: bool = False) -> socket.socket:
         family = socket.AF_INET6 if self.addr.family == 6 else socket.AF_INET
         stype = socket.SOCK_DGRAM if self.addr.transport == "udp" else socket.SOCK_STREAM
         sock = gsocket.socket(family, stype)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((self.addr.ip, self.addr.port))
@@ -143,8 +182,11 @@ class Listener:
         self.state = "listening"
         self.last_error = None
         self.bound.set()
-        log.info("listening on %s%s", self.addr, " (socket activation)" if self.inherited else "",
-                 extra={"listener": str(self.addr)})
+        if self.announce:
+            log.info("listening on %s%s", self.addr, " (socket activation)" if self.inherited else "",
+                     extra={"listener": str(self.addr)})
+        if self.handler is None:
+            return          # bound for workers, who accept
         try:
             if self.addr.transport == "udp":
                 self._udp_loop()

@@ -9,7 +9,7 @@ Greenlet-safe (the daemon runs in one gevent hub); not meant for real OS threads
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from gevent.event import Event
 
@@ -118,11 +118,14 @@ class Subscription:
 
 
 class Hub:
-    """Fan items out to any number of bounded subscriptions."""
+    """Fan items out to any number of bounded subscriptions. ``on_readers(True)`` is called
+    when the first reader subscribes and ``on_readers(False)`` when the last one leaves (a
+    master then has its workers forward what they publish)."""
 
     def __init__(self, max_subscribers: int = 64) -> None:
         self._subs: list[Subscription] = []
         self.max_subscribers = max_subscribers
+        self.on_readers: Callable[[bool], None] | None = None
 
     @property
     def subscribers(self) -> int:
@@ -140,6 +143,8 @@ class Hub:
         sub = Subscription(self, maxsize)
         # Copy-on-write so publish() can iterate without a lock.
         self._subs = self._subs + [sub]
+        if len(self._subs) == 1 and self.on_readers is not None:
+            self.on_readers(True)
         return sub
 
     def close(self, reason: str = "shutdown") -> None:
@@ -148,4 +153,7 @@ class Hub:
             sub.close(reason, drain=True)
 
     def _remove(self, sub: Subscription) -> None:
+        had = bool(self._subs)
         self._subs = [s for s in self._subs if s is not sub]
+        if had and not self._subs and self.on_readers is not None:
+            self.on_readers(False)

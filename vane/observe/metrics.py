@@ -9,13 +9,16 @@ each metric keeps at most ``max_series`` label sets and folds the rest into ``"o
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from typing import Any, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prom_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-__all__ = ["CONTENT_TYPE", "Metrics", "OTHER"]
+__all__ = ["CONTENT_TYPE", "Metrics", "OTHER", "enable_multiprocess", "mark_process_dead"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OTHER = "other"
@@ -74,6 +77,14 @@ def _observe_many(child: Any, values: list[float]) -> None:
     total.inc(sum(values))
 
 
+def enable_multiprocess(path: str) -> None:
+    """Every metric value made from now on, in this process and in the processes it forks,
+    lives in a file of ``path`` named by its pid (prometheus_client's multiprocess mode): a
+    ``Metrics`` that ``aggregate``s reads them all. Call before the first ``Metrics``."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    prom_values.ValueClass = prom_values.MultiProcessValue()
+
+
 def status_class(status: int | None) -> str:
     """200 -> "2xx"; None or out of range -> "none"."""
     if status is None or not 100 <= status <= 599:
@@ -87,14 +98,17 @@ class Metrics:
     def __init__(self, max_series: int = 1000, buckets: Sequence[float] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._batch: list[tuple[str | None, int | None, float]] = []
+        self._folded = 0       # request observations folded in so far
         r = self.registry
         cap = max_series
 
         def fam(metric: Any, n: int) -> _Family:
             return _Family(metric, n, cap)
 
+        self._exposed = r    # what render_prometheus and as_json read
         self.connections_active = fam(
-            Gauge("vane_connections_active", "Open client connections.", ["listener"], registry=r), 1)
+            Gauge("vane_connections_active", "Open client connections.", ["listener"], registry=r,
+                  multiprocess_mode="livesum"), 1)
         self.connections_total = fam(
             Counter("vane_connections_total", "Accepted client connections.", ["listener"], registry=r), 1)
         self.requests_total = fam(
@@ -110,7 +124,7 @@ class Metrics:
             Counter("vane_plugin_errors_total", "Plugin runtime errors.", ["plugin"], registry=r), 1)
         self.breaker_open = fam(
             Gauge("vane_breaker_open", "1 while an external plugin's circuit breaker is open.", ["plugin"],
-                  registry=r), 1)
+                  registry=r, multiprocess_mode="livemax"), 1)
         self.reloads_total = fam(
             Counter("vane_reloads_total", "Config reloads by result.", ["result"], registry=r), 1)
         self.floor_hits = fam(
@@ -142,6 +156,7 @@ class Metrics:
     def flush(self) -> None:
         """Fold batched request observations into the metric families."""
         batch, self._batch = self._batch, []
+        self._folded += len(batch)
         counts: dict[tuple[str, str], int] = {}
         durations: dict[str, list[float]] = {}
         for rule, status, seconds in batch:
@@ -153,6 +168,11 @@ class Metrics:
             self.requests_total.child(*key).inc(n)
         for name, values in durations.items():
             _observe_many(self.request_duration.child(name), values)
+
+    @property
+    def requests_seen(self) -> int:
+        """HTTP requests finished in this process so far."""
+        return self._folded + len(self._batch)
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         """``kind``: e.g. "connect", "timeout", "reset", "protocol", "tls"."""
@@ -175,16 +195,21 @@ class Metrics:
         self.ratelimit_fallbacks.child(store).inc()
 
     # exposition ------------------------------------------------------------------
+    def aggregate(self, path: str) -> None:
+        """Expose the sum of every process's values in ``path`` (``enable_multiprocess``)."""
+        self._exposed = CollectorRegistry()
+        MultiProcessCollector(self._exposed, path=path)
+
     def render_prometheus(self) -> bytes:
         """The text exposition format (``CONTENT_TYPE``)."""
         self.flush()
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
     def as_json(self) -> dict:
         """``{"families": [{"name", "type", "help", "samples": [{"name", "labels", "value"}]}]}``."""
         self.flush()
         families = []
-        for fam in self.registry.collect():
+        for fam in self._exposed.collect():
             samples = [
                 {"name": s.name, "labels": dict(s.labels), "value": s.value}
                 for s in fam.samples
