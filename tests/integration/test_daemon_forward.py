@@ -24,6 +24,7 @@ from tests.daemon_helpers import (
     recv_line,
     rule,
     tagged,
+    wait_until,
 )
 from vane.net.proxy_protocol import parse
 
@@ -246,3 +247,29 @@ def test_no_reachable_target_resets_the_client(env):
 def test_targets_by_ipv6_literal_and_by_host_name(env, which, banner):
     with conn(getattr(env, which)) as s:
         assert recv_line(s) == banner
+
+
+def connection_counts(d, port: int) -> tuple[float, float]:
+    """(vane_connections_total, vane_connections_active) of the listener on ``port``."""
+    label = f"tcp 127.0.0.1:{port}"
+    values = {}
+    for fam in d.cli_json("get", "metrics")["families"]:
+        for s in fam["samples"]:
+            if s["labels"].get("listener") == label:
+                values[s["name"]] = s["value"]
+    return values.get("vane_connections_total", 0.0), values.get("vane_connections_active", 0.0)
+
+
+def test_short_connections_one_after_another_are_each_relayed_and_counted(env):
+    """Many short tunnels in a row (served by reused connection greenlets): every one carries
+    its own bytes, and the metrics count each of them, none left active."""
+    total_before, _ = connection_counts(env.d, env.fwd)
+    for i in range(60):
+        with conn(env.fwd) as s:
+            msg = b"tunnel %d " % i * (i + 1)
+            s.sendall(msg)
+            s.shutdown(socket.SHUT_WR)
+            assert recv_all(s) == msg
+    wait_until(lambda: connection_counts(env.d, env.fwd)[1] == 0)
+    total, active = connection_counts(env.d, env.fwd)
+    assert total - total_before == 60 and active == 0
