@@ -414,9 +414,10 @@ class _Half:
         self._put_pipe()
         self.rw.stop()
         self.done = True
-        self.dst.shutdown(socket.SHUT_WR)
-        if self.other.done:
+        if self.other.done:  # both read to EOF: the relay closes both now, and closing sends this FIN
             self.relay.finish(abort=False)
+            return
+        self.dst.shutdown(socket.SHUT_WR)
 
     def _wait_writable(self) -> None:
         self.rw.stop()
