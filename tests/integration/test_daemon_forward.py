@@ -14,6 +14,7 @@ import gevent
 import pytest
 
 from tests.daemon_helpers import (
+    TlsCerts,
     echo,
     free_port,
     free_ports,
@@ -273,3 +274,32 @@ def test_short_connections_one_after_another_are_each_relayed_and_counted(env):
     wait_until(lambda: connection_counts(env.d, env.fwd)[1] == 0)
     total, active = connection_counts(env.d, env.fwd)
     assert total - total_before == 60 and active == 0
+
+
+def test_tls_terminated_then_forwarded_in_clear_intact():
+    """``upgrade tls`` then the L4 ``proxy``: the decrypted stream is relayed to a plain target
+    (a TLS stream on one side, a bare socket on the other) intact both ways."""
+    for lab in new_lab():
+        certs = TlsCerts()
+        issued = certs.ca.issue_cert("term.test")
+        cert_path, key_path = lab.base / "term.pem", lab.base / "term.key"
+        issued.cert_chain_pems[0].write_to_path(str(cert_path))
+        issued.private_key_pem.write_to_path(str(key_path))
+        backend = lab.tcp(echo)
+        port = free_port()
+        flow = {"upgrade": {"input": {"protocol": "tls", "certs": [{"cert": str(cert_path), "key": str(key_path)}]},
+                            "output": {"next": proxy(backend.target)}}}
+        d = lab.vaned({"term.json": rule("term", f"127.0.0.1:{port}", flow)})
+        d.wait_listening(port)
+        payload = os.urandom(3 * 1024 * 1024 + 11)
+        with certs.client_context().wrap_socket(conn(port, timeout=10), server_hostname="term.test") as tls:
+            sender = gevent.spawn(tls.sendall, payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = tls.recv(65536)
+                assert chunk, f"closed after {len(got)} bytes"
+                got += chunk
+            sender.get(timeout=10)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert backend.accepted == 1
+        assert "Traceback" not in d.stderr, d.stderr
