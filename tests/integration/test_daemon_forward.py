@@ -16,7 +16,8 @@ import pytest
 from tests.support.backends import echo, recorder, tagged
 from tests.support.config import proxy, rule
 from tests.support.daemon import new_lab
-from tests.support.net import connect, free_port, free_ports, recv_all, recv_line
+from tests.support.net import connect, free_port, free_ports, recv_all, recv_line, wait_until
+from tests.support.tls import TlsCerts
 from vane.net.proxy_protocol import parse
 
 pytestmark = pytest.mark.timeout(60)
@@ -232,3 +233,58 @@ def test_no_reachable_target_resets_the_client(env):
 def test_targets_by_ipv6_literal_and_by_host_name(env, which, banner):
     with connect(getattr(env, which), timeout=5) as s:
         assert recv_line(s) == banner
+
+
+def connection_counts(d, port: int) -> tuple[float, float]:
+    """(vane_connections_total, vane_connections_active) of the listener on ``port``."""
+    label = f"tcp 127.0.0.1:{port}"
+    values = {}
+    for fam in d.cli_json("get", "metrics")["families"]:
+        for s in fam["samples"]:
+            if s["labels"].get("listener") == label:
+                values[s["name"]] = s["value"]
+    return values.get("vane_connections_total", 0.0), values.get("vane_connections_active", 0.0)
+
+
+def test_short_connections_one_after_another_are_each_relayed_and_counted(env):
+    """Many short tunnels in a row (served by reused connection greenlets): every one carries
+    its own bytes, and the metrics count each of them, none left active."""
+    total_before, _ = connection_counts(env.d, env.fwd)
+    for i in range(60):
+        with connect(env.fwd, timeout=5) as s:
+            msg = b"tunnel %d " % i * (i + 1)
+            s.sendall(msg)
+            s.shutdown(socket.SHUT_WR)
+            assert recv_all(s) == msg
+    wait_until(lambda: connection_counts(env.d, env.fwd)[1] == 0)
+    total, active = connection_counts(env.d, env.fwd)
+    assert total - total_before == 60 and active == 0
+
+
+def test_tls_terminated_then_forwarded_in_clear_intact():
+    """``upgrade tls`` then the L4 ``proxy``: the decrypted stream is relayed to a plain target
+    (a TLS stream on one side, a bare socket on the other) intact both ways."""
+    for lab in new_lab():
+        certs = TlsCerts()
+        issued = certs.ca.issue_cert("term.test")
+        cert_path, key_path = lab.base / "term.pem", lab.base / "term.key"
+        issued.cert_chain_pems[0].write_to_path(str(cert_path))
+        issued.private_key_pem.write_to_path(str(key_path))
+        backend = lab.tcp(echo)
+        port = free_port()
+        flow = {"upgrade": {"input": {"protocol": "tls", "certs": [{"cert": str(cert_path), "key": str(key_path)}]},
+                            "output": {"next": proxy(backend.target)}}}
+        d = lab.vaned({"term.json": rule("term", flow, listen=f"127.0.0.1:{port}")})
+        d.wait_listening(port)
+        payload = os.urandom(3 * 1024 * 1024 + 11)
+        with certs.client_context().wrap_socket(connect(port, timeout=10), server_hostname="term.test") as tls:
+            sender = gevent.spawn(tls.sendall, payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = tls.recv(65536)
+                assert chunk, f"closed after {len(got)} bytes"
+                got += chunk
+            sender.get(timeout=10)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert backend.accepted == 1
+        assert "Traceback" not in d.stderr, d.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import socket
@@ -9,6 +10,7 @@ import struct
 import time
 
 import gevent
+import mock
 import pytest
 
 from tests.support.net import recv_all, tcp_pair
@@ -376,3 +378,63 @@ def test_real_tls_stream_to_plain_upstream(setup, tmp_path):
     g.join(timeout=2)
     assert g.dead and g.successful()
     assert (setup.counters.up, setup.counters.down) == (len(up_data), len(down_data))
+
+
+def test_without_pipes_the_plain_relay_copies_through_a_buffer(setup):
+    """Out of descriptors for a pipe: both directions still move every byte, via a buffer."""
+    with mock.patch.object(tunnel._PipePool, "get", side_effect=OSError(24, "Too many open files")):
+        g = setup.start(buffer_size=4096)
+        bidirectional(setup, g)
+    assert setup.client_int.fileno() == -1 and setup.upstream_int.fileno() == -1
+
+
+def test_prefix_larger_than_the_socket_buffers_arrives_whole_and_first(setup):
+    """A prefix the upstream cannot take in one write waits for it to drain, then the relay goes on."""
+    prefix = os.urandom(8 * 1024 * 1024)
+    g = setup.start(upstream_prefix=prefix)
+    setup.client_ext.sendall(b"after the prefix")
+    setup.client_ext.shutdown(socket.SHUT_WR)
+    gevent.sleep(0.1)  # the relay is now stalled on a full upstream
+    assert recv_all(setup.upstream_ext) == prefix + b"after the prefix"
+    setup.upstream_ext.shutdown(socket.SHUT_WR)
+    g.join(timeout=2)
+    assert g.dead and g.successful()
+    assert setup.counters.up == len(prefix) + 16
+
+
+class FailingCounters(Counters):
+    """Counting raises: stands for a bug inside the event-loop callbacks of the relay."""
+
+    def __setattr__(self, name, value):
+        if name == "up" and value:
+            raise ValueError("counter bug")
+        super().__setattr__(name, value)
+
+
+def test_plain_relay_bug_is_reraised_after_cleanup(setup):
+    setup.counters = FailingCounters()
+    g = setup.start()
+    setup.client_ext.sendall(b"boom")
+    g.join(timeout=2)
+    assert g.dead and isinstance(g.exception, ValueError)
+    assert setup.client_int.fileno() == -1 and setup.upstream_int.fileno() == -1
+    with pytest.raises(ConnectionResetError):  # ended by a fault: reset, never a clean close
+        setup.client_ext.recv(10)
+
+
+def test_plain_relay_leaves_nothing_for_the_cycle_collector(setup):
+    """Every object of a finished relay is freed by reference counting alone."""
+    gc.collect()
+    gc.disable()
+    try:
+        g = setup.start()
+        echo_once(setup, b"x" * 1000)
+        setup.client_ext.shutdown(socket.SHUT_WR)
+        setup.upstream_ext.shutdown(socket.SHUT_WR)
+        g.join(timeout=2)
+        assert g.dead and g.successful()
+        del g
+        left = [o for o in gc.get_objects() if type(o) in (tunnel._SpliceRelay, tunnel._Half)]
+        assert left == []
+    finally:
+        gc.enable()

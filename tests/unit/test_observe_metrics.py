@@ -93,3 +93,26 @@ def test_batched_durations_match_prometheus_observe():
                 if not s.name.endswith("_created") and {k: v for k, v in s.labels.items() if k != "le"} == labels}
 
     assert samples(m.registry, {"rule": "r"}) == samples(reg, {})
+
+
+def test_connection_counts_fold_into_the_families_on_every_read():
+    m = Metrics()
+    label = "tcp 127.0.0.1:9000"
+
+    def read() -> tuple[float, float]:
+        fams = families(m)
+        s = {(x.name, x.labels.get("listener")): x.value for f in fams.values() for x in f.samples}
+        return s[("vane_connections_total", label)], s[("vane_connections_active", label)]
+
+    for _ in range(3):
+        m.conn_opened(label)
+    assert read() == (3, 3)
+    m.conn_closed(label)
+    m.conn_closed(label)
+    assert read() == (3, 1)  # counted since the last read, added to what was folded before
+    m.conn_opened(label)
+    m.conn_closed(label)
+    m.conn_closed(label)
+    assert read() == (4, 0)
+    assert m.as_json()["families"]  # reading twice in a row changes nothing
+    assert read() == (4, 0)

@@ -86,6 +86,7 @@ class Connection:
                 outcome = result.name
         except gevent.GreenletExit:
             ctx.trajectory.note_error("aborted (drain budget exhausted or shutdown)")
+            raise                       # the greenlet ends too (it may be a reused worker)
         finally:
             if self.parked is None:     # a parked connection is finished by whoever resumes it
                 self.finish(outcome)
@@ -128,6 +129,9 @@ class Connection:
                                                traj.outcome or outcome, self.peer, self.counters.up,
                                                self.counters.down, time.monotonic() - self.started))
             root_ctx.kv.set_lazy(None)  # break the context <-> KV cycle
+        # ... and the connection <-> context one: freed by reference counting, not by the
+        # cyclic collector (whose passes would otherwise cost more than the connection).
+        self.ctx = None
 
     def abort(self) -> None:
         """End the connection now (drain budget exhausted, shutdown)."""
@@ -153,14 +157,16 @@ class Connection:
 
 def admit(services: Any, listener: Any, sock: Any, peer: tuple, plan: Any) -> None:
     """The daemon's accept handler, after the security floor: serve ``sock`` with ``plan``."""
-    udp = listener.addr.transport == "udp"
-    if udp:
+    if listener.addr.transport == "udp":
         Connection(services, listener, listener.sock, peer, (listener.addr.ip, listener.addr.port),
                    udp=sock).serve(plan.root)
         return
+    local = listener.local  # fixed by the listener's address, or asked of this socket
     try:
-        local = sock.getsockname()
-        sock.setsockopt(6, 1, 1)  # TCP_NODELAY
+        if local is None:
+            local = sock.getsockname()
+        if not listener.nodelay:
+            sock.setsockopt(6, 1, 1)  # TCP_NODELAY (else inherited from the listening socket)
     except OSError:
         reset(sock)
         services.floor.release(peer[0])

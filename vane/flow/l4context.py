@@ -114,9 +114,15 @@ class L4Context(Context):
         """A context for the next layer over ``stream`` (same connection, same KV copy)."""
         new = L4Context.__new__(L4Context)
         Context.__init__(new, layer, self.kv.child(), self.conn_id, self.trajectory)
-        for name in ("sock", "peer", "local", "listener", "conn", "services", "datagram", "udp",
-                     "peek_timeout"):
-            setattr(new, name, getattr(self, name))
+        new.sock = self.sock
+        new.peer = self.peer
+        new.local = self.local
+        new.listener = self.listener
+        new.conn = self.conn
+        new.services = self.services
+        new.datagram = self.datagram
+        new.udp = self.udp
+        new.peek_timeout = self.peek_timeout
         new.stream = stream
         new._peeked = None
         new._hello_done = True

@@ -7,12 +7,18 @@ trip per connect); TCP connections get TCP_NODELAY.
 
 from __future__ import annotations
 
+import _socket
+import os
 import socket
+from errno import EALREADY, EINPROGRESS, EISCONN
 from typing import Any
 
 from gevent import socket as gsocket
 
-__all__ = ["ip_family", "split_target", "tcp_connect", "udp_connect", "unmapped"]
+__all__ = ["ip_family", "split_target", "tcp_connect", "tcp_connect_nonblocking", "udp_connect", "unmapped"]
+
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_IN_PROGRESS = (EINPROGRESS, EALREADY)
 
 
 def split_target(target: str) -> tuple[str, int]:
@@ -53,6 +59,29 @@ def tcp_connect(host: str, port: int, timeout: float, family: int | None = None)
             sock.close()
             raise
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def tcp_connect_nonblocking(host: str, port: int, timeout: float, family: int) -> Any:
+    """A connected TCP socket with TCP_NODELAY for an IP literal ``host`` of ``family``: the
+    kernel socket itself, non-blocking, with no gevent wrapper or watchers (for a caller that
+    waits on the event loop itself, such as the relay). Raises OSError (``socket.timeout``
+    after ``timeout``)."""
+    sock = _socket.socket(family, _STREAM_NONBLOCK)
+    try:
+        addr = (host, port)
+        err = sock.connect_ex(addr)
+        if err in _IN_PROGRESS:
+            err = sock.connect_ex(addr)  # on loopback the handshake is over by now
+            if err in _IN_PROGRESS:
+                gsocket.wait_write(sock.fileno(), timeout, socket.timeout("timed out"))
+                err = sock.connect_ex(addr)
+        if err and err != EISCONN:
+            raise OSError(err, os.strerror(err))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 

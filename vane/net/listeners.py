@@ -2,8 +2,9 @@
 
 Bind with ``SO_REUSEADDR`` (``SO_REUSEPORT`` only for the per-worker sockets of a UDP listener), IPv6 sockets v6-only, retry with
 exponential backoff up to a number of attempts, then give up alone: siblings go on. A socket
-handed over by systemd (``LISTEN_FDS``) is used as is. TCP listeners spawn one greenlet per
-accepted connection; UDP listeners keep a bounded table of client sessions.
+handed over by systemd (``LISTEN_FDS``) is used as is. TCP listeners hand each accepted
+connection to a greenlet of their own (a worker reused from the last connections, see
+``vane.net.workers``); UDP listeners keep a bounded table of client sessions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 
 from .udp import MAX_DATAGRAM, UdpSession
+from .workers import WorkerPool
 
 log = logging.getLogger("vane.listener")
 
@@ -29,6 +31,8 @@ BACKLOG = 1024
 ACCEPT_LOG_INTERVAL = 10.0  # seconds between two "accept failed" lines of one listener
 
 Handler = Callable[["Listener", Any, tuple], None]
+
+connection_workers = WorkerPool(keep=64)  # shared by every TCP listener of the process
 
 
 class Listener:
@@ -58,6 +62,8 @@ class Listener:
         self.group = group
         self.announce = announce     # log "listening on"; a worker's copy of a master's socket does not
         self.group_socks: list[Any] = []
+        self.nodelay = False          # accepted sockets inherit TCP_NODELAY from the listening one
+        self.local: tuple | None = None  # the local address of every accepted connection, if fixed
         self._loop: gevent.Greenlet | None = None
 
     def __repr__(self) -> str:
@@ -181,6 +187,8 @@ class Listener:
             return
         self.state = "listening"
         self.last_error = None
+        if self.addr.transport == "tcp":
+            self._accept_settings()
         self.bound.set()
         if self.announce:
             log.info("listening on %s%s", self.addr, " (socket activation)" if self.inherited else "",
@@ -195,10 +203,23 @@ class Listener:
         except gevent.GreenletExit:
             pass
 
+    def _accept_settings(self) -> None:
+        """What every accepted socket gets without a system call of its own: TCP_NODELAY
+        (Linux copies it from the listening socket) and, bound to one IPv4 address, the local
+        address (otherwise each connection asks ``getsockname``)."""
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.nodelay = True
+        except OSError:
+            self.nodelay = False
+        addr = self.addr
+        fixed = addr.family == 4 and not addr.is_wildcard and addr.port != 0
+        self.local = (addr.ip, addr.port) if fixed else None
+
     # -- accept loops --------------------------------------------------------------------------
 
     def _tcp_loop(self) -> None:
-        spawn = gevent.spawn
+        spawn = connection_workers.spawn
         handler = self.handler
         # Out of descriptors (or buffers): the pending connection stays queued and the socket
         # stays readable, so back off instead of spinning, and log once per interval with the

@@ -2,7 +2,9 @@
 
 ``Metrics`` owns a private ``CollectorRegistry`` (several daemons in one test process never
 share state). The daemon calls small methods on the hot path (``conn_opened``, ``request``,
-...) that cost a dict lookup plus the prometheus_client increment. Label values come from the
+...): connection and request counts are kept as plain numbers and folded into the
+prometheus_client families (each update of which takes a lock) when metrics are read or a
+batch is full. Label values come from the
 config (rule, listener, upstream and plugin names) and are bounded by it; as a second fence
 each metric keeps at most ``max_series`` label sets and folds the rest into ``"other"``.
 """
@@ -99,6 +101,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._batch: list[tuple[str | None, int | None, float]] = []
         self._folded = 0       # request observations folded in so far
+        self._conns: dict[str, list[int]] = {}  # listener -> [opened, closed] since the last flush
         r = self.registry
         cap = max_series
 
@@ -136,11 +139,16 @@ class Metrics:
 
     # hot path --------------------------------------------------------------------
     def conn_opened(self, listener: str) -> None:
-        self.connections_total.child(listener).inc()
-        self.connections_active.child(listener).inc()
+        counts = self._conns.get(listener)
+        if counts is None:
+            counts = self._conns[listener] = [0, 0]
+        counts[0] += 1
 
     def conn_closed(self, listener: str) -> None:
-        self.connections_active.child(listener).dec()
+        counts = self._conns.get(listener)
+        if counts is None:
+            counts = self._conns[listener] = [0, 0]
+        counts[1] += 1
 
     def request(self, rule: str | None, status: int | None, seconds: float) -> None:
         """One finished HTTP request; ``rule`` None means no rule matched.
@@ -154,7 +162,13 @@ class Metrics:
             self.flush()
 
     def flush(self) -> None:
-        """Fold batched request observations into the metric families."""
+        """Fold the counted connections and batched request observations into the families."""
+        conns, self._conns = self._conns, {}
+        for listener, (opened, closed) in conns.items():
+            if opened:
+                self.connections_total.child(listener).inc(opened)
+            if opened != closed:
+                self.connections_active.child(listener).inc(opened - closed)
         batch, self._batch = self._batch, []
         self._folded += len(batch)
         counts: dict[tuple[str, str], int] = {}

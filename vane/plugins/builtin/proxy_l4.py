@@ -15,7 +15,7 @@ from collections import OrderedDict
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.balance import Balancer
-from vane.net.dial import split_target, tcp_connect, udp_connect
+from vane.net.dial import ip_family, split_target, tcp_connect, tcp_connect_nonblocking, udp_connect
 from vane.net.proxy_protocol import header_v1, header_v2
 from vane.net.sockets import reset
 from vane.net.tunnel import relay
@@ -26,13 +26,29 @@ log = logging.getLogger("vane.proxy")
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 MAX_BALANCERS = 256
+MAX_ADDRESSES = 1024
+
+_addresses: dict[str, tuple[str, int, int]] = {}  # target -> (host, port, family); 0 = a name
+
+
+def address(target: str) -> tuple[str, int, int]:
+    """``host:port`` parsed once: (host, port, address family or 0 for a name to resolve)."""
+    addr = _addresses.get(target)
+    if addr is None:
+        host, port = split_target(target)
+        addr = (host, port, ip_family(host))
+        if len(_addresses) < MAX_ADDRESSES:  # targets may come from templates: bound the memo
+            _addresses[target] = addr
+    return addr
 
 
 def connect(target: str, timeout: float, proto: str = "tcp") -> socket.socket:
-    host, port = split_target(target)
+    host, port, family = address(target)
     if proto == "udp":
         return udp_connect(host, port)
-    sock = tcp_connect(host, port, timeout)
+    if family:
+        return tcp_connect_nonblocking(host, port, timeout, family)
+    sock = tcp_connect(host, port, timeout, 0)
     sock.settimeout(None)
     return sock
 
