@@ -21,6 +21,7 @@ from vane.compile import FlowGraph, compile_dir
 from vane.config.errors import CompileFailed
 from vane.config.settings import Settings
 from vane.engine.plugin import LinkEnv
+from vane.mgmt.fds import raise_nofile_limit
 from vane.observe.hub import Hub
 
 from . import sdnotify
@@ -36,6 +37,7 @@ class Control:
     and signal plumbing."""
 
     services: Services
+    listeners: dict[Any, Any]
 
     def __init__(self, config_dir: str, settings: Settings, log_hub: Hub | None = None) -> None:
         self.config_dir = os.path.abspath(config_dir)
@@ -76,6 +78,28 @@ class Control:
         return graph
 
     # -- starting ------------------------------------------------------------------------------
+
+    def _boot_graph(self) -> FlowGraph:
+        """Boot's compile and link (on the main greenlet: nothing serves yet). Raises
+        CompileFailed on a broken config."""
+        raise_nofile_limit()
+        graph = self.compile()
+        self.link(graph)
+        self.graph = graph
+        self.acknowledged = graph.hash
+        self.last_reload = {"time": time.time(), "result": "boot", "error": None}
+        return graph
+
+    def _boot_health(self) -> None:
+        """Exit non-zero if no listener binds within VANE_BOOT_HEALTH_TIMEOUT_SECS."""
+        listeners = self.listeners.values()
+        if not gevent.wait([lst.bound for lst in listeners], count=1,
+                           timeout=self.settings.boot_health_timeout) and not self.draining:
+            if not any(lst.state == "listening" for lst in listeners):
+                log.error("no listener could bind within %ss (VANE_BOOT_HEALTH_TIMEOUT_SECS); exiting",
+                          self.settings.boot_health_timeout)
+                self.exit_code = 1
+                self.close_now()
 
     def _start_management(self) -> None:
         from vane.mgmt.server_unix import AlreadyRunning

@@ -23,7 +23,6 @@ from vane import __version__
 from vane.compile import FlowGraph
 from vane.config.settings import Settings
 from vane.flow.connection import ConnTable
-from vane.mgmt.fds import raise_nofile_limit
 from vane.net.listeners import activated_sockets, socket_key
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub
@@ -58,12 +57,7 @@ class Daemon(Control):
 
     def boot(self) -> None:
         """Compile, link and start serving. Raises CompileFailed on a broken config."""
-        raise_nofile_limit()
-        graph = self.compile()
-        self.link(graph)
-        self.graph = graph
-        self.acknowledged = graph.hash
-        self.last_reload = {"time": time.time(), "result": "boot", "error": None}
+        graph = self._boot_graph()
         self.server.inherited = inherited_sockets()
         self.server.swap(graph)
         for key in self.server.inherited:
@@ -76,16 +70,6 @@ class Daemon(Control):
         sdnotify.notify("READY=1")
         log.info("vaned %s serving graph %s (%d listeners)", __version__, graph.hash[:12],
                  len(self.server.listeners))
-
-    def _boot_health(self) -> None:
-        listeners = self.server.listeners.values()
-        if not gevent.wait([lst.bound for lst in listeners], count=1,
-                           timeout=self.settings.boot_health_timeout) and not self.draining:
-            if not any(lst.state == "listening" for lst in listeners):
-                log.error("no listener could bind within %ss (VANE_BOOT_HEALTH_TIMEOUT_SECS); exiting",
-                          self.settings.boot_health_timeout)
-                self.exit_code = 1
-                self.close_now()
 
     # -- reload --------------------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from vane.compile import FlowGraph
 from vane.config.errors import CompileFailed, ConfigError
 from vane.config.settings import Settings
 from vane.flow.connection import ConnTable
-from vane.mgmt.fds import raise_nofile_limit
 from vane.net.listeners import Listener
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub, Subscription
@@ -159,12 +158,7 @@ class Master(Control):
 
     def boot(self) -> None:
         """Compile, link, fork the spawner, bind, start management, start the workers."""
-        raise_nofile_limit()
-        graph = self.compile()
-        self.link(graph)
-        self.graph = graph
-        self.acknowledged = graph.hash
-        self.last_reload = {"time": time.time(), "result": "boot", "error": None}
+        graph = self._boot_graph()
         gc.freeze()  # the boot graph and the libraries: shared copy-on-write with every worker
         self.spawner = Spawner(self._worker_main, self._exited, self._spawner_lost).start()
         self._inherited = inherited_sockets()
@@ -187,16 +181,6 @@ class Master(Control):
         """In a new worker process (forked by the spawner): serve until told to stop."""
         worker = Worker(self.services, self.log_hub, self.graph, index, generation, sock)
         os._exit(worker.run())
-
-    def _boot_health(self) -> None:
-        listeners = self.listeners.values()
-        if not gevent.wait([lst.bound for lst in listeners], count=1,
-                           timeout=self.settings.boot_health_timeout) and not self.draining:
-            if not any(lst.state == "listening" for lst in listeners):
-                log.error("no listener could bind within %ss (VANE_BOOT_HEALTH_TIMEOUT_SECS); exiting",
-                          self.settings.boot_health_timeout)
-                self.exit_code = 1
-                self.close_now()
 
     # -- workers -------------------------------------------------------------------------------
 
