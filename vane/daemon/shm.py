@@ -209,22 +209,29 @@ class ConnCounts:
         region.unlock(self.totals_lock)
 
 
-class Windows:
-    """Events per key per one-second window (the TLS handshake rate per IP); the least
-    recently used key gives its slot up when a bucket is full."""
+class _LruTable:
+    """A ``_Table`` whose first field is a last-use time: when a bucket is full, the least
+    recently used key gives its slot up."""
 
     locks = STRIPES
+    fields = 1
 
     def __init__(self, region: _Region, base: int, buckets: int, lock_base: int) -> None:
         self.region = region
-        self.table = _Table(region, base, buckets, 2, lock_base)   # window start, count
+        self.table = _Table(region, base, buckets, self.fields, lock_base)
 
-    @staticmethod
-    def words(buckets: int) -> int:
-        return _Table.words(buckets, 2)
+    @classmethod
+    def words(cls, buckets: int) -> int:
+        return _Table.words(buckets, cls.fields)
 
     def _lru(self, slots: range) -> int:
         return self.table.oldest(slots, 0)
+
+
+class Windows(_LruTable):
+    """Events per key per one-second window (the TLS handshake rate per IP)."""
+
+    fields = 2   # window start, count
 
     def hit(self, text: str, now: float, limit: int) -> bool:
         """Count one event for ``text`` at ``now``; False past ``limit`` in its window."""
@@ -244,22 +251,11 @@ class Windows:
             region.unlock(stripe)
 
 
-class Buckets:
-    """Token buckets by key (``ratelimit`` across workers); the least recently used key gives
-    its slot up when a bucket is full (it starts again with a full bucket)."""
+class Buckets(_LruTable):
+    """Token buckets by key (``ratelimit`` across workers); an evicted key starts again with a
+    full bucket."""
 
-    locks = STRIPES
-
-    def __init__(self, region: _Region, base: int, buckets: int, lock_base: int) -> None:
-        self.region = region
-        self.table = _Table(region, base, buckets, 3, lock_base)   # last, tokens, in use
-
-    @staticmethod
-    def words(buckets: int) -> int:
-        return _Table.words(buckets, 3)
-
-    def _lru(self, slots: range) -> int:
-        return self.table.oldest(slots, 0)
+    fields = 3   # last, tokens, in use
 
     def take(self, text: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
         """Take one token from ``text``'s bucket: (allowed, tokens left)."""
