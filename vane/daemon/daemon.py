@@ -32,6 +32,7 @@ from vane.mgmt.fds import raise_nofile_limit
 from vane.net.listeners import Listener, activated_sockets, socket_key
 from vane.net.parking import Parking
 from vane.net.sockets import reset
+from vane.net.upstream.registry import UpstreamRegistry
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub
 from vane.observe.metrics import Metrics
@@ -72,7 +73,19 @@ class Services:
         self.draining = Event()
         self._pool = None
         self.pool_config: dict | None = None
-        self.graph: FlowGraph | None = None  # the graph serving now (requests look theirs up in it)
+        self.upstreams = UpstreamRegistry(metrics)  # upstream groups: health and admin state across reloads
+        self._graph: FlowGraph | None = None
+
+    @property
+    def graph(self) -> FlowGraph | None:
+        """The graph serving now (requests look theirs up in it)."""
+        return self._graph
+
+    @graph.setter
+    def graph(self, graph: FlowGraph | None) -> None:
+        self._graph = graph
+        if graph is not None:
+            self.upstreams.serve(graph)     # on the hub, before any request sees the graph
 
     @property
     def tls_cache(self) -> Any:
@@ -371,6 +384,7 @@ class Daemon:
                 log.debug("management stop failed", exc_info=True)
         if self.services._pool is not None:
             self.services._pool.close()
+        self.services.upstreams.close()
         self.flow_log.close()
         self.stopped.set()
 
@@ -434,6 +448,12 @@ class Daemon:
     def get_upstreams(self) -> list[dict]:
         pool = self.services._pool
         return pool.snapshot() if pool is not None else []
+
+    def get_upstream_groups(self) -> list[dict]:
+        return self.services.upstreams.snapshot()
+
+    def set_upstream(self, group: str, backend: str, action: str) -> dict:
+        return self.services.upstreams.set_state(group, backend, action)
 
     def get_certs(self) -> list[dict]:
         graph = self.graph
