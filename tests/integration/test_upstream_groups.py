@@ -320,3 +320,34 @@ def test_a_bad_group_is_refused_with_file_and_pointer_and_the_running_one_stays(
                                        '"apx": expected an upstream group (config.json upstreams: api)']
     assert served_by(client, 3) == {"A": 3}          # the running graph serves on
     assert "Traceback" not in d.stderr
+
+
+def test_https_backends_are_checked_as_the_node_reaches_them(lab):
+    import trustme
+
+    from tests.support.tls import backend_tls_context
+    ca = trustme.CA()
+    (lab.conf / "certs").mkdir()
+    ca.cert_pem.write_to_path(str(lab.conf / "certs" / "ca.pem"))
+    secure = Backend("S", tls=backend_tls_context(ca))
+    lab.on_close(secure.stop)
+    port = free_port()
+    (lab.conf / "config.json").write_text(json.dumps({"upstreams": {
+        "strict": {"backends": [secure.url], "health": HEALTH},
+        "private": {"backends": [secure.url], "health": {**HEALTH, "ca_file": "certs/ca.pem"}}}}))
+    d = lab.vaned({"10-lb.json": [
+        rule("inline", proxy([secure.url], ca_file="certs/ca.pem", health=HEALTH), listen=f"127.0.0.1:{port}"),
+        rule("strict", proxy("strict", ca_file="certs/ca.pem"), listen=f"127.0.0.1:{free_port()}"),
+        rule("private", proxy("private", ca_file="certs/ca.pem"), listen=f"127.0.0.1:{free_port()}")]})
+    d.wait_accepting(port)
+
+    def by_group() -> dict[str, dict]:
+        return {r["group"]: r for r in d.cli_json("get", "upstreams")["groups"]}
+
+    assert wait_until(lambda: all(r["last_check"] for r in by_group().values()), 10)
+    assert wait_until(lambda: by_group()["strict"]["health"] == "down", 10)
+    groups = by_group()
+    assert groups["rule/inline"]["check"] == "ok" and groups["private"]["check"] == "ok"
+    assert "certificate" in groups["strict"]["error"]        # a group's checks verify with the system CAs
+    r = httpx.get(f"http://127.0.0.1:{port}/x", timeout=10)
+    assert r.status_code == 200 and r.headers["x-backend"] == "S"

@@ -260,6 +260,11 @@ def _define(name: str, layer: str, items: list, options: dict, file: str, base: 
                 if key in health:
                     errors.append(ConfigError(file, f"{base}/health/{key}", f'"{key}" is for HTTP checks: an L4 '
                                                                            "group is checked by TCP connect"))
+        if inline:                      # checks reach the backends as the node does
+            for key in ("verify", "ca_file"):
+                value = options.get(key)
+                if key not in health and value is not None and not (isinstance(value, str) and "{{" in value):
+                    health = {**health, key: value}
         health = {**DEFAULT_HEALTH, **health}
         for key in ("interval", "timeout"):
             health[key] = float(health[key])

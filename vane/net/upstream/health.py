@@ -101,6 +101,12 @@ class Checker:
         self._pool.join()
 
     def _check(self, b: Backend) -> None:
+        try:
+            self._check_one(b)
+        except Exception:  # noqa: BLE001 - a check greenlet never dies unreported
+            log.exception("upstream group %s: health check of %s failed", self.group.name, b.label)
+
+    def _check_one(self, b: Backend) -> None:
         started = time.monotonic()
         timer = gevent.Timeout(self.timeout)
         timer.start()
