@@ -130,7 +130,7 @@ HEALTH_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "path": {"type": "string", "pattern": r"^/[^\s#]*$"},
-        "interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        "interval": {"type": "number", "minimum": 0.1, "maximum": 86400},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "expect_status": {"type": ["integer", "array"], "minimum": 100, "maximum": 599, "minItems": 1,
                           "maxItems": 100, "items": {"type": "integer", "minimum": 100, "maximum": 599}},
