@@ -11,7 +11,7 @@ Each strategy works over the group's *view*, the backends that may take a new re
 - ``least_conn`` (``LeastConn``): fewest requests in flight per unit of weight, ties to the one
   that changed least recently; a heap with lazy deletion, O(log n) per change and per pick.
 - ``hash`` (``Ring``): a consistent-hash ring with ``points`` virtual nodes per backend placed by
-  the backend's address alone, so removing a backend moves only the keys it owned; a pick is
+  the backend's address alone (SHAKE-256 of it), so removing a backend moves only the keys it owned; a pick is
   one binary search (backends that cannot take requests are filtered out of a copy of the
   ring when the view changes). Nothing is kept per key.
 
@@ -21,6 +21,7 @@ A backend here is anything with ``weight``, ``active``, ``in_view`` and ``lc_seq
 from __future__ import annotations
 
 import hashlib
+import sys
 from array import array
 from bisect import bisect_right
 from heapq import heapify, heappop, heappush
@@ -32,7 +33,7 @@ from zlib import crc32
 __all__ = ["LeastConn", "Ring", "Rotation", "TwoChoices", "key_hash"]
 
 _MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
+_OWNER_MASK = (1 << 16) - 1     # a ring point's low bits: the index of its backend
 
 
 def _mix(x: int) -> int:
@@ -185,13 +186,22 @@ class Ring:
 
     @classmethod
     def build(cls, backends: Sequence[Any], addresses: Sequence[str], points_per_weight: int) -> "Ring":
-        pairs: list[tuple[int, int]] = []
+        """``points_per_weight * weight`` points per backend, drawn from SHAKE-256 of its address
+        (the same on every machine and release); the low bits of each point name its owner."""
+        if len(backends) > _OWNER_MASK + 1:
+            raise ValueError(f"a hash ring holds at most {_OWNER_MASK + 1} backends")
+        keep = ~_OWNER_MASK & _MASK
+        tagged: list[int] = []
         for i, (b, address) in enumerate(zip(backends, addresses, strict=True)):
-            seed = int.from_bytes(hashlib.blake2b(address.encode("utf-8"), digest_size=8).digest(), "little")
-            for v in range(points_per_weight * b.weight):
-                pairs.append((_mix((seed + v * _GOLDEN) & _MASK), i))
-        pairs.sort()
-        return cls(array("Q", [p for p, _ in pairs]), [backends[i] for _, i in pairs])
+            n = points_per_weight * b.weight
+            chunk = array("Q")
+            chunk.frombytes(hashlib.shake_256(address.encode("utf-8")).digest(8 * n))
+            if sys.byteorder == "big":
+                chunk.byteswap()        # little-endian everywhere
+            tagged.extend([(p & keep) | i for p in chunk])
+        tagged.sort()
+        # the points without their owner bits: the same whichever backends are beside them
+        return cls(array("Q", [p & keep for p in tagged]), [backends[p & _OWNER_MASK] for p in tagged])
 
     def only(self, members: Any) -> "Ring":
         keep = [i for i, b in enumerate(self.owners) if b in members]
