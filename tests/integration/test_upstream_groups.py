@@ -14,6 +14,7 @@ from typing import Any
 import gevent
 import httpx
 import pytest
+from gevent.event import Event
 
 from tests.support.backends import tagged
 from tests.support.config import rule
@@ -51,8 +52,22 @@ def proxy(upstream: Any, **inputs: Any) -> dict:
 
 
 def rows(d: Vaned) -> dict[str, dict]:
-    """``vane get upstreams --json``: the upstream groups' backends by address."""
-    return {r["backend"]: r for r in d.cli_json("get", "upstreams")["groups"]}
+    """``get_upstreams``: the upstream groups' backends by address."""
+    return {r["backend"]: r for r in d.mgmt("get_upstreams")["groups"]}
+
+
+class Gated(Backend):
+    """A backend whose ``/gate`` answers only when the test opens ``gate``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = Event()
+
+    def app(self, method, path, query, headers, body, conn_id):
+        if path == "/gate":
+            self.gate.wait(30)
+            return 200, [("x-backend", self.name)], b"released", False
+        return super().app(method, path, query, headers, body, conn_id)
 
 
 def served_by(client: httpx.Client, n: int, path: str = "/x", **headers: str) -> Counter:
@@ -115,19 +130,23 @@ def key_for(client: httpx.Client, backend: str, prefix: str = "k") -> str:
 
 
 def test_drain_from_the_cli_moves_new_requests_while_one_in_flight_finishes(lab):
-    a, b = backends(lab, "A", "B")
+    a, b = Gated("A"), Gated("B")
+    for backend in (a, b):
+        lab.on_close(backend.stop)
+        lab.on_close(backend.gate.set)
     d, client = start(lab, {"api": {"backends": [a.url, b.url], "balance": "hash",
                                     "hash_key": "{{req.header.x-key}}"}}, proxy("api"))
     key = key_for(client, "A")
-    slow = gevent.spawn(client.get, "/sleep", params={"s": "1.5"}, headers={"x-key": key})
+    slow = gevent.spawn(client.get, "/gate", headers={"x-key": key})
     assert wait_until(lambda: rows(d)[a.url]["active"] == 1, 5), rows(d)
     res = d.cli("upstream", "drain", "api", f"127.0.0.1:{a.port}")
     assert res.returncode == 0 and res.stdout == f"api {a.url} draining\n", res
     assert served_by(client, 10, **{"x-key": key}) == {"B": 10}        # new requests go elsewhere
     row = rows(d)[a.url]
     assert (row["state"], row["admin"], row["active"]) == ("draining", "draining", 1)
+    a.gate.set()
     done = slow.get(timeout=10)                                         # the one in flight finishes
-    assert done.status_code == 200 and done.text == "slept" and done.headers["x-backend"] == "A"
+    assert done.status_code == 200 and done.text == "released" and done.headers["x-backend"] == "A"
     assert rows(d)[a.url]["active"] == 0
     assert d.cli("upstream", "enable", "api", a.url).stdout == f"api {a.url} up\n"
     assert served_by(client, 5, **{"x-key": key}) == {"A": 5}
@@ -189,16 +208,18 @@ def test_backups_serve_only_while_the_primaries_cannot(lab):
 
 
 def test_all_backends_down_is_503_with_retry_after_at_once(lab):
-    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    # backends that take connections and never answer: trying one would take the 5 s timeout
+    hung = [f"http://127.0.0.1:{lab.listening_socket().getsockname()[1]}" for _ in range(2)]
     a, = backends(lab, "A")
-    d, client = start(lab, {"gone": {"backends": dead, "health": {**HEALTH, "interval": 1.0, "fall": 1}},
+    d, client = start(lab, {"gone": {"backends": hung, "health": {**HEALTH, "interval": 1.0, "fall": 1}},
                             "one": {"backends": [a.url]}},
                       {"route": {"input": {"routes": [{"name": "one", "match": {"req.path": {"prefix": "/one"}}}]},
-                                 "output": {"one": proxy("one"), "*": proxy("gone", connect_timeout=3)}}})
-    assert wait_until(lambda: all(r["state"] == "down" for u, r in rows(d).items() if u in dead), 10)
+                                 "output": {"one": proxy("one"), "*": proxy("gone", timeout=5)}}})
+    assert wait_until(lambda: all(r["state"] == "down" for u, r in rows(d).items() if u in hung), 10)
+    assert {rows(d)[u]["check"] for u in hung} == {"timeout"}
     started = time.monotonic()
     r = client.get("/x")
-    assert time.monotonic() - started < 1.0          # no connect attempted, no wait
+    assert time.monotonic() - started < 2.0          # no backend tried: not the 5 s timeout
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert d.cli("upstream", "disable", "one", a.url).returncode == 0
     r = client.get("/one")
