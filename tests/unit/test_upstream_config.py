@@ -95,6 +95,10 @@ def groups(**defs) -> dict:
     ({}, {"10.json": rule("r", proxy_to("localhost:8000"))},
      "rules/10.json: /flow/proxy/input/upstream: 'localhost:8000': expected an http://, https:// or unix: URL, "
      "a template, or the name of an upstream group"),
+    ({}, {"10.json": rule("r", {"proxy": {"input": {"target": ["{{var.a}}:80", "10.0.0.1:80"],
+                                                     "health": {"interval": 1}}}})},
+     "rules/10.json: /flow/proxy/input/health: health checks need backends known at compile time: a templated "
+     "list has passive health only"),
     (groups(**{"bad/name": {"backends": [URL_A]}}), {}, "config.json: /upstreams: 'bad/name': a group name is letters, digits, '_', '.' and '-', up to 128"),
 ])
 def test_bad_groups_name_file_and_pointer(tmp_path, config, rules, expected):

@@ -139,7 +139,10 @@ def compile_upstreams(config: dict, rules: Iterable[Any], limits: Limits,
             value = raw.get(key)
             if isinstance(value, list):
                 if any("{{" in (v if isinstance(v, str) else v.get("address", "")) for v in value):
-                    continue            # templated backends: a group per resolved list, at run time
+                    if "health" in own:     # templated backends: a group per resolved list, at run time
+                        errors.append(ConfigError(file, f"{here}/health", "health checks need backends known at "
+                                                  "compile time: a templated list has passive health only"))
+                    continue
                 inline += 1
                 name = f"rule/{rule.name}" + (f"/{inline}" if inline > 1 else "")
                 d = _define(name, layer, value, raw, file, here, f"/{key}", True, limits, errors)
