@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.daemon import ROOT, VANE
 from tests.support.mgmt import (
+    GROUPS,
     HASH_A,
     HASH_B,
     flow_entry,
@@ -92,6 +93,36 @@ def test_get_tables_plain_and_json(sock, capsys, target, header, first):
     assert code == 0 and lines[0] == header and lines[1] == first
     code, out, _ = vane(capsys, "--socket", sock, "--json", "get", target)
     assert code == 0 and isinstance(json.loads(out)[target], list)
+
+
+def test_get_upstreams_shows_groups_then_the_pool(sock, daemon, capsys):
+    daemon.groups = GROUPS
+    code, out, _ = vane(capsys, "--socket", sock, "get", "upstreams")
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0] == "group\tbackend\tstate\tweight\tbackup\tactive\tcheck\tlast check\tlatency\tfails"
+    assert lines[1].startswith("api\thttp://10.0.0.5:8080\tup\t2\tno\t1\tok\t") and lines[1].endswith("\t1.5ms\t0")
+    assert lines[2].startswith("api\thttp://10.0.0.6:8080\tdown (checks)\t1\tno\t0\tfail: connection refused\t")
+    assert lines[2].endswith("\t-\t3")
+    assert lines[3] == "" and lines[4] == "upstream\tactive\tidle\tmax active\tmax idle"
+    code, out, _ = vane(capsys, "--socket", sock, "--json", "get", "upstreams")
+    assert json.loads(out)["groups"][1]["check_failures"] == 3
+
+
+def test_upstream_drain_disable_enable_and_their_errors(sock, daemon, capsys):
+    assert vane(capsys, "--socket", sock, "upstream", "drain", "api", "10.0.0.5:8080")[:2] == (
+        0, "api http://10.0.0.5:8080 draining\n")
+    assert vane(capsys, "--socket", sock, "upstream", "disable", "api", "http://10.0.0.6:8080")[:2] == (
+        0, "api http://10.0.0.6:8080 disabled\n")
+    code, out, _ = vane(capsys, "--socket", sock, "--json", "upstream", "enable", "api", "10.0.0.5:8080")
+    assert code == 0 and json.loads(out)["state"] == "up"
+    assert daemon.admin_calls == [("api", "10.0.0.5:8080", "drain"), ("api", "http://10.0.0.6:8080", "disable"),
+                                  ("api", "10.0.0.5:8080", "enable")]
+    code, out, err = vane(capsys, "--socket", sock, "upstream", "drain", "web", "10.0.0.5:8080")
+    assert (code, out) == (1, "") and err == 'vane: BadRequest: set_upstream: no upstream group "web" (groups: api)\n'
+    assert vane(capsys, "--socket", sock, "upstream", "pause", "api", "x")[0] == 64
+    assert vane(capsys, "--socket", sock, "upstream", "drain", "api")[0] == 64
+    assert vane(capsys, "--socket", "/nonexistent/vaned.sock", "upstream", "drain", "api", "x")[0] == 2
 
 
 def test_get_config_and_metrics(sock, capsys):

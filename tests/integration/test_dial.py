@@ -10,7 +10,6 @@ import time
 import pytest
 
 from vane.net.dial import tcp_connect_nonblocking
-from vane.plugins.builtin import proxy_l4
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -68,16 +67,3 @@ def test_nonblocking_connect_to_a_full_backlog_times_out():
         finally:
             for s in queued:
                 s.close()
-
-
-def test_parsed_targets_are_memoised_within_a_bound():
-    """Targets can come from templates (client data): the memo of parsed ones is bounded."""
-    proxy_l4._addresses.clear()
-    for i in range(proxy_l4.MAX_ADDRESSES * 2):
-        assert proxy_l4.address(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:{1000 + i % 100}")[2] == socket.AF_INET
-    assert len(proxy_l4._addresses) == proxy_l4.MAX_ADDRESSES
-    assert proxy_l4.address("[::1]:443") == ("::1", 443, socket.AF_INET6)  # past the bound: still parsed
-    assert proxy_l4.address("backend.internal:8080") == ("backend.internal", 8080, 0)
-    with pytest.raises(ValueError):
-        proxy_l4.address("no-port")
-    proxy_l4._addresses.clear()

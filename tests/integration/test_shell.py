@@ -9,7 +9,7 @@ import pytest
 from gevent import monkey
 
 from tests.support.daemon import ROOT
-from tests.support.mgmt import FakeDaemon, flow_entry, short_tmpdir, sock_in, start_unix
+from tests.support.mgmt import GROUPS, FakeDaemon, flow_entry, short_tmpdir, sock_in, start_unix
 from tests.support.net import wait_until
 
 CPR_REQUEST = r"\x1b\[6n"
@@ -140,3 +140,28 @@ def test_shell_survives_daemon_restart(env):
         sh.p.expect(pexpect.EOF)
     finally:
         srv2.stop()
+
+
+def test_shell_lists_upstream_groups_and_drains_a_backend(env):
+    daemon, srv, sh, home = env
+    daemon.groups = GROUPS
+    sh.expect("talking to")
+    sh.prompt()
+    sh.p.send("upstream d")
+    time.sleep(0.3)
+    sh.p.send("\t")
+    sh.expect("isable|rain")                   # completion offers the words
+    sh.p.send("\x15")                          # clear the line
+    sh.run("upstream drain api 10.0.0.5:8080")
+    sh.expect("api http://10.0.0.5:8080 draining")
+    sh.prompt()
+    assert daemon.admin_calls == [("api", "10.0.0.5:8080", "drain")]
+    sh.run("upstream drain web 10.0.0.5:8080")
+    sh.expect('BadRequest: set_upstream: no upstream group "web"')
+    sh.prompt()
+    sh.run("get upstreams")
+    sh.expect(r"http://10\.0\.0\.6:8080 +down \(checks\)")
+    sh.expect("http://127.0.0.1:3000")         # the pool's endpoints follow
+    sh.prompt()
+    sh.run("exit")
+    sh.p.expect(pexpect.EOF)

@@ -4,7 +4,8 @@
 codecs. Routes: ``/echo`` (the body back; ``?chunked=1`` answers chunked), ``/hash`` (sha256
 and length of the body), ``/data?n=N`` (N deterministic bytes; ``chunked=1``), ``/sleep?s=X``,
 ``/headers`` (the request as JSON), ``/status?code=N``, ``/ws`` (RFC 6455 echo); anything else
-answers ``<name> <path>``. It counts connections and requests. ``tls=`` serves HTTPS;
+answers ``<name> <path>``. It counts connections and requests; ``kill`` drops every connection
+at once, as a crashed backend would. ``tls=`` serves HTTPS;
 ``h2=True`` serves HTTP/2 (h2c prior knowledge, or h2 by ALPN over TLS) through vane's own
 HTTP/2 server codec, for the upstream HTTP/2 tests.
 """
@@ -98,6 +99,7 @@ class Backend:
         self.requests = 0
         self.seen: list[dict] = []
         self.errors: list[BaseException] = []
+        self._open: set[socket.socket] = set()
         if unix_path is not None:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(unix_path)
@@ -120,12 +122,24 @@ class Backend:
     def stop(self) -> None:
         self.server.stop(timeout=1)
 
+    def kill(self) -> None:
+        """Die like a crashed process: stop listening and reset every open connection."""
+        self.server.stop(timeout=0)
+        for sock in list(self._open):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            except OSError:
+                pass
+        self._open.clear()
+
     # -- connections -----------------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, addr: Any) -> None:
         self.connections += 1
         conn_id = self.connections
         stream = sock
+        self._open.add(sock)
         try:
             if self.tls is not None:
                 try:
@@ -140,6 +154,7 @@ class Backend:
         except (OSError, ssl.SSLError):
             pass
         finally:
+            self._open.discard(sock)
             try:
                 stream.close()
             except OSError:

@@ -56,6 +56,16 @@ PLUGINS = [
 UPSTREAMS = [
     {"upstream": "http://127.0.0.1:3000", "idle": 3, "active": 2, "max_idle": 32, "max_active": 256},
 ]
+GROUPS = [
+    {"group": "api", "backend": "http://10.0.0.5:8080", "state": "up", "admin": "enabled", "weight": 2,
+     "backup": False, "active": 1, "balance": "round_robin", "health": "up", "last_check": 1700000000.25,
+     "latency_ms": 1.5, "check": "ok", "error": None, "check_failures": 0, "check_successes": 7,
+     "checks": {"ok": 7, "fail": 0, "timeout": 0}, "failures": 0, "ejected_secs": 0.0},
+    {"group": "api", "backend": "http://10.0.0.6:8080", "state": "down", "admin": "enabled", "weight": 1,
+     "backup": False, "active": 0, "balance": "round_robin", "health": "down", "last_check": 1700000000.5,
+     "latency_ms": None, "check": "fail", "error": "connection refused", "check_failures": 3,
+     "check_successes": 0, "checks": {"ok": 2, "fail": 3, "timeout": 0}, "failures": 0, "ejected_secs": 0.0},
+]
 CERTS = [
     {"path": "certs/blog.pem", "subject": "CN=blog.example.com", "sans": ["blog.example.com", "www.blog.example.com"],
      "not_after": "2027-01-01T00:00:00Z", "listeners": ["tcp 0.0.0.0:443", "tcp [::]:443"]},
@@ -94,6 +104,8 @@ class FakeDaemon:
         self.reload_fails = False
         self.shutdown_called = False
         self.fail: set[str] = set()  # method names that raise RuntimeError
+        self.groups: list[dict] = []  # get_upstream_groups rows (GROUPS for a daemon with upstream groups)
+        self.admin_calls: list[tuple[str, str, str]] = []
         self.last_reload = {"time": self.started, "result": "reloaded", "error": None}
         self.metrics.conn_opened("tcp 0.0.0.0:8080")
         self.metrics.request("blog", 200, 0.012)
@@ -149,6 +161,19 @@ class FakeDaemon:
 
     def get_upstreams(self) -> list[dict]:
         return UPSTREAMS
+
+    def get_upstream_groups(self) -> list[dict]:
+        return self.groups
+
+    def set_upstream(self, group: str, backend: str, action: str) -> dict:
+        if group != "api":
+            raise LookupError(f'no upstream group "{group}" (groups: api)')
+        rows = [r for r in GROUPS if r["backend"] == backend or r["backend"].endswith("//" + backend)]
+        if not rows:
+            raise LookupError(f'no backend "{backend}" in upstream group api')
+        self.admin_calls.append((group, backend, action))
+        state = {"drain": "draining", "disable": "disabled", "enable": "up"}[action]
+        return {"group": group, "backend": rows[0]["backend"], "state": state, "previous": rows[0]["state"]}
 
     def get_certs(self) -> list[dict]:
         self._check("get_certs")

@@ -10,7 +10,7 @@ from vane.mgmt.verbs import VERBS, Stream, dispatch
 
 CONTRACT_VERBS = {"ping", "stats", "reload", "shutdown", "compile_dry_run", "get_config", "get_listeners",
                   "get_connections", "get_metrics", "get_plugins", "get_upstreams", "get_certs", "set_flow_log",
-                  "tail_flow", "tail_log"}
+                  "set_upstream", "tail_flow", "tail_log"}
 
 
 def call(d, verb, **args):
@@ -39,6 +39,11 @@ def test_verb_table_is_the_contract():
     ("tail_flow", {"backlog": -1}),
     ("tail_flow", {"backlog": True}),
     ("tail_flow", {"backlog": 10 ** 6}),
+    ("set_upstream", {"group": "api", "backend": "10.0.0.5:8080"}),
+    ("set_upstream", {"group": "api", "backend": "10.0.0.5:8080", "state": "pause"}),
+    ("set_upstream", {"group": "api", "backend": 5, "state": "drain"}),
+    ("set_upstream", {"group": "", "backend": "10.0.0.5:8080", "state": "drain"}),
+    ("set_upstream", {"group": "api", "backend": "10.0.0.5:8080", "state": "drain", "all": True}),
 ])
 def test_bad_args(verb, args):
     assert kind_of(FakeDaemon(), verb, **args).kind == "BadRequest"
@@ -104,3 +109,14 @@ def test_socket_paths():
     assert client_socket_paths({"XDG_RUNTIME_DIR": "/run/user/1"}) == [
         "/run/user/1/vaned.sock", "/run/vaned/vaned.sock", "/var/run/vaned.sock"]
     assert client_socket_paths({"VANE_MGMT_UNIX": "/x.sock"})[0] == "/x.sock"
+
+
+def test_set_upstream_names_what_it_cannot_find_as_a_bad_request():
+    d = FakeDaemon()
+    assert call(d, "set_upstream", group="api", backend="10.0.0.5:8080", state="drain")["state"] == "draining"
+    err = kind_of(d, "set_upstream", group="web", backend="10.0.0.5:8080", state="drain")
+    assert err.kind == "BadRequest" and err.message == 'set_upstream: no upstream group "web" (groups: api)'
+    err = kind_of(d, "set_upstream", group="api", backend="10.9.9.9:1", state="enable")
+    assert err.kind == "BadRequest" and "no backend" in err.message
+    d.groups = [{"group": "api"}]
+    assert call(d, "get_upstreams") == {"upstreams": d.get_upstreams(), "groups": [{"group": "api"}]}

@@ -23,6 +23,7 @@ Usage:
   vane [options] compile <path> [--config DIR] [--daemon]
   vane [options] get (config | listeners | connections | metrics | plugins | upstreams | certs)
   vane [options] tail (flow | log)
+  vane [options] upstream (drain | disable | enable) <group> <backend>
   vane [options] shell
   vane (-h | --help)
   vane --version
@@ -37,6 +38,11 @@ Commands:
                        flow trees; --daemon asks the running vaned instead.
   get ...              Show daemon state.
   tail (flow | log)    Follow flow trajectories or the daemon log until Ctrl-C.
+  upstream drain G B   Backend B of upstream group G takes no new requests; its requests
+                       in flight finish. B is its address (URL or host:port).
+  upstream disable G B No traffic at all to B, and its health checks stop counting.
+  upstream enable G B  B takes requests again (after its health checks pass, if it was
+                       disabled). A state holds until a reload changes the group.
   shell                Interactive shell with completion, history and a status bar.
 
 Options:

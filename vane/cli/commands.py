@@ -15,7 +15,8 @@ from typing import Any, Callable, TextIO
 from vane.cli import render
 from vane.mgmt.client import Client, DaemonError, Unreachable
 
-__all__ = ["EXIT_DAEMON_ERROR", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "GET_TARGETS", "Context", "run"]
+__all__ = ["EXIT_DAEMON_ERROR", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "GET_TARGETS", "UPSTREAM_ACTIONS",
+           "Context", "run"]
 
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
@@ -23,6 +24,7 @@ EXIT_UNREACHABLE = 2
 EXIT_USAGE = 64
 
 GET_TARGETS = ("config", "listeners", "connections", "metrics", "plugins", "upstreams", "certs")
+UPSTREAM_ACTIONS = ("drain", "disable", "enable")
 SLOW_VERB_TIMEOUT = 60.0  # reload / compile_dry_run compile the whole config
 
 
@@ -70,7 +72,7 @@ def run(args: dict[str, Any], ctx: Context) -> int:
 
 
 def _select(args: dict[str, Any]) -> Callable[[dict, Context], int]:
-    for name in ("ping", "stats", "reload", "shutdown", "compile", "get", "tail"):
+    for name in ("ping", "stats", "reload", "shutdown", "compile", "get", "tail", "upstream"):
         if args.get(name):
             return _COMMANDS[name]
     raise ValueError("no command selected")
@@ -204,9 +206,50 @@ def cmd_get(args: dict, ctx: Context) -> int:
     if ctx.json or target == "config":
         ctx.print(render.to_json(result))
         return EXIT_OK
+    if target == "upstreams" and result.get("groups"):
+        headers, getter = _GROUPS_TABLE
+        ctx.print(render.table([getter(r) for r in result["groups"]], headers, ctx.tty))
+        ctx.print()
     rows = result.get(target) or []
     headers, getter = _TABLES[target]
     ctx.print(render.table([getter(r) for r in rows], headers, ctx.tty, empty=f"no {target}"))
+    return EXIT_OK
+
+
+def _backend_state(r: dict) -> str:
+    state = str(r.get("state", "-"))
+    if state == "down":
+        if r.get("ejected_secs"):
+            return f"down (ejected {r['ejected_secs']:.0f}s)"
+        if r.get("health") == "down":
+            return "down (checks)"
+    return state
+
+
+def _check(r: dict) -> str:
+    result = r.get("check")
+    if result is None:
+        return "-"
+    return f"{result}: {r['error']}" if r.get("error") and result != "ok" else str(result)
+
+
+_GROUPS_TABLE: tuple[tuple[str, ...], Callable[[dict], list]] = (
+    ("group", "backend", "state", "weight", "backup", "active", "check", "last check", "latency", "fails"),
+    lambda r: [r.get("group"), r.get("backend"), _backend_state(r), r.get("weight"), r.get("backup"),
+               r.get("active"), _check(r), render.clock(r["last_check"]) if r.get("last_check") else "-",
+               f"{r['latency_ms']:.1f}ms" if isinstance(r.get("latency_ms"), (int, float)) else "-",
+               r.get("check_failures") if r.get("health") is not None else r.get("failures")])
+
+
+def cmd_upstream(args: dict, ctx: Context) -> int:
+    """``upstream (drain | disable | enable) GROUP BACKEND``."""
+    action = next(a for a in UPSTREAM_ACTIONS if args.get(a))
+    result = ctx.client.call("set_upstream", {"group": args["<group>"], "backend": args["<backend>"],
+                                              "state": action})
+    if ctx.json:
+        ctx.print(render.to_json(result))
+    else:
+        ctx.print(f"{result.get('group')} {result.get('backend')} {result.get('state')}")
     return EXIT_OK
 
 
@@ -266,4 +309,5 @@ _COMMANDS: dict[str, Callable[[dict, Context], int]] = {
     "compile": cmd_compile,
     "get": cmd_get,
     "tail": cmd_tail,
+    "upstream": cmd_upstream,
 }

@@ -23,7 +23,7 @@ from prompt_toolkit.history import FileHistory, InMemoryHistory
 import vane
 from vane.cli import render
 from vane.cli.args import USAGE, UsageError, make_client, parse
-from vane.cli.commands import EXIT_OK, GET_TARGETS, Context, run
+from vane.cli.commands import EXIT_OK, GET_TARGETS, UPSTREAM_ACTIONS, Context, run
 from vane.mgmt.client import Client, DaemonError, Unreachable
 
 __all__ = ["StatusPoller", "completer", "run_shell"]
@@ -38,6 +38,7 @@ Commands:
   compile <path> [--config DIR] [--daemon]
   get (config | listeners | connections | metrics | plugins | upstreams | certs)
   tail (flow | log)          follow until Ctrl-C, then back to the prompt
+  upstream (drain | disable | enable) <group> <backend>
   help                       this text
   exit | quit | Ctrl-D       leave the shell
 Add --json to any command for JSON output. Tab completes commands and arguments."""
@@ -50,6 +51,7 @@ def completer() -> NestedCompleter:
         "compile": PathCompleter(expanduser=True),
         "get": {t: None for t in GET_TARGETS},
         "tail": {"flow": None, "log": None},
+        "upstream": {a: None for a in UPSTREAM_ACTIONS},
         "help": None, "exit": None, "quit": None,
     })
 

@@ -24,6 +24,7 @@ from .flows import FlowBuilder, infer_layer
 from .graph import FlowGraph
 from .listen import ListenAddr, ListenError, parse_listen
 from .lower import L4_PREDICATE_PREFIXES, CompiledRule, Lowerer, rule_conditions, tls_paths
+from .upstreams import compile_upstreams
 
 __all__ = ["compile_sources", "compile_dir", "compile_path", "link_offline", "FlowGraph", "ListenAddr",
            "graph_hash"]
@@ -99,10 +100,11 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
             continue
         compiled.append(CompiledRule(rs, name, layer, conds, flow, list(addrs),
                                      tls_paths(sources.config_dir, rule.get("tls")), rule.get("priority", 0)))
+    upstreams = compile_upstreams(sources.config, compiled, limits, errors)
     listeners = Lowerer(registry, limits, errors).lower(compiled)
     if errors:
         raise CompileFailed(sorted(errors, key=lambda e: e.file))
-    return FlowGraph(graph_hash(sources), listeners, sources, registry)
+    return FlowGraph(graph_hash(sources), listeners, sources, registry, upstreams)
 
 
 def compile_dir(config_dir: str, environ: Mapping[str, str] | None = None,

@@ -20,15 +20,17 @@ from vane.plugins.registry import Registry
 
 from .listen import ListenAddr
 from .lower import ListenerPlan
+from .upstreams import UpstreamTable
 
 
 class FlowGraph:
     def __init__(self, hash: str, listeners: dict[ListenAddr, ListenerPlan], sources: Sources,
-                 registry: Registry) -> None:
+                 registry: Registry, upstreams: UpstreamTable | None = None) -> None:
         self.hash = hash
         self.listeners = listeners
         self.sources = sources
         self.registry = registry
+        self.upstreams = upstreams if upstreams is not None else UpstreamTable()  # groups, by name and node
         self.linked = False
         # (listener label, id of an ``upgrade http`` node) -> the L7 tree after it: where a
         # keep-alive connection opened on another graph finds its requests' tree in this one
@@ -139,11 +141,14 @@ class _Locator:
 
     def errors(self, node: Node, exc: Exception) -> list[ConfigError]:
         """An external plugin: its declaration in config.json (``/plugins/<name>/<driver>``).
-        A file the error names (a certificate or key of an ``upgrade tls``): every rule whose
+        An error that carries ``where`` (file, pointer): there. A file the error names (a certificate or key of an ``upgrade tls``): every rule whose
         ``tls`` names it. Any other node: the node itself (its id is ``<file>#<pointer>``)."""
         spec = node.spec
         if spec.external:
             return [ConfigError("config.json", pointer("plugins", spec.name, spec.driver or ""), _reason(exc))]
+        where = getattr(exc, "where", None)   # (file, pointer) the error names itself: an upstream group's backend
+        if isinstance(where, tuple) and len(where) == 2:
+            return [ConfigError(where[0], where[1], _reason(exc))]
         failed = getattr(exc, "path", None)
         if isinstance(failed, str) and failed:
             target = os.path.abspath(failed)

@@ -97,6 +97,76 @@ _PLUGIN_DECL: dict[str, Any] = {
     },
 }
 
+# -- upstream groups (config.json ``upstreams``; ``proxy`` / ``fetch`` backend lists) -----------------
+
+MAX_BACKENDS = 1000             # per group: state, ring and checks are linear in it
+MAX_GROUPS = 1000
+MAX_WEIGHT = 256
+BALANCE = ("round_robin", "least_conn", "random", "hash")
+PASSIVE_ERRORS = ("connect", "timeout", "5xx")
+GROUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+HTTP_ADDRESS = r"^(https?://|unix:/)"
+
+
+def backend_item(address: Mapping[str, Any]) -> dict[str, Any]:
+    """One backend: its address as a string, or ``{"address", "weight", "backup"}``. One schema
+    for both forms (string keywords apply to strings, object keywords to objects), so an error
+    points at the very field (``/backends/1/weight``)."""
+    return {"type": ["string", "object"], **address,
+            "required": ["address"], "additionalProperties": False,
+            "properties": {"address": {"type": "string", **address},
+                           "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
+                           "backup": {"type": "boolean"}}}
+
+
+def backend_list(address: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "minItems": 1, "maxItems": MAX_BACKENDS, "items": backend_item(address)}
+
+
+_ADDRESS = {"minLength": 1, "pattern": r"^\S+$"}
+
+HEALTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "path": {"type": "string", "pattern": r"^/[^\s#]*$"},
+        "interval": {"type": "number", "minimum": 0.1, "maximum": 86400},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+        "expect_status": {"type": ["integer", "array"], "minimum": 100, "maximum": 599, "minItems": 1,
+                          "maxItems": 100, "items": {"type": "integer", "minimum": 100, "maximum": 599}},
+        "rise": {"type": "integer", "minimum": 1, "maximum": 100},
+        "fall": {"type": "integer", "minimum": 1, "maximum": 100},
+        "host": {"type": "string", "minLength": 1, "pattern": r"^[^\s]+$"},
+        "verify": {"type": "boolean"},
+        "ca_file": {"type": "string", "minLength": 1},
+    },
+}
+
+PASSIVE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "max_fails": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "fail_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        "errors": {"type": "array", "uniqueItems": True, "items": {"enum": list(PASSIVE_ERRORS)}},
+    },
+}
+
+# what a group holds besides its backends; a node with an inline backend list takes the same keys
+GROUP_OPTIONS: dict[str, Any] = {
+    "balance": {"enum": list(BALANCE)},
+    "hash_key": {"type": "string", "minLength": 1},
+    "health": HEALTH_SCHEMA,
+    "passive": PASSIVE_SCHEMA,
+}
+
+GROUP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["backends"],
+    "additionalProperties": False,
+    "properties": {"backends": backend_list(_ADDRESS), **GROUP_OPTIONS},
+}
+
 CONFIG_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -114,6 +184,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
                            "max_active_per_client": {"type": "integer", "minimum": 1},
                            "response_buffer": {"type": "integer", "minimum": 0}},
         },
+        "upstreams": {"type": "object", "maxProperties": MAX_GROUPS, "propertyNames": {
+            "pattern": GROUP_NAME, "$comment": "a group name is letters, digits, '_', '.' and '-', up to 128"},
+                      "additionalProperties": GROUP_SCHEMA},
     },
 }
 
@@ -205,6 +278,8 @@ def describe(err: ValidationError) -> str:
         return "must not be empty"
     if v in ("maxProperties", "minProperties") and err.schema is NODE_SCHEMA:
         return f"a node has exactly one key, the plugin name (found {len(err.instance)})"
+    if v == "pattern" and isinstance(err.schema.get("$comment"), str):
+        return f"{_clip(repr(err.instance), 80)}: {err.schema['$comment']}"
     if v == "anyOf":
         return f"invalid value {_clip(repr(err.instance), 80)}"
     return err.message

@@ -128,6 +128,12 @@ class Daemon(Control):
     def get_upstreams(self) -> list[dict]:
         return self.server.get_upstreams()
 
+    def get_upstream_groups(self) -> list[dict]:
+        return self.services.upstreams.snapshot()
+
+    def set_upstream(self, group: str, backend: str, action: str) -> dict:
+        return self.services.upstreams.set_state(group, backend, action)
+
     def set_flow_log(self, level: str) -> dict:
         self.services.flow_log.level = level
         return {"level": level}

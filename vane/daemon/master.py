@@ -372,7 +372,6 @@ class Master(Control):
             answer = self._tell(slot, "commit", hash=graph.hash)
             if isinstance(answer, BaseException):   # it died since: its successor takes the new graph
                 log.warning("worker %d did not switch to graph %s: %s", slot.index, graph.hash[:12], answer)
-        self.services.graph = graph
         return self._sync_listeners(graph)
 
     def _unchanged(self) -> None:
@@ -510,6 +509,22 @@ class Master(Control):
                     if order.get(breaker.get("state"), 0) > order.get(worst.get(name, {}).get("state"), 0):
                         worst[name] = breaker
         return self._plugins(worst)
+
+    def get_upstream_groups(self) -> list[dict]:
+        """Groups as the first worker that answers sees them (each worker checks health itself)."""
+        for answer in self.ask_all("upstream_groups").values():
+            if isinstance(answer, list):
+                return answer
+        return []
+
+    def set_upstream(self, group: str, backend: str, action: str) -> dict:
+        """Every worker applies it; a group or backend no worker knows is a LookupError."""
+        answers = list(self.ask_all("set_upstream", group=group, backend=backend, action=action).values())
+        done = [a for a in answers if isinstance(a, dict)]
+        if done:
+            return done[0]
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        raise LookupError(str(failed) if failed is not None else "no worker is serving")
 
     def set_flow_log(self, level: str) -> dict:
         self.services.flow_log.level = level

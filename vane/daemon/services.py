@@ -17,6 +17,7 @@ from vane.compile import FlowGraph
 from vane.config.settings import Settings
 from vane.flow.connection import ConnTable
 from vane.net.parking import Parking
+from vane.net.upstream.registry import UpstreamRegistry
 from vane.observe.flowlog import FlowLog
 from vane.observe.metrics import Metrics
 
@@ -55,7 +56,19 @@ class Services:
         self.shared_limits: Any = None   # SharedLimits when this process is one of several workers
         self._ratelimit_stores: dict[str, Any] = {}
         self._local_buckets: Any = None
-        self.graph: FlowGraph | None = None  # the graph serving now (requests look theirs up in it)
+        self.upstreams = UpstreamRegistry(metrics)  # upstream groups: health and admin state across reloads
+        self._graph: FlowGraph | None = None
+
+    @property
+    def graph(self) -> FlowGraph | None:
+        """The graph serving now (requests look theirs up in it)."""
+        return self._graph
+
+    @graph.setter
+    def graph(self, graph: FlowGraph | None) -> None:
+        self._graph = graph
+        if graph is not None:
+            self.upstreams.serve(graph)     # on the hub, before any request sees the graph
 
     @property
     def tls_cache(self) -> Any:
@@ -94,6 +107,7 @@ class Services:
         """The process is ending: close upstream and store connections."""
         if self._pool is not None:
             self._pool.close()
+        self.upstreams.close()
         for store in self._ratelimit_stores.values():
             store.close()
 

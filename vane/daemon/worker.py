@@ -73,6 +73,7 @@ class Worker:
             "stats": self.stats, "connections": self.server.get_connections,
             "listeners": self.server.get_listeners, "upstreams": self.server.get_upstreams,
             "breakers": self.server.breakers, "recent_flow": self.recent_flow,
+            "upstream_groups": services.upstreams.snapshot, "set_upstream": self.set_upstream,
             "flush_metrics": self.flush_metrics, "forward": self.forward,
             "set_flow_log": self.set_flow_log, "drain": self.drain, "close_now": self.close_now,
         }, on_close=self._master_gone, name=f"worker {index}")
@@ -148,6 +149,9 @@ class Worker:
                               for lst in server.listeners.values()},
                 "floor_hits": dict(self.services.floor.hits), "rss_bytes": rss_bytes(),
                 "draining": server.draining}
+
+    def set_upstream(self, group: str, backend: str, action: str) -> dict:
+        return self.services.upstreams.set_state(group, backend, action)
 
     def recent_flow(self, n: int) -> list[dict]:
         return self.services.flow_log.recent(n)

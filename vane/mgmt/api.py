@@ -77,6 +77,17 @@ class DaemonAPI(Protocol):
         """upstream, idle, active, max_idle, max_active."""
         ...
 
+    def get_upstream_groups(self) -> list[dict]:
+        """One row per backend of every upstream group served: group, backend, state
+        (up/down/draining/disabled), admin, weight, backup, active, balance, health, last_check,
+        latency_ms, check, error, check_failures, check_successes, checks, failures, ejected_secs."""
+        ...
+
+    def set_upstream(self, group: str, backend: str, action: str) -> dict:
+        """``action`` "drain" | "disable" | "enable" on one backend; {"group", "backend",
+        "state", "previous"}; raises LookupError for an unknown group or backend."""
+        ...
+
     def get_certs(self) -> list[dict]:
         """path, subject, sans, not_after, listeners."""
         ...

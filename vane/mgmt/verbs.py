@@ -132,6 +132,17 @@ def _tail_log(d: DaemonAPI, a: dict) -> Stream:
     return Stream(_subscribe(d.log_hub))
 
 
+def _upstreams(d: DaemonAPI, a: dict) -> dict:
+    return {"upstreams": d.get_upstreams(), "groups": d.get_upstream_groups()}
+
+
+def _set_upstream(d: DaemonAPI, a: dict) -> dict:
+    try:
+        return d.set_upstream(a["group"], a["backend"], a["state"])
+    except LookupError as e:
+        raise MgmtError(BAD_REQUEST, f"set_upstream: {e.args[0] if e.args else e}") from None
+
+
 def _listed(key: str, method: str) -> Callable[[DaemonAPI, dict], dict]:
     def handler(d: DaemonAPI, a: dict) -> dict:
         return {key: getattr(d, method)()}
@@ -153,7 +164,11 @@ _VERBS = [
     Verb("get_metrics", _metrics,
          (Arg("format", str, default="prometheus", choices=("prometheus", "json")),)),
     Verb("get_plugins", _listed("plugins", "get_plugins")),
-    Verb("get_upstreams", _listed("upstreams", "get_upstreams")),
+    Verb("get_upstreams", _upstreams, help="the connection pool per endpoint, and every upstream group's backends"),
+    Verb("set_upstream", _set_upstream,
+         (Arg("group", str, required=True), Arg("backend", str, required=True),
+          Arg("state", str, required=True, choices=("drain", "disable", "enable"))),
+         help="drain, disable or enable one backend of an upstream group (until a reload changes the group)"),
     Verb("get_certs", _listed("certs", "get_certs")),
     Verb("set_flow_log", _set_flow_log,
          (Arg("level", str, required=True, choices=("trajectory", "debug")),)),

@@ -6,6 +6,7 @@ Inputs that may be templated accept a string wherever a number is expected.
 
 from __future__ import annotations
 
+from vane.config.schemas import GROUP_OPTIONS, HTTP_ADDRESS, backend_list
 from vane.engine.ops import OPS
 from vane.engine.plugin import LAYERS_ALL, LAYERS_L4, LAYERS_L7, Kind, PluginSpec
 from vane.net.peek import PROTOCOLS as DETECT_PROTOCOLS
@@ -17,7 +18,12 @@ _BOOL = {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": r"\{\{"}]}
 _STATUS = {"anyOf": [{"type": "integer", "minimum": 100, "maximum": 599},
                      {"type": "string", "pattern": r"\{\{"}]}
 _STR_MAP = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
-_UPSTREAM = {"type": "string", "pattern": r"^(https?://|unix:/|\{\{)"}
+# one URL, a template, the name of a config.json ``upstreams`` group, or a list of backends
+_UPSTREAM = {**backend_list({"pattern": HTTP_ADDRESS, "$comment": "expected an http://, https:// or unix: URL"}),
+             "type": ["string", "array"], "pattern": r"^(https?://|unix:/|\{\{|[A-Za-z0-9][A-Za-z0-9_.\-]*$)",
+             "$comment": "expected an http://, https:// or unix: URL, a template, or the name of an upstream group"}
+# ``host:port``, a template, a group name, or a list of backends (each may be templated)
+_TARGET = {**backend_list({"minLength": 1}), "type": ["string", "array"], "minLength": 1}
 
 _COND = {
     "type": "object",
@@ -38,6 +44,7 @@ _HTTP_UPSTREAM_PROPS = {
     "host": _STR,               # Host header sent upstream; default: the client's
     "retries": {"type": "integer", "minimum": 0, "maximum": 5},
     "headers": _STR_MAP,
+    **GROUP_OPTIONS,            # with a list of backends
 }
 
 _HEADER_OPS = {
@@ -87,9 +94,7 @@ BUILTINS: tuple[PluginSpec, ...] = (
     _spec("detect", Kind.L4_MIDDLEWARE, LAYERS_L4, DETECT_PROTOCOLS, "detect:Detect",
           _obj({"timeout": _NUM, "max_bytes": {"type": "integer", "minimum": 1, "maximum": 65536}}), blocking=True),
     _spec("proxy", Kind.TERMINATOR, LAYERS_L4, (), "proxy_l4:L4Proxy",
-          _obj({"target": {"anyOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
-                "balance": {"enum": ["round_robin", "random", "least_conn", "hash"]},
-                "hash_key": _STR,
+          _obj({"target": _TARGET, **GROUP_OPTIONS,
                 "connect_timeout": _NUM, "idle_timeout": _NUM,
                 "proxy_protocol": {"enum": ["v1", "v2"]}}, ("target",)), blocking=True),
     _spec("deny", Kind.TERMINATOR, LAYERS_ALL, (), "deny:Deny",

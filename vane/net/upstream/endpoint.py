@@ -64,6 +64,7 @@ class PooledH1(H1ClientConnection):
         self.reused = False
         self.idle_since = 0.0
         self.client: str | None = None      # whose share of the endpoint this lease is
+        self.backend: Any = None            # the group backend this lease counts for (its requests in flight)
 
     def _body_end(self, body: Any, complete: bool) -> None:
         super()._body_end(body, complete)

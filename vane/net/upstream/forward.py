@@ -29,7 +29,7 @@ from vane.net.http.message import (
     Response,
     without_hop_by_hop,
 )
-from vane.net.upstream.options import Options
+from vane.net.upstream.options import Options, Target
 from vane.net.upstream.pool import UpstreamPool
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -75,8 +75,8 @@ def upstream_headers(req: Request, ip: str, opts: Options) -> Headers:
     elif req.version == "2" and req.authority:
         out = [kv for kv in out if kv[0] != b"host"]
         out.append((b"host", req.authority.encode("latin-1")))
-    elif not req.authority:                 # an HTTP/1.0 client sent no Host: name the upstream
-        out.append((b"host", opts.upstream.authority.encode("latin-1")))
+    elif not req.authority and opts.upstream is not None:   # an HTTP/1.0 client sent no Host: name the
+        out.append((b"host", opts.upstream.authority.encode("latin-1")))  # upstream (a group's: per backend)
     if opts.extra:
         names = opts.extra_names
         out = [kv for kv in out if kv[0] not in names]
@@ -135,9 +135,10 @@ def _forwarded_element(ip: str, proto: str, host: str) -> bytes:
     return text.encode("latin-1")
 
 
-def upstream_request(req: Request, opts: Options, headers: Headers, h2: bool) -> Request:
-    """The request as the upstream sees it (the client's own object when nothing differs)."""
-    up = opts.upstream
+def upstream_request(req: Request, target: Target | Options, headers: Headers, h2: bool) -> Request:
+    """The request as the upstream (``target``, or a single-upstream node's options) sees it
+    (the client's own object when nothing differs)."""
+    up = target.upstream
     if not h2 and not up.base:
         return req
     authority = (headers.getb(b"host") or b"").decode("latin-1") or up.authority
@@ -156,35 +157,46 @@ def strip_response(resp: Response, keep_upgrade: bool = False) -> None:
 # -- exchange --------------------------------------------------------------------------------------
 
 def exchange(pool: UpstreamPool, req: Request, opts: Options, headers: Headers,
-             client: str | None) -> tuple[Response, Any]:
+             client: str | None, target: Target | None = None, backend: Any = None,
+             retries: int | None = None) -> tuple[Response, Any]:
     """Send ``req`` upstream and return (response with a streaming body, connection).
 
     ``client`` (an IP) draws on that client's share of the endpoint. Raises ``UpstreamError``
     (a subclass tells 502 from 503 and 504). On any exception the connection is released; on
     success an HTTP/1.1 connection returns to the pool when the body ends, and its
     ``body_cut`` says why the request body was not sent whole (an early answer).
+
+    ``target`` is the backend (default: the node's one upstream); ``backend`` its group
+    backend, whose requests in flight this one counts in; ``retries`` the refused connects
+    retried on the same endpoint (default ``opts.retries``; a group retries on another one).
     """
     method = req.method
     body = req.body
     idempotent = method in IDEMPOTENT
     replayable = body.length == 0 or body.is_buffered
-    retries = opts.retries
+    if target is None:
+        target = opts.target
+    if retries is None:
+        retries = opts.retries
     probe = not (idempotent and replayable)   # what cannot be retried checks its connection first
-    ep = pool.endpoint(opts.spec)
+    ep = pool.endpoint(target.spec)
     fresh = False
     attempts = 0
     while True:
         attempts += 1
         conn = None
         try:
-            conn = pool.acquire(ep, opts.connect_timeout, fresh=fresh, probe=probe, client=client)
+            conn = pool.acquire(ep, opts.connect_timeout, fresh=fresh, probe=probe, client=client, backend=backend)
             h2 = conn.multiplexed
             done = None
             if h2:                          # a stream's end gives the client's share back
-                done = partial(pool.client_done, ep, client) if client is not None else None
+                if backend is not None:
+                    done = partial(pool.stream_done, ep, client, backend)
+                elif client is not None:
+                    done = partial(pool.client_done, ep, client)
             else:
                 conn.idle_timeout = opts.read_timeout
-            resp = conn.request(upstream_request(req, opts, headers, h2), headers, opts.timeout, done)
+            resp = conn.request(upstream_request(req, target, headers, h2), headers, opts.timeout, done)
             return resp, conn
         except UpstreamError as exc:
             if conn is not None:

@@ -2,7 +2,13 @@
 
 Static input is compiled when the graph is linked; templated input once per distinct resolved
 value, in a bounded cache, so the request path never re-parses an upstream address. Bad
-values (address, version, timeouts, header values) fail at link time when static.
+values (address, version, timeouts, header values) fail at link time when static. An input
+whose only template is the group's ``hash_key`` is static: the key is resolved per request
+by the plugin, never through this cache.
+
+``upstream`` is one address (``target``), or an upstream group (``group``, the compiled
+definition whose ``runtime`` is the live group) with one ``Target`` per backend, aligned with
+the group's backends.
 """
 
 from __future__ import annotations
@@ -45,27 +51,51 @@ def _flag(value: Any, default: bool) -> bool:
     return parse_bool(str(value)) is True
 
 
+class Target:
+    """One backend as a node reaches it: its address and the endpoint identity (HTTP version,
+    TLS options) the pool keys its connections by."""
+
+    __slots__ = ("upstream", "spec", "h1_spec", "label")
+
+    def __init__(self, upstream: Upstream, version: str, verify: bool, ca_file: str | None,
+                 sni: str | None) -> None:
+        self.upstream = upstream
+        self.spec = EndpointSpec(upstream, version, verify, ca_file, sni)
+        self.label = self.spec.label
+        # upgrades (WebSocket) need an HTTP/1.1 connection whatever ALPN would pick
+        self.h1_spec = self.spec if version == "h1" or not upstream.tls else EndpointSpec(
+            upstream, "h1", self.spec.verify, ca_file, self.spec.sni)
+
+
 class Options:
     """One node's forwarding inputs, compiled."""
 
     __slots__ = ("upstream", "spec", "h1_spec", "host", "timeout", "read_timeout", "tunnel_idle",
                  "connect_timeout", "retries", "extra", "extra_names", "forwarded", "trusted", "websocket",
-                 "label")
+                 "label", "target", "group", "targets")
 
-    def __init__(self, args: dict, config_dir: str | None = None, forwarded_default: bool = False) -> None:
-        self.upstream: Upstream = parse_upstream(args["upstream"])
+    def __init__(self, args: dict, config_dir: str | None = None, forwarded_default: bool = False,
+                 group: Any = None) -> None:
         version = args.get("version") or "auto"
         if version not in ("auto", "h1", "h2"):
             raise ValueError(f"version: expected auto, h1 or h2, got {version!r}")
         ca_file = args.get("ca_file") or None
         if ca_file and config_dir and not os.path.isabs(ca_file):
             ca_file = os.path.join(config_dir, ca_file)
-        self.spec = EndpointSpec(self.upstream, version, _flag(args.get("verify"), True), ca_file,
-                                 args.get("sni") or None)
-        self.label = self.spec.label
-        # upgrades (WebSocket) need an HTTP/1.1 connection whatever ALPN would pick
-        self.h1_spec = self.spec if version == "h1" or not self.upstream.tls else EndpointSpec(
-            self.upstream, "h1", self.spec.verify, ca_file, self.spec.sni)
+        verify = _flag(args.get("verify"), True)
+        sni = args.get("sni") or None
+        self.group = group              # the upstream group's definition (``.runtime``: the live group)
+        if group is None:
+            self.target: Target | None = Target(parse_upstream(args["upstream"]), version, verify, ca_file, sni)
+            self.targets: tuple[Target, ...] = (self.target,)
+            self.upstream: Upstream | None = self.target.upstream
+            self.spec: EndpointSpec | None = self.target.spec
+            self.h1_spec: EndpointSpec | None = self.target.h1_spec
+            self.label = self.target.label
+        else:
+            self.targets = tuple(Target(b.upstream, version, verify, ca_file, sni) for b in group.runtime.backends)
+            self.target = self.upstream = self.spec = self.h1_spec = None
+            self.label = group.name
         host = args.get("host")
         self.host: bytes | None = field_value(host).encode("latin-1") if host else None
         self.timeout = _num(args.get("timeout"), "timeout", DEFAULT_TIMEOUT)
@@ -85,19 +115,36 @@ class Options:
 
 
 
+def _static(node: Any) -> bool:
+    """True when the node's input has no template but in ``hash_key`` (resolved per request)."""
+    cinput = node.input
+    if cinput.is_static:
+        return True
+    templates = getattr(cinput, "templates", None)
+    return templates is not None and all(ptr == "/hash_key" for ptr, _ in templates())
+
+
 class OptionsSource:
-    """Compiled options for a node: fixed when its input is static, else cached per value."""
+    """Compiled options for a node: fixed when its input is static, else cached per value.
 
-    __slots__ = ("static", "config_dir", "forwarded_default", "_cache")
+    ``group``: the node's upstream group (its definition, linked). ``groups``: a lookup
+    ``(name) -> definition or None`` for a templated ``upstream`` naming a group.
+    """
 
-    def __init__(self, node: Any, config_dir: str | None, forwarded_default: bool = False) -> None:
+    __slots__ = ("static", "config_dir", "forwarded_default", "groups", "_cache")
+
+    def __init__(self, node: Any, config_dir: str | None, forwarded_default: bool = False,
+                 group: Any = None, groups: Any = None) -> None:
         self.config_dir = config_dir
         self.forwarded_default = forwarded_default
+        self.groups = groups
         self._cache: dict[str, Options] = {}
-        self.static = Options(node.input.raw, config_dir, forwarded_default) if node.input.is_static else None
-        if self.static is None and "{{" not in str(node.input.raw.get("upstream", "")):
+        raw = node.input.raw
+        self.static = Options(raw, config_dir, forwarded_default, group) if _static(node) else None
+        upstream = raw.get("upstream", "")
+        if self.static is None and group is None and isinstance(upstream, str) and "{{" not in upstream:
             # templated elsewhere: still fail at link time on a bad upstream address
-            parse_upstream(node.input.raw["upstream"])
+            parse_upstream(upstream)
 
     def get(self, args: dict) -> Options:
         static = self.static
@@ -106,7 +153,9 @@ class OptionsSource:
         key = repr(sorted(args.items()))
         opts = self._cache.get(key)
         if opts is None:
-            opts = Options(args, self.config_dir, self.forwarded_default)
+            upstream = args.get("upstream")
+            group = self.groups(upstream) if self.groups is not None and isinstance(upstream, str) else None
+            opts = Options(args, self.config_dir, self.forwarded_default, group)
             if len(self._cache) >= _OPTIONS_CACHE:
                 self._cache.clear()
             self._cache[key] = opts

@@ -30,7 +30,7 @@ from vane.net.http.errors import UpstreamBusy, UpstreamConnectError, UpstreamTim
 from vane.net.upstream.connect import connect
 from vane.net.upstream.endpoint import Endpoint, EndpointSpec, PooledH1
 
-__all__ = ["DEFAULTS", "Endpoint", "EndpointSpec", "PooledH1", "UpstreamPool", "pool_for"]
+__all__ = ["DEFAULTS", "Endpoint", "EndpointSpec", "PoolTimeout", "PooledH1", "UpstreamPool", "pool_for"]
 
 log = logging.getLogger("vane.upstream")
 
@@ -41,6 +41,13 @@ _monotonic = time.monotonic
 DEFAULTS: dict[str, float | None] = {"max_idle_per_host": 128, "max_active_per_host": 256, "idle_timeout": 60.0,
                                      "connect_timeout": 5.0, "max_active_per_client": None,
                                      "response_buffer": 262144}
+
+
+class PoolTimeout(UpstreamTimeout):
+    """No free connection or stream within the connect timeout: the pool's own limit, not a
+    failure of the backend (passive health does not count it)."""
+
+    local = True
 
 
 class UpstreamPool:
@@ -103,7 +110,7 @@ class UpstreamPool:
     # -- leasing ---------------------------------------------------------------------------------
 
     def acquire(self, ep: Endpoint, connect_timeout: float | None = None, fresh: bool = False,
-                probe: bool = False, client: str | None = None) -> Any:
+                probe: bool = False, client: str | None = None, backend: Any = None) -> Any:
         """A connection for one request: a leased ``PooledH1`` or a shared H2 connection.
 
         ``fresh`` skips idle connections (a retry after a stale one). ``probe`` checks an idle
@@ -113,19 +120,27 @@ class UpstreamPool:
         ``client_done(ep, client)`` as the stream's ``on_done``. Waits for a free slot up to
         the connect timeout; raises ``UpstreamConnectError`` / ``UpstreamTimeout`` /
         ``UpstreamBusy``.
+
+        ``backend`` (a group's ``Backend``) counts the request as in flight from now until
+        the lease ends (HTTP/2: the caller passes ``stream_done(ep, client, backend)``).
         """
         timeout = connect_timeout if connect_timeout is not None else self.connect_timeout
         ep.last_used = _monotonic()
         if client is not None:
             self._take_share(ep, client, timeout)
+        if backend is not None:
+            backend.begin()
         try:
             conn = self._acquire(ep, timeout, fresh, probe)
         except BaseException:
             if client is not None:
                 self.client_done(ep, client)
+            if backend is not None:
+                backend.end()
             raise
-        if client is not None and conn.__class__ is PooledH1:
+        if conn.__class__ is PooledH1:
             conn.client = client
+            conn.backend = backend
         return conn
 
     def _acquire(self, ep: Endpoint, timeout: float, fresh: bool, probe: bool) -> Any:
@@ -190,7 +205,7 @@ class UpstreamPool:
                 except ValueError:
                     pass
             if not ok and ep.active >= self.max_active:
-                raise UpstreamTimeout(
+                raise PoolTimeout(
                     f"no free connection to {ep.label} within {timeout:g}s "
                     f"({self.max_active} in use, max_active_per_host)")
 
@@ -232,6 +247,12 @@ class UpstreamPool:
                 ev.set()
                 break
 
+    def stream_done(self, ep: Endpoint, client: str | None, backend: Any) -> None:
+        """An HTTP/2 stream of a group backend ended: its share and its count in flight."""
+        if client is not None:
+            self.client_done(ep, client)
+        backend.end()
+
     def _unlease(self, conn: PooledH1) -> None:
         conn.leased = False
         ep = conn.endpoint
@@ -239,6 +260,9 @@ class UpstreamPool:
         client, conn.client = conn.client, None
         if client is not None:
             self.client_done(ep, client)
+        backend, conn.backend = conn.backend, None
+        if backend is not None:
+            backend.end()
 
     def _release(self, conn: PooledH1) -> None:
         """A response body ended (or was dropped): keep the connection or close it."""
@@ -290,7 +314,7 @@ class UpstreamPool:
             ep.h2 = live
             remaining = deadline - _monotonic()
             if remaining <= 0:
-                raise UpstreamTimeout(f"no HTTP/2 stream available to {ep.label} within {timeout:g}s")
+                raise PoolTimeout(f"no HTTP/2 stream available to {ep.label} within {timeout:g}s")
             if ep.connecting is not None:
                 ep.connecting.wait(remaining)
                 continue

@@ -15,7 +15,7 @@ from typing import Any
 
 from vane.net.http.message import Headers, Request, Response
 from vane.net.upstream.forward import upstream_request
-from vane.net.upstream.options import Options
+from vane.net.upstream.options import Options, Target
 from vane.net.upstream.pool import UpstreamPool
 
 __all__ = ["open_websocket"]
@@ -23,16 +23,19 @@ __all__ = ["open_websocket"]
 WEBSOCKET = b"websocket"
 
 
-def open_websocket(pool: UpstreamPool, req: Request, opts: Options,
-                   headers: Headers) -> tuple[Response, tuple[Any, bytes] | None]:
+def open_websocket(pool: UpstreamPool, req: Request, opts: Options, headers: Headers,
+                   target: Target | None = None) -> tuple[Response, tuple[Any, bytes] | None]:
     """``(response, None)`` for any answer but a 101 (its body streams from the pooled
     connection), or ``(101, (stream, rest))`` with the upstream stream taken out of the pool
-    and the bytes read past the 101. Raises ``UpstreamError``."""
-    ep = pool.endpoint(opts.h1_spec)
+    and the bytes read past the 101. ``target``: the backend (default: the node's upstream).
+    Raises ``UpstreamError``."""
+    if target is None:
+        target = opts.target
+    ep = pool.endpoint(target.h1_spec)
     conn = pool.acquire(ep, opts.connect_timeout, fresh=True)
     try:
         conn.idle_timeout = opts.read_timeout
-        resp, switched = conn.upgrade(upstream_request(req, opts, headers, False), headers, WEBSOCKET,
+        resp, switched = conn.upgrade(upstream_request(req, target, headers, False), headers, WEBSOCKET,
                                       opts.timeout)
     except BaseException:
         pool.discard(conn)

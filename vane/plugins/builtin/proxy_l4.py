@@ -1,8 +1,11 @@
 """``proxy`` at L4 (DESIGN.md §6): forward the byte stream (or UDP datagrams) to a target.
 
-Targets are ``host:port`` (a list balances: round_robin, random, least_conn, hash on
-``hash_key``); a target that fails to connect is marked down for a while and the next one is
-tried. Optionally a PROXY protocol v1/v2 header goes first. The tunnel is ``vane.net.tunnel``
+``target`` is one ``host:port``, an upstream group (a list of backends, or the name of a
+config.json group of ``host:port`` backends) balanced by its ``balance`` (round_robin,
+random, least_conn, hash on ``hash_key``, by default the client address). A backend that
+fails to connect counts for its passive health and the next one is tried; with no backend
+available the connection is reset at once. Groups may have TCP connect health checks.
+Optionally a PROXY protocol v1/v2 header goes first. The tunnel is ``vane.net.tunnel``
 (splice zero-copy between plain sockets) with an idle timeout; half-close is propagated.
 """
 
@@ -11,41 +14,30 @@ from __future__ import annotations
 import logging
 import socket
 from collections import OrderedDict
+from typing import Any
 
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
-from vane.net.balance import Balancer
+from vane.engine.template import TemplateError, render
 from vane.net.dial import ip_family, split_target, tcp_connect, tcp_connect_nonblocking, udp_connect
 from vane.net.proxy_protocol import header_v1, header_v2
 from vane.net.sockets import reset
 from vane.net.tunnel import relay
 from vane.net.udp import relay_session
+from vane.net.upstream.group import Group, GroupError, anonymous
+from vane.net.upstream.registry import link_group
 
 log = logging.getLogger("vane.proxy")
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 300.0
-MAX_BALANCERS = 256
-MAX_ADDRESSES = 1024
-
-_addresses: dict[str, tuple[str, int, int]] = {}  # target -> (host, port, family); 0 = a name
+MAX_ANONYMOUS = 256             # groups of templated target lists: the values come from the flow
 
 
-def address(target: str) -> tuple[str, int, int]:
-    """``host:port`` parsed once: (host, port, address family or 0 for a name to resolve)."""
-    addr = _addresses.get(target)
-    if addr is None:
-        host, port = split_target(target)
-        addr = (host, port, ip_family(host))
-        if len(_addresses) < MAX_ADDRESSES:  # targets may come from templates: bound the memo
-            _addresses[target] = addr
-    return addr
-
-
-def connect(target: str, timeout: float, proto: str = "tcp") -> socket.socket:
-    host, port, family = address(target)
+def connect(host: str, port: int, timeout: float, proto: str = "tcp") -> socket.socket:
     if proto == "udp":
         return udp_connect(host, port)
+    family = ip_family(host)     # an IP literal: a bare non-blocking connect, no resolver
     if family:
         return tcp_connect_nonblocking(host, port, timeout, family)
     sock = tcp_connect(host, port, timeout, 0)
@@ -56,35 +48,84 @@ def connect(target: str, timeout: float, proto: str = "tcp") -> socket.socket:
 class L4Proxy(Terminator):
     def __init__(self, node, env: LinkEnv) -> None:
         super().__init__(node, env)
-        self._balancers: OrderedDict[tuple, Balancer] = OrderedDict()
+        table = getattr(env.graph, "upstreams", None)
+        self.defn = table.of_node(node.id) if table is not None else None
+        if self.defn is not None:
+            link_group(self.defn, env.services, env.config_dir)
+        self.table = None
+        target = node.input.raw.get("target")
+        if table is not None and isinstance(target, str) and "{{" in target:
+            self.table = table          # a templated target may name a config.json group
+            for defn in table.groups.values():
+                if not defn.inline and defn.layer == "l4":
+                    link_group(defn, env.services, env.config_dir)
+        self.key_limit = getattr(env.settings, "max_template_result_size", 65536)
+        self._anonymous: OrderedDict[tuple, Group] = OrderedDict()
 
-    def balancer(self, targets: tuple[str, ...], strategy: str) -> Balancer:
-        key = (targets, strategy)
-        bal = self._balancers.get(key)
-        if bal is None:
-            bal = self._balancers[key] = Balancer(strategy, targets)
-            if len(self._balancers) > MAX_BALANCERS:  # targets come from templates: bound them
-                self._balancers.popitem(last=False)
-        return bal
+    def _route(self, ctx: Any, args: dict) -> tuple[Group | None, str | None, str | None]:
+        """(group, its hash key, None) or (None, None, the one ``host:port`` target)."""
+        defn = self.defn
+        if defn is None:
+            target = args["target"]
+            if not isinstance(target, str):
+                return (self._templated(target, args.get("balance") or "round_robin"),
+                        args.get("hash_key") or ctx.kv.get("conn.ip"), None)
+            defn = self.table.named(target, "l4") if self.table is not None and ":" not in target else None
+            if defn is None:
+                return None, None, target
+        parts = defn.hash_parts
+        key = None
+        if parts is not None:
+            try:
+                key = render(parts, ctx.kv, self.key_limit, None)
+            except TemplateError:
+                key = ""
+        return defn.runtime, key, None
+
+    def _templated(self, targets: list, balance: str) -> Group:
+        key = (tuple((t["address"], t.get("weight", 1), t.get("backup", False)) if isinstance(t, dict) else t
+                     for t in targets), balance)
+        group = self._anonymous.get(key)
+        if group is None:
+            group = self._anonymous[key] = anonymous(targets, balance)
+            if len(self._anonymous) > MAX_ANONYMOUS:
+                self._anonymous.popitem(last=False)
+        return group
 
     def terminate(self, ctx, args):
-        target = args["target"]
-        targets = tuple(target) if isinstance(target, list) else (target,)
-        bal = self.balancer(targets, args.get("balance", "round_robin"))
         connect_timeout = float(args.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT)
         idle = float(args.get("idle_timeout") or DEFAULT_IDLE_TIMEOUT)
         proto = "udp" if ctx.udp is not None else "tcp"
-        upstream = chosen = None
-        errors = []
-        for candidate in bal.order(args.get("hash_key") or ctx.kv.get("conn.ip")):
+        errors: list[str] = []
+        group = key = single = None
+        try:
+            group, key, single = self._route(ctx, args)
+        except GroupError as exc:       # a templated target list that resolved to a bad address
+            errors.append(str(exc))
+        upstream = chosen = backend = None
+        if single is not None:
             try:
-                upstream = connect(candidate, connect_timeout, proto)
-                chosen = candidate
-                bal.mark_ok(candidate)
-                break
+                host, port = split_target(single)
+                upstream = connect(host, port, connect_timeout, proto)
+                chosen = single
             except (OSError, ValueError) as exc:
-                bal.mark_failed(candidate)
-                errors.append(f"{candidate}: {exc}")
+                errors.append(f"{single}: {exc}")
+        elif group is not None:
+            backend = group.choose(key)
+            if backend is None:
+                errors.append(f"no backend of upstream group {group.name} is available")
+            tried: list = []
+            while backend is not None:
+                try:
+                    upstream = connect(backend.host, backend.port, connect_timeout, proto)
+                    chosen = backend.label
+                    group.succeeded(backend)
+                    break
+                except (OSError, ValueError) as exc:
+                    group.failed(backend, "timeout" if isinstance(exc, (socket.timeout, TimeoutError)) else "connect")
+                    errors.append(f"{backend.label}: {exc}")
+                    tried.append(backend)
+                    backend = group.choose_other(key, tried)
         if upstream is None:
             ctx.trajectory.note_error("no target reachable: " + "; ".join(errors))
             log.warning("no target reachable: %s", "; ".join(errors), extra=ctx.log_extra())
@@ -94,7 +135,8 @@ class L4Proxy(Terminator):
         ctx.kv.set("plugin.proxy.target", chosen)
         if ctx.conn is not None:
             ctx.conn.upstream = chosen
-        bal.acquire(chosen)
+        if backend is not None:
+            backend.begin()
         try:
             prefix = b""
             pp = args.get("proxy_protocol")
@@ -107,5 +149,6 @@ class L4Proxy(Terminator):
             counters = ctx.conn.counters if ctx.conn is not None else None
             relay(ctx.stream, upstream, idle, counters, upstream_prefix=prefix)
         finally:
-            bal.release(chosen)
+            if backend is not None:
+                backend.end()
         return FINISHED

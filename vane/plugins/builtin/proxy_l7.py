@@ -8,6 +8,11 @@ switched upstream when ``websocket`` is on (the default) and a 101 leaves a tunn
 HTTP layer to relay. ``forwarded`` (default on) adds X-Forwarded-* and ``Forwarded``.
 Upstream failure answers 502, a timeout 504, a client past its share of the backend 503; the
 reason goes to the flow log and one warning to the log.
+
+``upstream`` may be an upstream group (a list of backends, or a config.json group's name):
+each request goes to the backend the group's ``balance`` picks (``vane.net.upstream.balanced``:
+safe retries on another backend, passive health); with no backend available the answer is
+503 with ``Retry-After``, at once.
 """
 
 from __future__ import annotations
@@ -15,23 +20,25 @@ from __future__ import annotations
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.http.errors import UpstreamError
+from vane.net.upstream.balanced import exchange_balanced
 from vane.net.upstream.forward import exchange, strip_response, upstream_headers
-from vane.net.upstream.options import OptionsSource
+from vane.net.upstream.group import NoBackend
 from vane.net.upstream.pool import pool_for
 from vane.net.upstream.readahead import read_ahead
 from vane.net.upstream.websocket import open_websocket
 
-from .forwarding import failed, failed_midway, peer_ip
+from .forwarding import failed, failed_midway, hash_key, node_options, peer_ip, retried
 
 
 class L7Proxy(Terminator):
     def __init__(self, node, env: LinkEnv) -> None:
         super().__init__(node, env)
-        self.source = OptionsSource(node, env.config_dir, forwarded_default=True)
+        self.source = node_options(node, env, forwarded_default=True)
         self.static = self.source.static
         if self.static is not None:
-            self.resolve_input = False     # nothing to resolve per request
+            self.resolve_input = False     # nothing to resolve per request (a hash_key is resolved here)
         self.pool = pool_for(env.services)
+        self.key_limit = getattr(env.settings, "max_template_result_size", 65536)
 
     def terminate(self, ctx, args):
         opts = self.static or self.source.get(args)
@@ -41,19 +48,31 @@ class L7Proxy(Terminator):
             return ctx.respond_status(405)
         ip = peer_ip(ctx)
         headers = upstream_headers(req, ip, opts)
+        label = opts.label
+        websocket = opts.websocket and req.upgrade == "websocket"
         try:
-            if opts.websocket and req.upgrade == "websocket":
+            if opts.group is not None:
+                resp, conn, backend = exchange_balanced(self.pool, req, opts, headers, ip or None,
+                                                        hash_key(ctx, opts, self.key_limit), retried, ctx,
+                                                        websocket)
+                label = backend.label
+                if websocket:
+                    tunnel, conn = conn, None
+            elif websocket:
                 resp, tunnel = open_websocket(self.pool, req, opts, headers)
+            else:
+                resp, conn = exchange(self.pool, req, opts, headers, ip or None)
+            if websocket:
                 if tunnel is not None:
                     strip_response(resp, keep_upgrade=True)
                     ctx.response = resp
                     ctx.tunnel = (*tunnel, opts.tunnel_idle)
-                    return self._done(ctx, opts)
-            else:
-                resp, conn = exchange(self.pool, req, opts, headers, ip or None)
-                if conn.body_cut is not None:
-                    ctx.trajectory.note_error(f"upstream {opts.label} answered {resp.status} before taking "
-                                              f"the whole request body ({conn.body_cut})")
+                    return self._done(ctx, label)
+            elif conn.body_cut is not None:
+                ctx.trajectory.note_error(f"upstream {label} answered {resp.status} before taking "
+                                          f"the whole request body ({conn.body_cut})")
+        except NoBackend as exc:
+            return ctx.respond_status(failed(ctx, opts, exc), None, {"retry-after": exc.retry_after})
         except UpstreamError as exc:
             return ctx.respond_status(failed(ctx, opts, exc))
         strip_response(resp)
@@ -62,11 +81,11 @@ class L7Proxy(Terminator):
         except UpstreamError as exc:        # the backend broke off before the client got a byte
             return ctx.respond_status(exc.status)
         ctx.response = resp
-        return self._done(ctx, opts)
+        return self._done(ctx, label)
 
     @staticmethod
-    def _done(ctx, opts):
+    def _done(ctx, label):
         conn = ctx.conn
         if conn is not None:
-            conn.upstream = opts.label
+            conn.upstream = label
         return FINISHED
