@@ -112,3 +112,29 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(lab):
             return True
         return False
     assert wait_until(lambda: all(gone(p) for p in pids), timeout=10)
+
+
+def test_drain_from_the_cli_reaches_every_worker(lab):
+    from tests.support.http_backend import Backend
+
+    a, b = Backend("A"), Backend("B")
+    for backend in (a, b):
+        lab.on_close(backend.stop)
+    (port,) = free_ports(1)
+    (lab.conf / "config.json").write_text(
+        '{"upstreams": {"api": {"backends": ["%s", "%s"]}}}' % (a.url, b.url))
+    d = started(lab, {"r.json": rule("lb", {"proxy": {"input": {"upstream": "api"}}},
+                                     listen=f"127.0.0.1:{port}")})
+    res = d.cli("upstream", "drain", "api", a.url)
+    assert res.returncode == 0, res
+    served: set[str] = set()
+
+    def both_workers_asked() -> bool:   # new connections, until both workers served some
+        with httpx.Client(timeout=5) as c:
+            for _ in range(10):
+                served.add(c.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}).headers["x-backend"])
+        return all(w["requests"] > 0 for w in workers(d))
+    assert wait_until(both_workers_asked, timeout=30, interval=0.1)
+    assert served == {"B"}
+    res = d.cli("upstream", "drain", "nope", a.url)
+    assert res.returncode == 1 and 'no upstream group "nope"' in res.stderr
