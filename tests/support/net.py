@@ -57,6 +57,10 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except OSError:
+        # A reset means the listener closed while this SYN sat in its backlog: not decided yet,
+        # the next attempt tells.
+        return False
     return False
 
 
