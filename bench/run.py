@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vbench import loads, report  # noqa: E402
 from vbench.loads import Unavailable  # noqa: E402
 from vbench.procs import Procs, ensure_tools, loadavg, raise_nofile, rss_kib  # noqa: E402
+from vbench.profile import Profiler, summary  # noqa: E402
 from vbench.servers import BENCH_DIR, MIB, Lab  # noqa: E402
 
 SECTIONS = ("small", "mib", "h2", "tls", "rss", "l4")
@@ -87,6 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="never run apt-get; skip rows whose tool is missing")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (configs, logs)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
+    p.add_argument("--profile", metavar="DIR",
+                   help="record a py-spy profile of vaned during each of its rows into DIR "
+                        "(collapsed stacks) and print the top functions")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in args.sections if s not in SECTIONS]
@@ -157,6 +161,28 @@ class Runner:
                                         a.duration, a.tls_workers, server_pgid=pgid)
         raise ValueError(section)
 
+    def profiled(self, section: str, column: str, server: str, port: int) -> dict:
+        """``measure``, with a py-spy recording of vaned around it when --profile asks."""
+        pid = self.lab.pgid(server)
+        if not self.args.profile or server != "vaned" or pid is None:
+            return self.measure(section, column, server, port)
+        os.makedirs(self.args.profile, exist_ok=True)
+        prof = Profiler(pid, os.path.join(self.args.profile, f"{section}-{column}.txt"))
+        try:
+            r = self.measure(section, column, server, port)
+        finally:
+            try:
+                path = prof.stop()
+            except RuntimeError as exc:
+                say(f"  profile {section} {column}: {exc}")
+                path = None
+        if path:
+            r["profile"] = prof_sum = summary(path)
+            say(f"  profile {section} {column}: {prof_sum['samples']} samples, {path}")
+            for name, pct in prof_sum["self"][:12]:
+                say(f"      {pct:5.1f}% self  {name}")
+        return r
+
     def run_cells(self, section: str) -> None:
         """Measure every column of a section; with --repeat, in rounds (all columns once, then
         again) so that a change in background load hits every column alike; keep the median."""
@@ -170,7 +196,7 @@ class Runner:
                 why = self.reason(section, server, needs_backend, rule)
                 if not why:
                     try:
-                        r = self.measure(section, column, server, self.lab.ports[port_name])
+                        r = self.profiled(section, column, server, self.lab.ports[port_name])
                     except Unavailable as exc:
                         why = str(exc)
                 if why:
