@@ -1,16 +1,21 @@
 """vaned with two worker processes: both serve, a killed worker is replaced while the other
-goes on, a reload reaches every worker, limits hold across them, metrics sum them."""
+goes on, a reload reaches every worker (also 100 of them under load), limits hold across
+them, metrics sum them, the flow log merges them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 
+import gevent
+import gevent.event
 import httpx
 import pytest
 
-from tests.support.config import rule
-from tests.support.net import free_ports, wait_until
+from tests.support.config import proxy, rule
+from tests.support.net import connect, free_ports, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,3 +143,130 @@ def test_drain_from_the_cli_reaches_every_worker(lab):
     assert served == {"B"}
     res = d.cli("upstream", "drain", "nope", a.url)
     assert res.returncode == 1 and 'no upstream group "nope"' in res.stderr
+
+
+def served_by_both(d, port: int, path: str = "/") -> None:
+    """New connections until both workers served some."""
+    def both() -> bool:
+        with httpx.Client(timeout=5) as c:
+            for _ in range(10):
+                c.get(f"http://127.0.0.1:{port}{path}", headers={"Connection": "close"})
+        return all(w["requests"] > 0 for w in workers(d))
+    assert wait_until(both, timeout=30, interval=0.1)
+
+
+def test_tail_flow_merges_both_workers(lab):
+    (port,) = free_ports(1)
+    d = started(lab, {"r.json": hello(port)})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(d.sock_path)
+        s.sendall(b'{"verb": "tail_flow", "args": {}, "request_id": "t"}\n')
+        gevent.sleep(0.3)   # the master asks the workers to forward their flow logs
+        seen: set[int] = set()
+        buf = b""
+
+        def from_both() -> bool:
+            nonlocal buf
+            with httpx.Client(timeout=5) as c:
+                for _ in range(10):
+                    c.get(f"http://127.0.0.1:{port}/tailed", headers={"Connection": "close"})
+            while True:
+                try:
+                    s.settimeout(0.3)
+                    chunk = s.recv(1 << 20)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                frame = json.loads(line)
+                data = frame.get("stream", {}).get("data")
+                if isinstance(data, dict) and data.get("path") == "/tailed":
+                    assert data["rule"] == "hello" and data["status"] == 200
+                    seen.add(data["worker"])
+            return seen == {0, 1}
+        assert wait_until(from_both, timeout=30, interval=0)
+
+
+def echoes(sock: socket.socket, msg: bytes) -> bool:
+    try:
+        sock.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except OSError:
+        return False
+    return got == msg
+
+
+def test_ratelimit_and_the_per_ip_cap_hold_across_workers(lab):
+    (port, held) = free_ports(2)
+    limited = {"ratelimit": {"input": {"key": "all", "rate": 0.001, "burst": 6}, "output": {
+        "allow": {"respond": {"input": {"status": 200, "body": "ok"}}},
+        "deny": {"respond": {"input": {"status": 429, "body": "slow down"}}}}}}
+    backend = lab.tcp()
+    d = lab.vaned({"r.json": rule("limited", limited, listen=f"127.0.0.1:{port}"),
+                   "s.json": rule("fwd", proxy(backend.target),
+                                  listen=f"127.0.0.1:{held}")},
+                  env={**WORKERS, "VANE_SEC_MAX_CONNECTIONS_PER_IP": "4"}).wait_accepting(port)
+    assert wait_until(lambda: [w["state"] for w in workers(d)] == ["serving", "serving"], timeout=30, interval=0.2)
+    statuses = []
+    with httpx.Client(timeout=5) as c:   # a new connection each time: both workers answer
+        for _ in range(30):
+            statuses.append(c.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}).status_code)
+    assert statuses.count(200) == 6 and statuses.count(429) == 24, statuses
+    assert all(w["requests"] > 0 for w in workers(d))       # both workers drew on one bucket
+
+    # per IP: 4 connections in all, whichever worker accepted them
+    conns = []
+    for _ in range(10):
+        try:
+            conns.append(connect(held))
+        except ConnectionResetError:   # the reset may already reach connect itself
+            pass
+    try:
+        alive = sum(echoes(c, b"ping") for c in conns)   # the others were reset
+        assert alive == 4
+        assert sum(w["connections"] for w in workers(d)) == 4
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_reload_under_load_with_two_workers_fails_no_request(lab):
+    (port,) = free_ports(1)
+    d = started(lab, {"r.json": hello(port, "v0")})
+    failures: list[str] = []
+    done = 0
+    stop = gevent.event.Event()
+
+    def client() -> None:
+        nonlocal done
+        with httpx.Client(timeout=10) as c:
+            while not stop.is_set():
+                try:
+                    r = c.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"} if done % 2 else {})
+                    if r.status_code != 200 or not r.text.startswith("v"):
+                        failures.append(f"{r.status_code} {r.text[:40]}")
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                done += 1
+    clients = [gevent.spawn(client) for _ in range(4)]
+    try:
+        for i in range(1, 101):
+            lab.write_rule("r.json", hello(port, f"v{i}"))
+            answer = d.mgmt("reload")
+            assert answer["status"] == "reloaded", answer
+    finally:
+        stop.set()
+        gevent.joinall(clients, timeout=15)
+    assert failures == [] and done > 100, (failures[:5], done)
+    assert {w["graph_hash"] for w in workers(d)} == {answer["hash"]}
+    with httpx.Client(timeout=5) as c:
+        assert c.get(f"http://127.0.0.1:{port}/").text == "v100"

@@ -231,8 +231,9 @@ class Master(Control):
         if name == "ready":
             slot.ready.set()
         elif name == "flow":
-            publish = self.merged_flow.hub.publish
+            publish, index = self.merged_flow.hub.publish, slot.index
             for item in data:
+                item["worker"] = index
                 publish(item)
         elif name == "log":
             publish = self.log_hub.publish
