@@ -30,11 +30,11 @@ def workers(d) -> list[dict]:
     return d.mgmt("stats")["workers"]
 
 
-def started(lab, rules: dict):
+def started(lab, rules: dict, env: dict | None = None):
     """vaned with two workers, once both answer the master (on a busy machine the second may
     still be starting when the port already accepts: the master's socket queues for it)."""
     (port,) = [int(r["listen"][0].rsplit(":", 1)[1]) for r in rules.values()]
-    d = lab.vaned(rules, env=WORKERS).wait_accepting(port)
+    d = lab.vaned(rules, env={**WORKERS, **(env or {})}).wait_accepting(port)
     assert wait_until(lambda: [w["state"] for w in workers(d)] == ["serving", "serving"], timeout=30, interval=0.2)
     return d
 
@@ -270,3 +270,48 @@ def test_reload_under_load_with_two_workers_fails_no_request(lab):
     assert {w["graph_hash"] for w in workers(d)} == {answer["hash"]}
     with httpx.Client(timeout=5) as c:
         assert c.get(f"http://127.0.0.1:{port}/").text == "v100"
+
+
+def test_tls_sessions_resume_on_either_worker_across_a_reload(lab):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    (lab.conf / "certs").mkdir(exist_ok=True)
+    cert = ca.issue_cert("a.test")
+    cert.cert_chain_pems[0].write_to_path(str(lab.conf / "certs" / "a.pem"))
+    cert.private_key_pem.write_to_path(str(lab.conf / "certs" / "a.key"))
+    (port,) = free_ports(1)
+
+    def site(body: str) -> dict:
+        r = rule("site", {"respond": {"input": {"body": body}}}, listen=f"127.0.0.1:{port}",
+                 match={"req.host": "a.test"})
+        r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key"}
+        return r
+    d = started(lab, {"r.json": site("one")}, env={"VANE_SEC_TLS_HANDSHAKES_PER_IP": "1000"})
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    def get(session=None) -> tuple[ssl.SSLSession, bool]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="a.test", session=session) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200")
+                return s.session, s.session_reused
+    session, reused = get()
+    assert not reused
+
+    def every_resume_on_both() -> bool:
+        for _ in range(10):
+            assert get(session)[1], "a session did not resume"
+        return all(w["requests"] > 1 for w in workers(d))
+    assert wait_until(every_resume_on_both, timeout=30, interval=0)
+
+    lab.write_rule("r.json", site("two"))
+    assert d.mgmt("reload")["status"] == "reloaded"
+    for _ in range(10):
+        assert get(session)[1]
