@@ -315,3 +315,22 @@ def test_tls_sessions_resume_on_either_worker_across_a_reload(lab):
     assert d.mgmt("reload")["status"] == "reloaded"
     for _ in range(10):
         assert get(session)[1]
+
+
+def test_connections_spread_evenly_across_workers(lab):
+    (port,) = free_ports(1)
+    d = started(lab, {"r.json": hello(port)})
+
+    def client() -> socket.socket:
+        s = connect(port)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        return s
+    jobs = [gevent.spawn(client) for _ in range(64)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    try:
+        counts = [w["connections"] for w in workers(d)]
+        assert sum(counts) == 64 and max(counts) <= 1.3 * min(counts), counts
+    finally:
+        for job in jobs:
+            job.value.close()

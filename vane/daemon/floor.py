@@ -36,6 +36,13 @@ class Floor:
         self.shared = limits
         self.worker = worker
 
+    def crowded(self) -> bool:
+        """A worker: True while it holds clearly more open connections than the least loaded
+        worker (its listeners then leave the next connection to the others for a moment)."""
+        active = self.shared.conns.active()
+        least = min(active)
+        return active[self.worker] > least + max(2, least >> 3)
+
     def hit(self, limit: str, ip: str) -> None:
         self.hits[limit] = self.hits.get(limit, 0) + 1
         if self.metrics is not None:

@@ -76,8 +76,10 @@ class Server:
         old = self.listeners.pop(addr, None)
         if old is not None:
             old.stop()
+        floor = self.services.floor
         lst = Listener(addr, self.handle, self.settings, sock,
-                       max_udp_sessions=min(self.settings.sec_max_connections, 65536), announce=False)
+                       max_udp_sessions=min(self.settings.sec_max_connections, 65536), announce=False,
+                       crowded=floor.crowded if floor.shared is not None else None)
         self.listeners[addr] = lst
         if self.draining:
             lst.stop()

@@ -29,6 +29,7 @@ PERMANENT_BIND_ERRORS = {errno.EAFNOSUPPORT, errno.EACCES, errno.EPROTONOSUPPORT
 RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 BACKLOG = 1024
 ACCEPT_LOG_INTERVAL = 10.0  # seconds between two "accept failed" lines of one listener
+GATE_HOLD = 5               # milliseconds a crowded worker leaves a new connection to the others
 
 Handler = Callable[["Listener", Any, tuple], None]
 
@@ -39,12 +40,16 @@ class Listener:
     """Owns one accept socket and its accept loop. ``addr`` is a compile.ListenAddr.
 
     Without a ``handler`` it only binds: a master holds the socket for its workers
-    (``socket_for``). A UDP listener bound for ``group`` workers opens one socket per worker
+    (``socket_for``). Workers that share one TCP socket are all woken for each connection and
+    the first to call ``accept`` wins, which favours whichever is idle at that instant; with
+    ``crowded`` a worker that holds clearly more connections than another waits up to
+    ``GATE_HOLD`` ms before its next accept, so that the others take it. A UDP listener bound for ``group`` workers opens one socket per worker
     with ``SO_REUSEPORT``: the kernel then sends every datagram of one client address to the
     same socket, hence to the same worker."""
 
     def __init__(self, addr: Any, handler: Handler | None, settings: Any, inherited: socket.socket | None = None,
-                 max_udp_sessions: int = 4096, group: int = 0, announce: bool = True) -> None:
+                 max_udp_sessions: int = 4096, group: int = 0, announce: bool = True,
+                 crowded: Callable[[], bool] | None = None) -> None:
         self.addr = addr
         self.label = str(addr)       # "tcp 0.0.0.0:443", shared by every connection's records
         self.handler = handler
@@ -64,6 +69,7 @@ class Listener:
         self.group_socks: list[Any] = []
         self.nodelay = False          # accepted sockets inherit TCP_NODELAY from the listening one
         self.local: tuple | None = None  # the local address of every accepted connection, if fixed
+        self.crowded = crowded       # a worker sharing the socket: True while it holds too many
         self._loop: gevent.Greenlet | None = None
 
     def __repr__(self) -> str:
@@ -227,10 +233,17 @@ class Listener:
         backoff_min, backoff_max = 0.05, 1.0
         backoff = 0.0
         logged_at, suppressed = -ACCEPT_LOG_INTERVAL, 0
+        crowded = self.crowded
         while self.state == "listening":
             sock = self.sock
             if sock is None:
                 return
+            if crowded is not None:
+                gevent.sleep(0)         # the last connection's handler counts itself first
+                held = 0
+                while held < GATE_HOLD and crowded():
+                    gevent.sleep(0.001)
+                    held += 1
             try:
                 conn, peer = sock.accept()
             except OSError as exc:
