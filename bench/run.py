@@ -33,7 +33,7 @@ from vbench.procs import Procs, ensure_tools, loadavg, raise_nofile, rss_kib  # 
 from vbench.profile import Profiler, summary  # noqa: E402
 from vbench.servers import BENCH_DIR, MIB, Lab  # noqa: E402
 
-SECTIONS = ("small", "mib", "h2", "tls", "rss", "l4")
+SECTIONS = ("small", "mib", "h2", "tls", "rss", "l4", "workers")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 CLIENTS = os.path.join(BENCH_DIR, "clients")
 WRK_LUA = os.path.join(BENCH_DIR, "configs", "wrk-report.lua")
@@ -66,7 +66,7 @@ CELLS = {
                ("vaned", "vaned", "VANED_L4_PORT", True, "bench-l4")],
 }
 TOOLS_FOR = {"small": ["wrk"], "mib": ["wrk"], "l4mib": ["wrk"], "l4conn": ["wrk"],
-             "h2": ["h2load", "openssl"], "tls": ["openssl"], "rss": []}
+             "h2": ["h2load", "openssl"], "tls": ["openssl"], "rss": [], "workers": ["wrk"]}
 MAIN_METRIC = {"small": "rps", "mib": "mib_s", "h2": "rps", "tls": "per_s", "l4mib": "mib_s", "l4conn": "rps"}
 
 
@@ -259,6 +259,87 @@ class Runner:
             f"{r['rss_after_mib']} MiB ({r['kib_per_conn']} KiB each) via rule {rule!r}")
 
 
+    def run_workers(self) -> None:
+        """vaned with 1 and then 2 worker processes, the same small-response loads (proxy and
+        respond), one after the other: req/s, CPU µs per request over every process of the
+        daemon, how the connections spread over the workers, the RSS of each process."""
+        out = self.results.setdefault("workers", {})
+        self.lab.stop("vaned")
+        if "wrk" in self.tool_reasons:
+            out["unavailable"] = self.tool_reasons["wrk"]
+            return
+        a = self.args
+        for n in (1, 2):
+            name = f"vaned-{n}w"
+            proc = self.lab.start_vaned(name, workers=n)
+            if proc is None:
+                out[str(n)] = {"unavailable": self.lab.down.get(name, "vaned did not start")}
+                say(f"  workers {n}              unavailable: {out[str(n)]['unavailable']}")
+                continue
+            row: dict = {}
+            try:
+                for column, rule, port_name in (("proxy", "bench", "VANED_PORT"),
+                                                ("respond", "bench-respond", "VANED_RESPOND_PORT")):
+                    if rule not in self.lab.vaned_rules or (rule == "bench" and "backend" in self.lab.down):
+                        continue
+                    port = self.lab.ports[port_name]
+                    try:
+                        loads.http_check(port, "/", expect_body=b"hello")
+                        before = self.lab.vaned_stats() or {}
+                        r = loads.wrk(self.procs, self.lab.tools["wrk"], WRK_LUA, port, "/", 64, a.duration,
+                                      server_pgid=proc.pid, warmup=a.warmup)
+                        after = self.lab.vaned_stats() or {}
+                    except Unavailable as exc:
+                        row[column] = {"unavailable": str(exc)}
+                        continue
+                    r.pop("output", None)
+                    if n > 1:
+                        was = {w["index"]: w["connections_total"] for w in before.get("workers", [])}
+                        spread = [w["connections_total"] - was.get(w["index"], 0) for w in after.get("workers", [])]
+                        r["connections_per_worker"] = spread
+                        r["spread"] = round(max(spread) / min(spread), 2) if spread and min(spread) else None
+                    row[column] = r
+                    self.loads.append(r["loadavg"])
+                    say(f"  workers {n} {column:12s} {report.fmt(r['rps'])} rps  CPU {r.get('cpu_us_per_req')} µs/req"
+                        + (f"  connections per worker {r['connections_per_worker']}" if n > 1 else "")
+                        + f"  (load {r['loadavg']:.2f})")
+                stats = self.lab.vaned_stats() or {}
+                if n > 1:
+                    row["rss_mib"] = {"master": _mib((stats.get("master") or {}).get("rss_bytes", 0) / 1024),
+                                      "spawner": _mib((stats.get("master") or {}).get("spawner_rss_bytes", 0) / 1024),
+                                      "workers": [_mib(w.get("rss_bytes", 0) / 1024) for w in stats.get("workers", [])]}
+                else:
+                    row["rss_mib"] = {"daemon": _mib(rss_kib(proc.pid))}
+                say(f"  workers {n} RSS MiB {row['rss_mib']}")
+            finally:
+                self.lab.stop(name)
+            out[str(n)] = row
+
+
+def _workers_table(res: dict) -> list[list[str]]:
+    """The workers section as rows: req/s and CPU per request with 1 and 2 workers, the spread."""
+    one, two = res.get("1") or {}, res.get("2") or {}
+    rows = [["workers (same run)", "1 worker", "2 workers", "2 vs 1"]]
+    for column in ("proxy", "respond"):
+        a, b = one.get(column) or {}, two.get(column) or {}
+        if not a.get("rps") and not b.get("rps"):
+            continue
+        ratio = f"{b['rps'] / a['rps']:.2f}×" if a.get("rps") and b.get("rps") else "-"
+        rows.append([f"small response, {column}  req/s", report.fmt(a.get("rps")), report.fmt(b.get("rps")), ratio])
+        rows.append(["  CPU µs per request (all processes)", report.fmt(a.get("cpu_us_per_req")),
+                     report.fmt(b.get("cpu_us_per_req")), ""])
+        if b.get("connections_per_worker"):
+            rows.append(["  connections per worker; busiest/idlest", "-",
+                         "/".join(str(x) for x in b["connections_per_worker"]), f"{b.get('spread')}×"])
+    if len(rows) == 1:
+        return []
+    rss1, rss2 = one.get("rss_mib") or {}, two.get("rss_mib") or {}
+    rows.append(["RSS MiB (master, spawner, each worker)", report.fmt(rss1.get("daemon")),
+                 ", ".join(str(x) for x in [rss2.get("master"), rss2.get("spawner"), *(rss2.get("workers") or [])]),
+                 ""])
+    return rows
+
+
 def _mib(kib):
     return round(kib / 1024, 1) if kib else None
 
@@ -275,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         cell_sections += ["l4mib", "l4conn"]
 
     needed = ["nginx"]
-    for s in cell_sections:
+    for s in cell_sections + (["workers"] if "workers" in sections else []):
         needed += TOOLS_FOR[s]
     if sections & {"small", "mib", "h2", "tls", "l4"}:
         needed.append("haproxy")
@@ -325,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             runner.run_cells(section)
         if "rss" in sections:
             runner.run_rss()
+        if "workers" in sections:
+            runner.run_workers()
         versions = {t: lab.version(t) for t in ("nginx", "haproxy", "wrk", "h2load", "openssl", "vaned")}
     except KeyboardInterrupt:
         interrupted = True
@@ -357,8 +440,13 @@ def main(argv: list[str] | None = None) -> int:
                        "no resumption), one request, close; every server answers locally, no upstream. "
                        "A server well under 100 % busy was held back by the client: compare CPU µs per "
                        "connection then.")
-    print()
-    print(report.render_table(rows))
+    if rows:
+        print()
+        print(report.render_table(rows))
+    workers_rows = _workers_table(runner.results.get("workers") or {})
+    if workers_rows:
+        print()
+        print(report.render_table(workers_rows))
     n_table_notes = len(notes)
     target_text = report.render_targets(targets, notes) if targets else ""
     for i, why in enumerate(notes[:n_table_notes], 1):

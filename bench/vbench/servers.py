@@ -18,6 +18,7 @@ BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 CONFIGS = os.path.join(BENCH_DIR, "configs")
 VANED = os.path.join(REPO_DIR, ".venv", "bin", "vaned")
+VANE = os.path.join(REPO_DIR, ".venv", "bin", "vane")
 PYTHON = os.path.join(REPO_DIR, ".venv", "bin", "python")
 CEILING = os.path.join(BENCH_DIR, "ceiling.py")
 MIB = 1 << 20
@@ -241,15 +242,32 @@ class Lab:
             first_error = first_error or f"vaned --check: {error}"
         self.down["vaned"] = first_error
 
-    def start_vaned(self, name: str = "vaned") -> Proc | None:
+    def start_vaned(self, name: str = "vaned", workers: int = 1) -> Proc | None:
+        """vaned on the bench config (``workers`` > 1: a master and that many workers, up once
+        every worker answers); running under ``name``."""
         if "vaned" in self.down or not self.vaned_rules:
             return None
-        proc = self.procs.start(name, [VANED, "--config", self.vaned_dir], env=self.vaned_env(),
+        env = {**self.vaned_env(), "VANE_WORKERS": str(workers)}
+        proc = self.procs.start(name, [VANED, "--config", self.vaned_dir], env=env,
                                 log=os.path.join(self.tmp, f"{name}.log"), nofile=self.nofile)
         ports = [self.ports[VANED_RULE_PORTS[r]] for r in self.vaned_rules]
-        if not self._wait("vaned", proc, ports, timeout=60):
+        if not self._wait(name, proc, ports, timeout=60):
             return None
+        deadline = time.monotonic() + 60
+        while workers > 1 and time.monotonic() < deadline:
+            ws = (self.vaned_stats() or {}).get("workers") or []
+            if len(ws) == workers and all(w["state"] == "serving" for w in ws):
+                break
+            time.sleep(0.2)
         return proc
+
+    def vaned_stats(self) -> dict | None:
+        """``vane stats --json`` of the running vaned (None if it does not answer)."""
+        rc, out, _err = self.procs.run("vane-stats", [VANE, "stats", "--json"], timeout=20, env=self.vaned_env())
+        try:
+            return json.loads(out) if rc == 0 else None
+        except ValueError:
+            return None
 
     def stop(self, name: str) -> None:
         proc = self.running.pop(name, None)
