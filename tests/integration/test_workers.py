@@ -334,3 +334,18 @@ def test_connections_spread_evenly_across_workers(lab):
     finally:
         for job in jobs:
             job.value.close()
+
+
+def test_the_shell_toolbar_shows_the_workers(lab):
+    from vane.cli.shell import StatusPoller
+    from vane.mgmt.client import Client
+
+    (port,) = free_ports(1)
+    d = started(lab, {"r.json": hello(port)})
+    poller = StatusPoller(Client(socket_path=d.sock_path))
+    try:
+        poller.poll()
+        text = "".join(part for _style, part in poller.toolbar())
+    finally:
+        poller.stop()
+    assert "vaned up" in text and "| 2/2 workers" in text, text

@@ -102,10 +102,12 @@ class StatusPoller:
                                   ("", f" {self.client.address} - retrying")])
         s = self.stats or {}
         conns = (s.get("connections") or {}).get("active", 0)
+        workers = s.get("workers")
+        serving = f" | {sum(w.get('state') == 'serving' for w in workers)}/{len(workers)} workers" if workers else ""
         return FormattedText([
             ("bg:ansigreen fg:ansiblack", " vaned up "),
             ("", f" uptime {render.duration(s.get('uptime_secs'))} | graph {str(s.get('graph_hash') or '-')[:12]}"
-                 f" | {conns} connections"),
+                 f" | {conns} connections{serving}"),
         ])
 
 
