@@ -96,6 +96,8 @@ class Vaned:
         full = clean_environ(drop=SYSTEMD_VARS)
         full.update({"VANE_MGMT_HTTP_PORT": "", "VANE_LOG_LEVEL": "info", "VANE_MGMT_UNIX": self.sock_path,
                      "VANE_STATE_DIR": str(run / "state")})
+        if os.environ.get("VANE_TEST_WORKERS"):   # the suite run against a master and workers
+            full["VANE_WORKERS"] = os.environ["VANE_TEST_WORKERS"]
         full.update(env or {})
         self.env = full
         self.argv = argv if argv is not None else [*VANED, "--config", str(self.config_dir)]

@@ -37,6 +37,7 @@ from vane.config.errors import CompileFailed, ConfigError
 from vane.config.settings import Settings
 from vane.flow.connection import ConnTable
 from vane.net.listeners import Listener
+from vane.net.upstream.registry import upstream_families
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub, Subscription
 from vane.observe.metrics import Metrics, enable_multiprocess, mark_process_dead
@@ -132,6 +133,20 @@ class MergedMetrics:
         return getattr(self.inner, name)
 
 
+class _UpstreamMetrics:
+    """The upstream metric families of the workers' merged rows (a custom collector: these
+    values live in each worker's groups, not in the multiprocess files)."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        yield from upstream_families(self.master.get_upstream_groups())
+
+
 class Master(Control):
     """Owns the workers (their slots and the spawner), the listening sockets, the shared
     limits and the multiprocess metrics directory; steers like a ``Daemon``."""
@@ -144,6 +159,7 @@ class Master(Control):
         self.limits = SharedLimits(settings.workers, settings.sec_max_connections)
         self.services.shared_limits = self.limits
         self.services.metrics.aggregate(self.metrics_dir)
+        self.services.metrics.expose(_UpstreamMetrics(self))
         self.slots = [WorkerSlot(i) for i in range(settings.workers)]
         self.listeners: dict[Any, Listener] = {}
         self.spawner: Spawner | None = None
@@ -512,11 +528,25 @@ class Master(Control):
         return self._plugins(worst)
 
     def get_upstream_groups(self) -> list[dict]:
-        """Groups as the first worker that answers sees them (each worker checks health itself)."""
-        for answer in self.ask_all("upstream_groups").values():
-            if isinstance(answer, list):
-                return answer
-        return []
+        """The workers' rows merged per backend. Each worker checks health itself: requests in
+        flight, failures and check results are summed; a backend is up only if every worker
+        sees it up; the rest (last check, latency, consecutive counts) is the first worker's."""
+        merged: dict[tuple[str, str], dict] = {}
+        for rows in self.ask_all("upstream_groups").values():
+            if not isinstance(rows, list):
+                continue
+            for row in rows:
+                into = merged.get((row["group"], row["backend"]))
+                if into is None:
+                    merged[(row["group"], row["backend"])] = {**row, "checks": dict(row["checks"])}
+                    continue
+                into["active"] += row["active"]
+                into["failures"] += row["failures"]
+                for result, n in row["checks"].items():
+                    into["checks"][result] = into["checks"].get(result, 0) + n
+                if into["state"] == "up" and row["state"] != "up":
+                    into["state"] = row["state"]
+        return list(merged.values())
 
     def set_upstream(self, group: str, backend: str, action: str) -> dict:
         """Every worker applies it; a group or backend no worker knows is a LookupError."""

@@ -27,7 +27,7 @@ from vane.config.errors import CompileFailed
 from vane.engine.plugin import LinkEnv
 from vane.observe.hub import Subscription
 
-from .channel import Channel, ChannelClosed, Peer
+from .channel import CallFailed, Channel, ChannelClosed, Peer
 from .server import Server
 from .services import Services, off_hub
 
@@ -151,7 +151,10 @@ class Worker:
                 "draining": server.draining}
 
     def set_upstream(self, group: str, backend: str, action: str) -> dict:
-        return self.services.upstreams.set_state(group, backend, action)
+        try:
+            return self.services.upstreams.set_state(group, backend, action)
+        except LookupError as exc:      # the operator named what this graph has not: an answer
+            raise CallFailed("not_found", str(exc)) from None
 
     def recent_flow(self, n: int) -> list[dict]:
         return self.services.flow_log.recent(n)

@@ -214,6 +214,10 @@ class Metrics:
         self._exposed = CollectorRegistry()
         MultiProcessCollector(self._exposed, path=path)
 
+    def expose(self, collector: Any) -> None:
+        """Add ``collector`` (a prometheus_client custom collector) to what is exposed."""
+        self._exposed.register(collector)
+
     def render_prometheus(self) -> bytes:
         """The text exposition format (``CONTENT_TYPE``)."""
         self.flush()

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from vane.net.upstream.group import CHECK_RESULTS, DISABLED, DRAINING, ENABLED, Group
 from vane.net.upstream.health import Checker
 
-__all__ = ["ACTIONS", "UpstreamRegistry", "link_group"]
+__all__ = ["ACTIONS", "UpstreamRegistry", "link_group", "upstream_families"]
 
 # the operator's words and the admin state each sets
 ACTIONS = {"enable": ENABLED, "drain": DRAINING, "disable": DISABLED}
@@ -110,23 +110,27 @@ class UpstreamRegistry:
         return []
 
     def collect(self) -> Iterator[Any]:
-        up = GaugeMetricFamily("vane_upstream_up", "1 while the backend takes new requests "
-                                                   "(not down, draining or disabled).", labels=["group", "backend"])
-        active = GaugeMetricFamily("vane_upstream_active", "Requests (L4: connections) in flight to the backend.",
-                                   labels=["group", "backend"])
-        checks = CounterMetricFamily("vane_upstream_health_checks", "Active health checks by result.",
-                                     labels=["group", "backend", "result"])
-        for group in list(self._by_name.values()):
-            for b in group.backends:
-                labels = [group.name, b.label]
-                up.add_metric(labels, 1.0 if b.state == "up" else 0.0)
-                active.add_metric(labels, float(b.active))
-                if group.health is not None:
-                    for result in CHECK_RESULTS:
-                        checks.add_metric([*labels, result], float(b.results[result]))
-        yield up
-        yield active
-        yield checks
+        yield from upstream_families(self.snapshot())
+
+
+def upstream_families(rows: list[dict]) -> Iterator[Any]:
+    """The upstream metric families of ``snapshot`` rows (one process's, or a master's merge)."""
+    up = GaugeMetricFamily("vane_upstream_up", "1 while the backend takes new requests "
+                                               "(not down, draining or disabled).", labels=["group", "backend"])
+    active = GaugeMetricFamily("vane_upstream_active", "Requests (L4: connections) in flight to the backend.",
+                               labels=["group", "backend"])
+    checks = CounterMetricFamily("vane_upstream_health_checks", "Active health checks by result.",
+                                 labels=["group", "backend", "result"])
+    for row in rows:
+        labels = [row["group"], row["backend"]]
+        up.add_metric(labels, 1.0 if row["state"] == "up" else 0.0)
+        active.add_metric(labels, float(row["active"]))
+        if row["health"] is not None:
+            for result in CHECK_RESULTS:
+                checks.add_metric([*labels, result], float(row["checks"].get(result, 0)))
+    yield up
+    yield active
+    yield checks
 
 
 def link_group(defn: Any, services: Any, config_dir: str | None) -> Group:
