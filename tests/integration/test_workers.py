@@ -141,8 +141,12 @@ def test_drain_from_the_cli_reaches_every_worker(lab):
         return all(w["requests"] > 0 for w in workers(d))
     assert wait_until(both_workers_asked, timeout=30, interval=0.1)
     assert served == {"B"}
+    metrics = d.cli("get", "metrics").stdout      # the workers' groups, merged by the master
+    assert f'vane_upstream_up{{backend="{a.url}",group="api"}} 0.0' in metrics
+    assert f'vane_upstream_up{{backend="{b.url}",group="api"}} 1.0' in metrics
     res = d.cli("upstream", "drain", "nope", a.url)
     assert res.returncode == 1 and 'no upstream group "nope"' in res.stderr
+    assert "Traceback" not in d.stderr
 
 
 def served_by_both(d, port: int, path: str = "/") -> None:
