@@ -35,7 +35,7 @@ class Connection:
     """
 
     __slots__ = ("id", "peer", "local", "listener", "proto", "started", "counters", "ctx", "greenlet",
-                 "upstream", "requests", "parked", "services", "sock", "udp", "_finished")
+                 "upstream", "requests", "parked", "services", "sock", "udp", "codec", "last_rule", "_finished")
 
     def __init__(self, services: Any, listener: Any, sock: Any, peer: tuple, local: tuple,
                  udp: Any = None) -> None:
@@ -54,6 +54,8 @@ class Connection:
         self.upstream: str | None = None
         self.requests = 0
         self.parked: Any = None         # waiting between keep-alive requests without a greenlet
+        self.codec: Any = None          # the HTTP codec serving now: bytes it moved, not yet in counters
+        self.last_rule: str | None = None   # the rule of the last HTTP request, shown while idle
         self._finished = False
         if udp is not None:
             udp.counters = self.counters
@@ -142,15 +144,17 @@ class Connection:
 
     def to_dict(self) -> dict:
         ctx = self.ctx
+        codec = self.codec
+        live_in, live_out = (codec.bytes_in, codec.bytes_out) if codec is not None else (0, 0)
         return {
             "id": self.id,
             "remote": _fmt(self.peer), "local": _fmt(self.local),
             "listener": self.listener.label, "proto": self.proto,
-            "rule": ctx.rule if ctx is not None else None,
+            "rule": (ctx.rule if ctx is not None else None) or self.last_rule,
             "node": ctx.node if ctx is not None else "",
             "layer": ctx.layer if ctx is not None else "l4",
             "upstream": self.upstream, "requests": self.requests, "idle": self.parked is not None,
-            "bytes_in": self.counters.up, "bytes_out": self.counters.down,
+            "bytes_in": self.counters.up + live_in, "bytes_out": self.counters.down + live_out,
             "age_secs": round(time.monotonic() - self.started, 3),
         }
 

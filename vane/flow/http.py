@@ -124,6 +124,7 @@ class HttpService:
             req.host, req.path, req.version, conn.peer, req.body.length or 0, sent,
             "aborted" if aborted else (traj.outcome or "finished"), seconds))
         conn.ctx = self.ctx
+        conn.last_rule = rctx.rule
 
 
 def failure_response(rctx: L7Context, outcome: Any) -> Response:
@@ -169,11 +170,14 @@ class H1Session:
     def run(self) -> None:
         """Serve requests until the connection ends or is parked."""
         codec = self.codec
+        conn = self.service.conn
+        conn.codec = codec
         try:
             while self._serve_one():
                 pass
         finally:
-            counters = self.service.conn.counters
+            conn.codec = None
+            counters = conn.counters
             counters.up += codec.bytes_in
             counters.down += codec.bytes_out
             codec.bytes_in = codec.bytes_out = 0
@@ -312,11 +316,14 @@ def serve_h2(service: HttpService, scheme: str) -> None:
                       send_timeout=settings.sec_send_timeout)
     codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished, inline=inline)
     watcher = gevent.spawn(_goaway_on_drain, service.services.draining, codec)
+    conn = service.conn
+    conn.codec = codec
     try:
         codec.serve()
     finally:
         watcher.kill(block=False)
-        counters = service.conn.counters
+        conn.codec = None
+        counters = conn.counters
         counters.up += codec.bytes_in
         counters.down += codec.bytes_out
 
