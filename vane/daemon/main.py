@@ -13,7 +13,8 @@ Options:
 
 Environment: VANE_* settings (see README), read from the OS environment and <DIR>/.env
 (the OS environment wins). Signals: SIGHUP reloads, SIGTERM drains then exits 0, SIGINT
-closes at once.
+closes at once. Documentation: /usr/share/doc/vane/ (README.md, design.md: the contract,
+reference.md: flow-log fields and metrics, troubleshooting.md), or docs/ in the source.
 """
 
 from gevent import monkey
