@@ -19,7 +19,7 @@ USAGE = """\
 vane - steer a running vaned.
 
 Usage:
-  vane [options] (ping | stats | reload | shutdown)
+  vane [options] (ping | stats | reload | shutdown | reopen-logs)
   vane [options] compile <path> [--config DIR] [--daemon]
   vane [options] get (config | listeners | connections | metrics | plugins | upstreams | certs)
   vane [options] tail (flow | log)
@@ -34,6 +34,8 @@ Commands:
   reload               Recompile the config and swap it in; prints "reloaded HASH" or
                        "unchanged HASH", or the compile errors (exit 1).
   shutdown             Drain and stop vaned (as SIGTERM).
+  reopen-logs          Open the access log file (VANE_ACCESS_LOG) again, in every worker,
+                       after logrotate moved it (as SIGUSR1).
   compile <path>       Compile a config directory or one rule file offline and print the
                        flow trees; --daemon asks the running vaned instead.
   get ...              Show daemon state.

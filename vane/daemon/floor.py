@@ -36,12 +36,17 @@ class Floor:
         self.shared = limits
         self.worker = worker
 
-    def hit(self, limit: str, ip: str) -> None:
+    def hit(self, limit: str, ip: str, message: str | None = None) -> None:
+        """Count a refusal by ``limit`` and log it once per (limit, ip) per second; ``message``
+        (with one ``%s`` for the ip) replaces the default line."""
         self.hits[limit] = self.hits.get(limit, 0) + 1
         if self.metrics is not None:
             self.metrics.floor_hit(limit)
-        log_once_per_second((limit, ip), logging.WARNING, "security floor: %s reached for %s", limit, ip,
-                            extra={"limit": limit, "ip": ip})
+        if message is None:
+            log_once_per_second((limit, ip), logging.WARNING, "security floor: %s reached for %s", limit, ip,
+                                extra={"limit": limit, "ip": ip})
+        else:
+            log_once_per_second((limit, ip), logging.WARNING, message, ip, extra={"limit": limit, "ip": ip})
 
     def admit(self, ip: str) -> bool:
         """May a new connection from ``ip`` be accepted? Every admitted connection is

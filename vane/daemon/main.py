@@ -12,8 +12,8 @@ Options:
   --help         Show this help.
 
 Environment: VANE_* settings (see README), read from the OS environment and <DIR>/.env
-(the OS environment wins). Signals: SIGHUP reloads, SIGTERM drains then exits 0, SIGINT
-closes at once.
+(the OS environment wins). Signals: SIGHUP reloads, SIGUSR1 reopens the access log
+(VANE_ACCESS_LOG), SIGTERM drains then exits 0, SIGINT closes at once.
 """
 
 from gevent import monkey
@@ -79,6 +79,7 @@ def run(config_dir: str, check: bool = False) -> int:
         try:
             graph = daemon.compile()
             daemon.link(graph)
+            daemon.open_access_log(check_only=True)
         except CompileFailed as exc:
             for err in exc.errors:
                 print(str(err), file=sys.stderr)
