@@ -124,6 +124,10 @@ def cmd_stats(args: dict, ctx: Context) -> int:
         ("listeners", ", ".join(f"{n} {state}" for state, n in listeners.items()) or "none"),
         ("connections", f"{conns.get('active', 0)} active, {conns.get('total', 0)} total"),
     ]
+    hits = s.get("floor_hits")
+    if isinstance(hits, dict):
+        pairs.append(("security floor", ", ".join(f"{limit} {n}" for limit, n in sorted(hits.items()))
+                      or "no refusals"))
     access = s.get("access_log")
     if isinstance(access, dict):
         pairs.append(("access log", f"{access.get('destination')}: {access.get('lines', 0)} lines, "

@@ -177,7 +177,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "sec_body_idle_timeout": ("VANE_SEC_BODY_IDLE_TIMEOUT_SECS", _float(0.001), 30.0, None),
     "sec_keepalive_timeout": ("VANE_SEC_KEEPALIVE_TIMEOUT_SECS", _float(0.001), 75.0, None),
     "sec_send_timeout": ("VANE_SEC_SEND_TIMEOUT_SECS", _float(0.001), 10.0, None),
-    "sec_tls_handshakes_per_ip": ("VANE_SEC_TLS_HANDSHAKES_PER_IP", _int(1), 10, None),
+    "sec_tls_handshakes_per_ip": ("VANE_SEC_TLS_HANDSHAKES_PER_IP", _int(0), 250, None),
     "sec_h2_max_streams": ("VANE_SEC_H2_MAX_STREAMS", _int(1), 100, None),
     # management (§9)
     "mgmt_unix": ("VANE_MGMT_UNIX", _str, None, None),
@@ -228,7 +228,7 @@ class Settings:
     sec_body_idle_timeout: float = 30.0
     sec_keepalive_timeout: float = 75.0
     sec_send_timeout: float = 10.0
-    sec_tls_handshakes_per_ip: int = 10
+    sec_tls_handshakes_per_ip: int = 250   # 0: no limit
     sec_h2_max_streams: int = 100
     mgmt_unix: str | None = None
     mgmt_group: str | None = None

@@ -71,6 +71,10 @@ class Floor:
             self.shared.conns.release(self.worker, ip)
 
     def allow_handshake(self, ip: str | None) -> bool:
+        """May ``ip`` start another TLS handshake this second (VANE_SEC_TLS_HANDSHAKES_PER_IP;
+        0: no limit)?"""
+        if not self.settings.sec_tls_handshakes_per_ip:
+            return True
         ip = ip or ""
         now = self.clock()
         if self.shared is not None:

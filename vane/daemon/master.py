@@ -449,6 +449,7 @@ class Master(Control):
         answers = self.ask_all("stats")
         workers, active, total, requests = [], 0, 0, 0
         access: dict | None = None
+        floor_hits: dict[str, int] = {}
         for slot in self.slots:
             answer = answers.get(slot)
             if isinstance(answer, dict):
@@ -459,6 +460,8 @@ class Master(Control):
             active += st.get("connections", 0)
             if isinstance(st.get("access_log"), dict):
                 access = _sum_counts(access, st["access_log"])
+            if isinstance(st.get("floor_hits"), dict):
+                floor_hits = _sum_counts(floor_hits, st["floor_hits"])
             total += conns
             requests += reqs
             workers.append({"index": slot.index, "pid": slot.pid or None, "generation": slot.generation,
@@ -478,7 +481,7 @@ class Master(Control):
             "workers": workers, "master": {"rss_bytes": rss_bytes(),
                                            "spawner_pid": self.spawner.pid if self.spawner else None,
                                            "spawner_rss_bytes": rss_bytes(self.spawner.pid) if self.spawner else None},
-            "shared_limits_bytes": self.limits.bytes, "access_log": access,
+            "shared_limits_bytes": self.limits.bytes, "access_log": access, "floor_hits": floor_hits,
         }
 
     def get_listeners(self) -> list[dict]:
