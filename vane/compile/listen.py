@@ -163,3 +163,41 @@ def trusted_proxies_errors(config: dict) -> list[ConfigError]:
         except ValueError as exc:
             out.append(ConfigError("config.json", f"/trusted_proxies/{i}", f"not a network: {exc}"))
     return out
+
+
+def _hosts(rule: Any) -> set[str]:
+    """The host names a rule matches literally (``req.host`` eq / in)."""
+    out: set[str] = set()
+    for cond in rule.conds:
+        if cond.key != "req.host":
+            continue
+        if cond.op == "eq" and isinstance(cond.right, str):
+            out.add(cond.right.lower().rstrip("."))
+        elif cond.op == "in" and isinstance(cond.right, list):
+            out.update(str(v).lower().rstrip(".") for v in cond.right)
+    return out
+
+
+def mixed_tls_errors(addr: ListenAddr, http: list[Any], error: Callable[[Any, str, str], None]) -> None:
+    """On a listener carrying HTTPS and cleartext HTTP, a host named by rules of both kinds is
+    an error naming the two: the rule without ``tls`` would never see that host's HTTPS
+    requests (it takes only cleartext HTTP on this port)."""
+    with_tls: dict[str, Any] = {}
+    for rule in http:
+        if rule.tls:
+            for host in _hosts(rule):
+                with_tls.setdefault(host, rule)
+    if not with_tls:
+        return
+    for rule in http:
+        if rule.tls:
+            continue
+        for host in sorted(_hosts(rule)):
+            other = with_tls.get(host)
+            if other is not None:
+                error(rule, "/tls", f'rules "{other.name}" ({other.source.file}) and "{rule.name}" '
+                                    f'({rule.source.file}) both take host "{host}" on listener {addr}, but '
+                                    f'only "{other.name}" has "tls": "{rule.name}" would see that host\'s '
+                                    'cleartext HTTP only, never its HTTPS. Give it the same "tls", or move one '
+                                    "of them to another listen address")
+                break

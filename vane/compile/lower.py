@@ -24,7 +24,7 @@ from vane.engine.ops import OpError, compile_op, expand_predicates
 from vane.engine.template import CompiledInput, Limits
 from vane.plugins.registry import Registry
 
-from .listen import ListenAddr, Trusted, listener_proxy_protocol
+from .listen import ListenAddr, Trusted, listener_proxy_protocol, mixed_tls_errors
 
 L4_PREDICATE_PREFIXES = ("conn.", "listen.", "tls.", "peek.")
 
@@ -132,6 +132,7 @@ class Lowerer:
             self._check_udp(addr, l4)
         self._check_order(addr, l4 + http, l4)
         proxy_protocol = listener_proxy_protocol(addr, rules, self._error)
+        mixed_tls_errors(addr, http, self._error)
         key = (addr.transport, tuple(r.name for r in rules))
         root = self._trees.get(key)
         certs = _certs(http)

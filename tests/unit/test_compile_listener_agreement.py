@@ -1,5 +1,5 @@
-"""``accept_proxy_protocol`` at compile: one setting per listener, agreed by all its rules;
-errors name the file, the pointer and both rules."""
+"""What all the rules of one listener must agree on, at compile: ``accept_proxy_protocol``, and
+whether a host is served with TLS; errors name the file, the pointer and both rules."""
 
 import pytest
 
@@ -58,3 +58,27 @@ def test_bad_networks_and_udp(tmp_path):
     errs = errors_of(tmp_path, {"10.json": rule("a", RESPOND, listen="127.0.0.1:8080",
                                                 accept_proxy_protocol={"trusted": []})})
     assert len(errs) == 1 and "/accept_proxy_protocol/trusted" in errs[0]
+
+
+TLS = {"cert": "certs/a.pem", "key": "certs/a.key"}
+
+
+def test_a_host_with_and_without_tls_on_one_listener_names_both_rules(tmp_path):
+    errs = errors_of(tmp_path, {"10-a.json": rule("secure", RESPOND, listen=":443", tls=TLS,
+                                                  match={"req.host": "api.example.com"}),
+                                "20-b.json": rule("plain", RESPOND, listen=":443",
+                                                  match={"req.host": ["www.example.com", "API.example.com"],
+                                                         "req.path": {"prefix": "/v2"}})})
+    assert any(e.startswith('rules/20-b.json: /tls: rules "secure" (rules/10-a.json) and "plain" (rules/20-b.json) '
+                            'both take host "api.example.com" on listener tcp 0.0.0.0:443, but only "secure" '
+                            'has "tls"') for e in errs), errs
+    assert sum("/tls:" in e for e in errs) == 1     # one report, not one per listener family
+
+
+def test_cleartext_and_tls_for_different_hosts_share_a_listener(tmp_path):
+    write_config(tmp_path, {"10-a.json": rule("secure", RESPOND, listen="127.0.0.1:8443", tls=TLS,
+                                              match={"req.host": "a.example"}),
+                            "20-b.json": rule("plain", RESPOND, listen="127.0.0.1:8443",
+                                              match={"req.host": "b.example"})})
+    graph = compile_dir(str(tmp_path), environ={})
+    assert [p.rules for p in graph.listeners.values()] == [["secure", "plain"]]
