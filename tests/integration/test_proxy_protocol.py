@@ -7,9 +7,11 @@ header, is refused."""
 from __future__ import annotations
 
 import json
+import ssl
 
 import gevent
 import pytest
+import trustme
 
 from tests.support.config import rule
 from tests.support.daemon import Lab, Vaned
@@ -147,3 +149,41 @@ def test_trusted_networks_of_either_family(lab):
     _d, port = start(lab, trusted=["::1/128", "127.0.0.2"])
     assert body(ask(port, header_v1(("192.0.2.1", 1), ("127.0.0.1", port)) + GET, LB)) == "192.0.2.1 1"
     assert ask(port, header_v1(("192.0.2.1", 1), ("127.0.0.1", port)) + GET, OTHER) == b""
+
+
+def test_tls_after_the_header_and_the_handshake_floor_counts_the_client(lab):
+    ca = trustme.CA()
+    cert = ca.issue_cert("site.test")
+    (lab.conf / "certs").mkdir()
+    cert.private_key_pem.write_to_path(str(lab.conf / "certs" / "site.key"))
+    cert.cert_chain_pems[0].write_to_path(str(lab.conf / "certs" / "site.pem"))
+    port = free_port()
+    d = lab.vaned({"10.json": rule("site", ECHO, listen=f"127.0.0.1:{port}", tls={"cert": "certs/site.pem",
+                                                                               "key": "certs/site.key"},
+                                   accept_proxy_protocol={"trusted": [LB]})},
+                  env={"VANE_SEC_TLS_HANDSHAKES_PER_IP": "2"})
+    d.wait_accepting(port)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+
+    def over_tls(src: str) -> bytes:
+        raw = connect(port, LB, timeout=5)
+        try:
+            raw.sendall(header_v2((src, 4000), ("127.0.0.1", port)))
+            with client.wrap_socket(raw, server_hostname="site.test") as tls:
+                tls.sendall(GET)
+                return read_for(tls, 3.0)
+        except (OSError, ssl.SSLError):
+            return b""
+        finally:
+            raw.close()
+
+    assert body(over_tls("203.0.113.10")) == "203.0.113.10 4000"
+    assert body(over_tls("203.0.113.10")) == "203.0.113.10 4000"
+    third = over_tls("203.0.113.10")                   # that client's third handshake within a second
+    fourth = over_tls("203.0.113.11")                  # another client behind the same balancer
+    assert body(fourth) == "203.0.113.11 4000"
+    if third:                                          # a slow machine may have crossed into the next second
+        assert body(third) == "203.0.113.10 4000"
+    else:
+        assert d.mgmt("stats")["floor_hits"]["tls_handshakes_per_ip"] == 1   # (the readiness probe: proxy_protocol)
