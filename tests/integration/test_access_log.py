@@ -113,6 +113,7 @@ def test_json_lines_over_http1_and_http2(lab, backend):
         r = h2.get("/hello/two?k=v", headers={"user-agent": "h2-client"})
         assert r.status_code == 201 and r.http_version == "HTTP/2"
     one, two = (json.loads(line) for line in wait_lines(path, 2))
+    assert one["client_ip"] == "127.0.0.1"
     assert set(one) >= {"time", "remote", "method", "host", "uri", "status", "bytes", "duration_ms", "upstream",
                         "upstream_ms", "rule", "user_agent", "referer", "request_id"}
     assert one["method"] == "GET" and one["uri"] == "/api/one" and one["status"] == 200

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.config import rule
 from tests.support.daemon import Lab
-from tests.support.net import connect, free_port, read_for
+from tests.support.net import connect, free_port, read_for, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,3 +58,17 @@ def test_a_bad_network_is_a_compile_error(lab):
     d = lab.vaned({"10.json": rule("r", {"respond": {}}, listen=f"127.0.0.1:{port}")}, ready=False)
     assert d.wait() == 1
     assert "config.json: /trusted_proxies/1: not a network" in d.stderr and "Traceback" not in d.stderr
+
+
+def test_the_access_log_names_the_client_behind_trusted_proxies(lab):
+    (lab.conf / "config.json").write_text(json.dumps({"trusted_proxies": ["127.0.0.2"]}))
+    port = free_port()
+    path = lab.base / "access.log"
+    d = lab.vaned({"10.json": rule("r", {"respond": {"input": {"body": "x"}}}, listen=f"127.0.0.1:{port}")},
+                  env={"VANE_ACCESS_LOG": str(path), "VANE_ACCESS_LOG_FLUSH_MS": "50"})
+    d.wait_accepting(port)
+    ask(port, "127.0.0.2", "X-Forwarded-For: 198.51.100.8")
+    ask(port, "127.0.0.3", "X-Forwarded-For: 198.51.100.9")       # not trusted: its own address
+    assert wait_until(lambda: path.exists() and len(path.read_text().splitlines()) == 2, 5.0)
+    first, second = path.read_text().splitlines()
+    assert first.startswith("198.51.100.8 - - [") and second.startswith("127.0.0.3 - - [")

@@ -33,6 +33,7 @@ class Req:
         self.upstream = None
         self.upstream_secs = None
         self.request_id = "c/1"
+        self.services = None
         self.kv = KV({"conn.ip": "192.0.2.7"})
 
 

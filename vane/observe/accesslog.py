@@ -3,7 +3,8 @@
 Formats (``VANE_ACCESS_LOG_FORMAT``):
 
 * ``combined`` — the nginx/Apache combined format:
-  ``ip - - [01/Dec/2026:22:51:43 +0000] "GET /a?b HTTP/1.1" 200 512 "referer" "user agent"``;
+  ``ip - - [01/Dec/2026:22:51:43 +0000] "GET /a?b HTTP/1.1" 200 512 "referer" "user agent"``,
+  ``ip`` being ``req.client_ip`` (the peer, or the client behind trusted proxies);
 * ``json`` — one object per line (see ``JSON_FIELDS``);
 * a template of KV keys, e.g. ``{{conn.ip}} {{req.method}} {{req.uri}} {{log.status}}``:
   every request KV key (``conn.*``, ``tls.*``, ``req.*``, ``res.*``, ``var.*``, ``plugin.*``)
@@ -38,6 +39,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from vane.engine.template import Parts, parse, render
+from vane.flow.realip import client_ip
 from vane.observe.logging import RateLimitedLogger
 
 __all__ = ["FORMATS", "JSON_FIELDS", "LOG_KEYS", "AccessLog", "Formatter", "escape", "make_formatter"]
@@ -50,7 +52,7 @@ STDOUT = "stdout"
 FLUSH_AT = 64 * 1024      # pending bytes that wake the flusher before its interval ends
 MAX_FIELD = 8192          # longest client-supplied value written as is (longer: cut, marked)
 
-JSON_FIELDS = ("time", "remote", "remote_port", "method", "host", "uri", "protocol", "status", "bytes",
+JSON_FIELDS = ("time", "remote", "remote_port", "client_ip", "method", "host", "uri", "protocol", "status", "bytes",
                "duration_ms", "upstream", "upstream_ms", "rule", "user_agent", "referer", "request_id")
 LOG_KEYS = ("log.time", "log.time_local", "log.remote", "log.status", "log.bytes", "log.duration_ms",
             "log.upstream", "log.upstream_ms", "log.rule", "log.request_id", "log.protocol")
@@ -95,6 +97,12 @@ def _uri(req: Any) -> str:
     return f"{req.path}?{req.query}" if req.query else req.path
 
 
+def _client(rctx: Any, peer_ip: str) -> str:
+    """``req.client_ip``: the peer, or the client behind config.json's trusted_proxies."""
+    trusted = getattr(rctx.services, "trusted_proxies", None)
+    return peer_ip if trusted is None else client_ip(peer_ip, rctx.request.headers, trusted)
+
+
 class Formatter:
     """Turns one finished request into one line (without the newline)."""
 
@@ -118,7 +126,7 @@ class CombinedFormat(Formatter):
         peer = rctx.conn.peer if rctx.conn is not None else ("-", 0)
         referer = headers.get("referer")
         agent = headers.get("user-agent")
-        return (f'{peer[0]} - - [{clock.local}] "{escape(req.method)} {escape(_uri(req))} '
+        return (f'{_client(rctx, peer[0])} - - [{clock.local}] "{escape(req.method)} {escape(_uri(req))} '
                 f'{_protocol(req.version)}" {status} {sent} "{escape(referer) if referer else "-"}" '
                 f'"{escape(agent) if agent else "-"}"')
 
@@ -135,6 +143,7 @@ class JsonFormat(Formatter):
         upstream_secs = rctx.upstream_secs
         return json.dumps({
             "time": f"{clock.iso}.{int(now * 1000) % 1000:03d}Z", "remote": peer[0], "remote_port": peer[1],
+            "client_ip": _client(rctx, peer[0]),
             "method": req.method, "host": req.host, "uri": _uri(req)[:MAX_FIELD],
             "protocol": _protocol(req.version), "status": status, "bytes": sent,
             "duration_ms": round(seconds * 1000.0, 3), "upstream": rctx.upstream,
