@@ -112,3 +112,14 @@ def test_settings():
         with pytest.raises(CompileFailed) as info:
             Settings.from_env(bad)
         assert "VANE_ACCESS_LOG" in str(info.value)
+
+
+def test_json_line_is_one_valid_object_whatever_the_client_sent():
+    import json
+    r = Req(path='/a"b\\\u00e9\n', query="x=1", agent='Moz "q" \x01\x85')
+    line = make_formatter("json").format(r, 404, 5, 0.0012, 1764633103.5)
+    assert "\n" not in line and line.isascii()
+    entry = json.loads(line)
+    assert entry["uri"] == '/a"b\\\u00e9\n?x=1' and entry["user_agent"] == 'Moz "q" \x01\x85'
+    assert entry["status"] == 404 and entry["bytes"] == 5 and entry["duration_ms"] == 1.2
+    assert entry["upstream"] is None and entry["rule"] == "r1" and entry["time"].endswith(".500Z")
