@@ -38,7 +38,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from vane.engine.template import Parts, parse, render
+from vane.engine.template import DEFAULT_LIMITS, Limits, Parts, parse, render
 from vane.flow.realip import client_ip
 from vane.observe.logging import RateLimitedLogger
 
@@ -221,7 +221,7 @@ class TemplateFormat(Formatter):
         return render(self.parts, _View(self, rctx, status, sent, seconds, now), self.limit, None)
 
 
-def make_formatter(spec: str, limits: Any = None) -> Formatter:
+def make_formatter(spec: str, limits: Limits | None = None) -> Formatter:
     """The formatter for ``VANE_ACCESS_LOG_FORMAT``: ``combined``, ``json`` or a template
     (parsed here, once; raises TemplateError or ValueError)."""
     if spec == "combined":
@@ -230,11 +230,8 @@ def make_formatter(spec: str, limits: Any = None) -> Formatter:
         return JsonFormat()
     if "{{" not in spec:
         raise ValueError(f"expected combined, json or a template with {{{{key}}}} placeholders, got {spec!r}")
-    if limits is None:
-        parts = parse(spec)
-        return TemplateFormat(parts, 65536)
-    parts = parse(spec, limits)
-    return TemplateFormat(parts, limits.result_size)
+    limits = limits or DEFAULT_LIMITS
+    return TemplateFormat(parse(spec, limits), limits.result_size)
 
 
 class AccessLog:
@@ -393,7 +390,6 @@ def from_settings(settings: Any, off_hub: Runner = _direct) -> AccessLog | None:
     dest = getattr(settings, "access_log", None)
     if dest is None:
         return None
-    from vane.engine.template import Limits
     limits = Limits(settings.max_template_depth, settings.max_template_result_size, settings.max_template_parse_nodes)
     return AccessLog(dest, make_formatter(settings.access_log_format, limits),
                      settings.access_log_flush_ms / 1000.0, settings.access_log_buffer_bytes, off_hub)
