@@ -33,7 +33,7 @@ from vbench.procs import Procs, ensure_tools, loadavg, raise_nofile, rss_kib  # 
 from vbench.profile import Profiler, summary  # noqa: E402
 from vbench.servers import BENCH_DIR, MIB, Lab  # noqa: E402
 
-SECTIONS = ("small", "mib", "h2", "tls", "rss", "l4", "workers")
+SECTIONS = ("small", "mib", "h2", "tls", "rss", "l4", "accesslog", "workers")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 CLIENTS = os.path.join(BENCH_DIR, "clients")
 WRK_LUA = os.path.join(BENCH_DIR, "configs", "wrk-report.lua")
@@ -61,13 +61,17 @@ CELLS = {
     "l4mib": [("direct", "backend", "BACKEND_PORT", False, None),
               ("haproxy", "haproxy", "HAPROXY_L4_PORT", True, None),
               ("vaned", "vaned", "VANED_L4_PORT", True, "bench-l4")],
+    # the same match+proxy rule in two vaned processes: access log off, and on (combined, file)
+    "accesslog": [("vaned_log_off", "vaned", "VANED_PORT", True, "bench"),
+                  ("vaned", "vaned-log", "VANED_LOG_PORT", True, "bench")],
     "l4conn": [("direct", "backend", "BACKEND_PORT", False, None),
                ("haproxy", "haproxy", "HAPROXY_L4_PORT", True, None),
                ("vaned", "vaned", "VANED_L4_PORT", True, "bench-l4")],
 }
-TOOLS_FOR = {"small": ["wrk"], "mib": ["wrk"], "l4mib": ["wrk"], "l4conn": ["wrk"],
+TOOLS_FOR = {"small": ["wrk"], "mib": ["wrk"], "l4mib": ["wrk"], "l4conn": ["wrk"], "accesslog": ["wrk"],
              "h2": ["h2load", "openssl"], "tls": ["openssl"], "rss": [], "workers": ["wrk"]}
-MAIN_METRIC = {"small": "rps", "mib": "mib_s", "h2": "rps", "tls": "per_s", "l4mib": "mib_s", "l4conn": "rps"}
+MAIN_METRIC = {"small": "rps", "accesslog": "rps", "mib": "mib_s", "h2": "rps", "tls": "per_s", "l4mib": "mib_s",
+               "l4conn": "rps"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -140,11 +144,11 @@ class Runner:
         """One measurement of one column; raises Unavailable."""
         a, pgid = self.args, self.lab.pgid(server)
         tools = self.lab.tools
-        if section in ("small", "l4conn"):
+        if section in ("small", "l4conn", "accesslog"):
             loads.http_check(port, "/", expect_body=b"hello")
         elif section in ("mib", "l4mib"):
             loads.http_check(port, "/1m.bin", expect_len=MIB)
-        if section == "small":
+        if section in ("small", "accesslog"):
             return loads.wrk(self.procs, tools["wrk"], WRK_LUA, port, "/", 64, a.duration,
                              server_pgid=pgid, warmup=a.warmup)
         if section in ("mib", "l4mib"):
@@ -354,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     cell_sections = [s for s in ("small", "mib", "h2", "tls") if s in sections]
     if "l4" in sections:
         cell_sections += ["l4mib", "l4conn"]
+    if "accesslog" in sections:
+        cell_sections.append("accesslog")
 
     needed = ["nginx"]
     for s in cell_sections + (["workers"] if "workers" in sections else []):
@@ -397,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         lab.prepare_vaned()
         if cell_sections:
             lab.start_vaned()
+        if "accesslog" in sections:
+            lab.start_vaned_log()
         for server, why in lab.down.items():
             say(f"not running: {server}: {why}")
         for rule, why in lab.vaned_missing.items():

@@ -21,6 +21,8 @@ ROWS = (
     ("tls", "per_s", "TLS new connections/s (full handshake)", "nginx", "higher"),
     ("tls", "cpu_us_per_conn", "  server CPU µs per connection", "nginx", "lower"),
     ("tls", "server_busy_pct", "  server CPU busy % of one core", None, "higher"),
+    ("accesslog", "rps", "small response, access log on (combined, file)  req/s", "vaned_log_off", "higher"),
+    ("accesslog", "cpu_us_per_req", "  server CPU µs per request", "vaned_log_off", "lower"),
     ("l4mib", "mib_s", "L4 TCP forward, 1 MiB body  MiB/s", "haproxy", "higher"),
     ("l4conn", "rps", "L4 TCP forward, new connections/s", "haproxy", "higher"),
     ("rss", "rss_before_mib", "vaned RSS idle MiB", None, "lower"),

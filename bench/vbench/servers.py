@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -28,7 +29,7 @@ PORT_NAMES = (
     "NGINX_PORT", "NGINX_H2_PORT", "NGINX_TLS_PORT",
     "HAPROXY_PORT", "HAPROXY_H2_PORT", "HAPROXY_TLS_PORT", "HAPROXY_L4_PORT",
     "VANED_PORT", "VANED_RESPOND_PORT", "VANED_H2_PORT", "VANED_H2_RESPOND_PORT", "VANED_L4_PORT",
-    "CEILING_PORT", "CEILING_RESPOND_PORT",
+    "CEILING_PORT", "CEILING_RESPOND_PORT", "VANED_LOG_PORT",
 )
 
 # vaned rules (bench/configs/vaned-rules.json) and the ports they listen on.
@@ -268,6 +269,30 @@ class Lab:
             return json.loads(out) if rc == 0 else None
         except ValueError:
             return None
+
+    def start_vaned_log(self) -> Proc | None:
+        """A second vaned, the ``bench`` rule alone on VANED_LOG_PORT, writing the access log
+        (combined, to a file): against the first one's ``bench`` port, the access log's cost."""
+        if "vaned" in self.down or "bench" not in self.vaned_rules:
+            self.down["vaned-log"] = self.down.get("vaned") or "the bench rule is not in the vaned config"
+            return None
+        cfg = os.path.join(self.tmp, "vaned-log")
+        os.makedirs(os.path.join(cfg, "rules"), exist_ok=True)
+        shutil.copy(os.path.join(self.vaned_dir, "config.json"), os.path.join(cfg, "config.json"))
+        with open(os.path.join(self.vaned_dir, "rules", "bench.json")) as fh:
+            bench = next(r for r in json.load(fh) if r["rule"] == "bench")
+        bench["listen"] = [f"{LOOPBACK}:{self.ports['VANED_LOG_PORT']}"]
+        with open(os.path.join(cfg, "rules", "bench.json"), "w") as fh:
+            json.dump([bench], fh, indent=1)
+        env = self.vaned_env()
+        env["VANE_MGMT_UNIX"] = os.path.join(self.tmp, "vaned-log.sock")
+        env["VANE_ACCESS_LOG"] = os.path.join(self.tmp, "access.log")
+        env["VANE_ACCESS_LOG_FORMAT"] = "combined"
+        proc = self.procs.start("vaned-log", [VANED, "--config", cfg], env=env,
+                                log=os.path.join(self.tmp, "vaned-log.log"), nofile=self.nofile)
+        if not self._wait("vaned-log", proc, [self.ports["VANED_LOG_PORT"]], timeout=60):
+            return None
+        return proc
 
     def stop(self, name: str) -> None:
         proc = self.running.pop(name, None)

@@ -183,6 +183,9 @@ class FakeDaemon:
         self.flow_log.level = level
         return {"level": level}
 
+    def reopen_logs(self) -> dict:
+        return {"access_log": None, "reopened": False}
+
 
 def start_unix(daemon: FakeDaemon, path: str, **kw: Any) -> UnixMgmtServer:
     server = UnixMgmtServer(daemon, str(path), **kw)

@@ -83,3 +83,19 @@ def test_help_and_version(capsys):
     assert capsys.readouterr().out == USAGE
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("vane ")
+
+
+@pytest.mark.parametrize("argv,usage,says", [
+    (["reload", "--help"], "  vane [options] reload\n", "reloaded HASH"),
+    (["reopen-logs", "-h"], "  vane [options] reopen-logs\n", "after logrotate moved it"),
+    (["get", "listeners", "--help"], "  vane [options] get (config | listeners", "Show daemon state."),
+    (["upstream", "drain", "--help"], "  vane [options] upstream (drain | disable | enable) <group> <backend>\n",
+     "upstream disable G B"),
+    (["--json", "compile", "--help"], "  vane [options] compile <path> [--config DIR] [--daemon]\n", "offline"),
+    (["shell", "--help"], "  vane [options] shell\n", "Interactive shell"),
+])
+def test_command_help_prints_that_commands_usage(capsys, argv, usage, says):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage:\n" + usage) and says in out and "--socket PATH" in out
+    assert "vane [options] shell" not in out or argv[0] == "shell"

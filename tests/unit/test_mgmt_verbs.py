@@ -10,7 +10,7 @@ from vane.mgmt.verbs import VERBS, Stream, dispatch
 
 CONTRACT_VERBS = {"ping", "stats", "reload", "shutdown", "compile_dry_run", "get_config", "get_listeners",
                   "get_connections", "get_metrics", "get_plugins", "get_upstreams", "get_certs", "set_flow_log",
-                  "set_upstream", "tail_flow", "tail_log"}
+                  "set_upstream", "tail_flow", "tail_log", "reopen_logs"}
 
 
 def call(d, verb, **args):

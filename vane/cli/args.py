@@ -6,6 +6,7 @@ Shared by ``vane`` (main.py) and ``vane shell``, which parses each line with the
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Sequence
 
 from docopt import DocoptExit, docopt
@@ -13,13 +14,13 @@ from docopt import DocoptExit, docopt
 from vane.mgmt.client import Client
 from vane.mgmt.token import DEFAULT_TOKEN_FILE, TOKEN_ENV, TOKEN_FILE_ENV, find_token
 
-__all__ = ["USAGE", "UsageError", "make_client", "parse"]
+__all__ = ["COMMANDS", "USAGE", "UsageError", "command_help", "make_client", "parse"]
 
 USAGE = """\
 vane - steer a running vaned.
 
 Usage:
-  vane [options] (ping | stats | reload | shutdown)
+  vane [options] (ping | stats | reload | shutdown | reopen-logs)
   vane [options] compile <path> [--config DIR] [--daemon]
   vane [options] get (config | listeners | connections | metrics | plugins | upstreams | certs)
   vane [options] tail (flow | log)
@@ -34,6 +35,8 @@ Commands:
   reload               Recompile the config and swap it in; prints "reloaded HASH" or
                        "unchanged HASH", or the compile errors (exit 1).
   shutdown             Drain and stop vaned (as SIGTERM).
+  reopen-logs          Open the access log file (VANE_ACCESS_LOG) again, in every worker,
+                       after logrotate moved it (as SIGUSR1).
   compile <path>       Compile a config directory or one rule file offline and print the
                        flow trees; --daemon asks the running vaned instead.
   get ...              Show daemon state.
@@ -61,6 +64,44 @@ Options:
 
 Exit codes: 0 ok, 1 the daemon answered with an error, 2 the daemon could not be reached, 64 usage.
 """
+
+
+COMMANDS = ("ping", "stats", "reload", "shutdown", "reopen-logs", "compile", "get", "tail", "upstream", "shell")
+
+
+def _section(name: str) -> list[str]:
+    """The lines of one section of USAGE ("Usage:", "Commands:", "Options:")."""
+    lines = USAGE.splitlines()
+    start = lines.index(name) + 1
+    out = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        out.append(line)
+    return out
+
+
+def command_help(command: str) -> str:
+    """``vane COMMAND --help``: that command's usage lines, what it does, and the options."""
+    usage = []
+    for line in _section("Usage:"):
+        words = re.findall(r"[\w-]+", line)
+        if command not in words[2:]:
+            continue
+        if re.fullmatch(r"\s*vane \[options\] \([\w| -]+\)", line):   # one of several one-word commands
+            line = f"  vane [options] {command}"
+        usage.append(line)
+    described, keep = [], False
+    for line in _section("Commands:"):
+        head = line[2:].split(" ", 1)[0] if line.startswith("  ") and not line.startswith("   ") else None
+        if head is not None:
+            keep = head == command or head.startswith(command + " ") or head.split("(")[0] == command
+        if keep:
+            described.append(line)
+    options = "\n".join(_section("Options:"))
+    return ("Usage:\n" + "\n".join(usage) + "\n\n" + ("\n".join(described) + "\n\n" if described else "")
+            + "Options:\n" + options + "\n\nExit codes: 0 ok, 1 the daemon answered with an error, 2 the daemon "
+            "could not be reached, 64 usage.\n")
 
 
 class UsageError(Exception):

@@ -72,7 +72,7 @@ def run(args: dict[str, Any], ctx: Context) -> int:
 
 
 def _select(args: dict[str, Any]) -> Callable[[dict, Context], int]:
-    for name in ("ping", "stats", "reload", "shutdown", "compile", "get", "tail", "upstream"):
+    for name in ("ping", "stats", "reload", "shutdown", "reopen-logs", "compile", "get", "tail", "upstream"):
         if args.get(name):
             return _COMMANDS[name]
     raise ValueError("no command selected")
@@ -124,6 +124,14 @@ def cmd_stats(args: dict, ctx: Context) -> int:
         ("listeners", ", ".join(f"{n} {state}" for state, n in listeners.items()) or "none"),
         ("connections", f"{conns.get('active', 0)} active, {conns.get('total', 0)} total"),
     ]
+    hits = s.get("floor_hits")
+    if isinstance(hits, dict):
+        pairs.append(("security floor", ", ".join(f"{limit} {n}" for limit, n in sorted(hits.items()))
+                      or "no refusals"))
+    access = s.get("access_log")
+    if isinstance(access, dict):
+        pairs.append(("access log", f"{access.get('destination')}: {access.get('lines', 0)} lines, "
+                                    f"{access.get('dropped', 0)} dropped"))
     ctx.print(render.keyvals(pairs, ctx.tty))
     return EXIT_OK
 
@@ -146,6 +154,17 @@ def cmd_shutdown(args: dict, ctx: Context) -> int:
         return EXIT_OK
     result = ctx.client.call("shutdown")
     ctx.print(render.to_json(result) if ctx.json else "vaned is draining and will exit")
+    return EXIT_OK
+
+
+def cmd_reopen_logs(args: dict, ctx: Context) -> int:
+    result = ctx.client.call("reopen_logs")
+    if ctx.json:
+        ctx.print(render.to_json(result))
+    elif result.get("reopened"):
+        ctx.print(f"reopened {result.get('access_log')}")
+    else:
+        ctx.print("no access log file (VANE_ACCESS_LOG is off)")
     return EXIT_OK
 
 
@@ -306,6 +325,7 @@ _COMMANDS: dict[str, Callable[[dict, Context], int]] = {
     "stats": cmd_stats,
     "reload": cmd_reload,
     "shutdown": cmd_shutdown,
+    "reopen-logs": cmd_reopen_logs,
     "compile": cmd_compile,
     "get": cmd_get,
     "tail": cmd_tail,

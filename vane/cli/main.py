@@ -15,7 +15,7 @@ from typing import Sequence  # noqa: E402
 import gevent  # noqa: E402
 
 import vane  # noqa: E402
-from vane.cli.args import USAGE, UsageError, make_client, parse  # noqa: E402
+from vane.cli.args import COMMANDS, USAGE, UsageError, command_help, make_client, parse  # noqa: E402
 from vane.cli.commands import EXIT_OK, EXIT_USAGE, Context, run  # noqa: E402
 
 __all__ = ["USAGE", "main", "parse"]
@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vane``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     _quiet_ctrl_c()
+    if "--help" in argv or "-h" in argv:
+        command = next((a for a in argv if a in COMMANDS), None)
+        sys.stdout.write(command_help(command) if command is not None else USAGE)
+        return EXIT_OK
     try:
         args = parse(argv)
         if args.get("--http"):

@@ -34,7 +34,7 @@ POLL_TIMEOUT = 0.8
 
 SHELL_HELP = """\
 Commands:
-  ping | stats | reload | shutdown
+  ping | stats | reload | shutdown | reopen-logs
   compile <path> [--config DIR] [--daemon]
   get (config | listeners | connections | metrics | plugins | upstreams | certs)
   tail (flow | log)          follow until Ctrl-C, then back to the prompt
@@ -47,7 +47,7 @@ Add --json to any command for JSON output. Tab completes commands and arguments.
 def completer() -> NestedCompleter:
     """Completion for commands and their arguments."""
     return NestedCompleter.from_nested_dict({
-        "ping": None, "stats": None, "reload": None, "shutdown": None,
+        "ping": None, "stats": None, "reload": None, "shutdown": None, "reopen-logs": None,
         "compile": PathCompleter(expanduser=True),
         "get": {t: None for t in GET_TARGETS},
         "tail": {"flow": None, "log": None},

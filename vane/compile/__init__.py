@@ -22,7 +22,7 @@ from vane.plugins.registry import registry_from_config
 
 from .flows import FlowBuilder, infer_layer
 from .graph import FlowGraph
-from .listen import ListenAddr, ListenError, parse_listen
+from .listen import ListenAddr, ListenError, parse_listen, trusted_proxies_errors
 from .lower import L4_PREDICATE_PREFIXES, CompiledRule, Lowerer, rule_conditions, tls_paths
 from .upstreams import compile_upstreams
 
@@ -100,6 +100,7 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
             continue
         compiled.append(CompiledRule(rs, name, layer, conds, flow, list(addrs),
                                      tls_paths(sources.config_dir, rule.get("tls")), rule.get("priority", 0)))
+    errors.extend(trusted_proxies_errors(sources.config))
     upstreams = compile_upstreams(sources.config, compiled, limits, errors)
     listeners = Lowerer(registry, limits, errors).lower(compiled)
     if errors:

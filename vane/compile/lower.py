@@ -24,7 +24,7 @@ from vane.engine.ops import OpError, compile_op, expand_predicates
 from vane.engine.template import CompiledInput, Limits
 from vane.plugins.registry import Registry
 
-from .listen import ListenAddr
+from .listen import ListenAddr, Trusted, listener_proxy_protocol, mixed_tls_errors
 
 L4_PREDICATE_PREFIXES = ("conn.", "listen.", "tls.", "peek.")
 
@@ -65,6 +65,7 @@ class ListenerPlan:
     root: Node
     rules: list[str] = field(default_factory=list)
     certs: list[tuple[str, str]] = field(default_factory=list)
+    proxy_protocol: Trusted | None = None   # accept_proxy_protocol: the sources that must send a header
 
 
 def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
@@ -130,6 +131,8 @@ class Lowerer:
         if addr.transport == "udp":
             self._check_udp(addr, l4)
         self._check_order(addr, l4 + http, l4)
+        proxy_protocol = listener_proxy_protocol(addr, rules, self._error)
+        mixed_tls_errors(addr, http, self._error)
         key = (addr.transport, tuple(r.name for r in rules))
         root = self._trees.get(key)
         certs = _certs(http)
@@ -138,7 +141,7 @@ class Lowerer:
             tail = self._http_group(label, http, certs) if http else self._deny_l4(label)
             root = self._chain(label, "l4", l4, tail, "/l4")
             self._trees[key] = root
-        return ListenerPlan(addr, root, [r.name for r in l4 + http], certs)
+        return ListenerPlan(addr, root, [r.name for r in l4 + http], certs, proxy_protocol)
 
     def _check_udp(self, addr: ListenAddr, l4: list[CompiledRule]) -> None:
         for rule in l4:

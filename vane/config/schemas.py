@@ -68,6 +68,13 @@ RULE_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"cert": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}},
         },
+        "accept_proxy_protocol": {
+            "type": "object",
+            "required": ["trusted"],
+            "additionalProperties": False,
+            "properties": {"trusted": {"type": "array", "minItems": 1,
+                                       "items": {"type": "string", "minLength": 1}}},
+        },
         "flow": {"$ref": "#/$defs/node"},
     },
     "$defs": {"node": NODE_SCHEMA},
@@ -184,6 +191,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
                            "max_active_per_client": {"type": "integer", "minimum": 1},
                            "response_buffer": {"type": "integer", "minimum": 0}},
         },
+        "trusted_proxies": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "upstreams": {"type": "object", "maxProperties": MAX_GROUPS, "propertyNames": {
             "pattern": GROUP_NAME, "$comment": "a group name is letters, digits, '_', '.' and '-', up to 128"},
                       "additionalProperties": GROUP_SCHEMA},

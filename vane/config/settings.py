@@ -108,6 +108,43 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _access_log(raw: str) -> str | None:
+    """``off`` (or empty) -> None; ``stdout``; else an absolute file path."""
+    value = raw.strip()
+    if value.lower() in ("", "off"):
+        return None
+    if value.lower() == "stdout":
+        return "stdout"
+    if not os.path.isabs(value):
+        raise ValueError(f"expected off, stdout or an absolute file path, got {raw!r}")
+    return value
+
+
+def _access_format(raw: str) -> str:
+    """``combined``, ``json``, or a template of KV keys (parsed in ``from_env``, with the
+    template limits)."""
+    low = raw.strip().lower()
+    if low in ("combined", "json"):
+        return low
+    if "{{" not in raw:
+        raise ValueError(f"expected combined, json or a template with {{{{key}}}} placeholders, got {raw!r}")
+    return raw
+
+
+def _check_access_format(values: dict[str, Any]) -> None:
+    fmt = values.get("access_log_format")
+    if fmt is None or fmt in ("combined", "json"):
+        return
+    from vane.engine.template import Limits, TemplateError, parse
+
+    limits = Limits(values.get("max_template_depth", 5), values.get("max_template_result_size", 65536),
+                    values.get("max_template_parse_nodes", 50))
+    try:
+        parse(fmt, limits)
+    except TemplateError as exc:
+        raise CompileFailed([ConfigError(".env", "", f"VANE_ACCESS_LOG_FORMAT: bad template: {exc}")]) from None
+
+
 # field name -> (env var, parser, default, alias)
 _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     # engine (§4)
@@ -140,7 +177,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "sec_body_idle_timeout": ("VANE_SEC_BODY_IDLE_TIMEOUT_SECS", _float(0.001), 30.0, None),
     "sec_keepalive_timeout": ("VANE_SEC_KEEPALIVE_TIMEOUT_SECS", _float(0.001), 75.0, None),
     "sec_send_timeout": ("VANE_SEC_SEND_TIMEOUT_SECS", _float(0.001), 10.0, None),
-    "sec_tls_handshakes_per_ip": ("VANE_SEC_TLS_HANDSHAKES_PER_IP", _int(1), 10, None),
+    "sec_tls_handshakes_per_ip": ("VANE_SEC_TLS_HANDSHAKES_PER_IP", _int(0), 250, None),
     "sec_h2_max_streams": ("VANE_SEC_H2_MAX_STREAMS", _int(1), 100, None),
     # management (§9)
     "mgmt_unix": ("VANE_MGMT_UNIX", _str, None, None),
@@ -155,6 +192,10 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "log_format": ("VANE_LOG_FORMAT", _choice("text", "json"), "text", None),
     "log_file": ("VANE_LOG_FILE", _str, None, None),
     "flow_log_file": ("VANE_FLOW_LOG_FILE", _str, None, None),
+    "access_log": ("VANE_ACCESS_LOG", _access_log, None, None),
+    "access_log_format": ("VANE_ACCESS_LOG_FORMAT", _access_format, "combined", None),
+    "access_log_flush_ms": ("VANE_ACCESS_LOG_FLUSH_MS", _int(1, 60000), 1000, None),
+    "access_log_buffer_bytes": ("VANE_ACCESS_LOG_BUFFER_BYTES", _int(65536), 1 << 20, None),
 }
 
 
@@ -187,7 +228,7 @@ class Settings:
     sec_body_idle_timeout: float = 30.0
     sec_keepalive_timeout: float = 75.0
     sec_send_timeout: float = 10.0
-    sec_tls_handshakes_per_ip: int = 10
+    sec_tls_handshakes_per_ip: int = 250   # 0: no limit
     sec_h2_max_streams: int = 100
     mgmt_unix: str | None = None
     mgmt_group: str | None = None
@@ -200,6 +241,10 @@ class Settings:
     log_format: str = "text"
     log_file: str | None = None
     flow_log_file: str | None = None
+    access_log: str | None = None
+    access_log_format: str = "combined"
+    access_log_flush_ms: int = 1000
+    access_log_buffer_bytes: int = 1 << 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -226,6 +271,7 @@ class Settings:
             if found.token is None:
                 raise CompileFailed([ConfigError(".env", "", f"VANE_MGMT_HTTP_PUBLIC=1 needs a token ({found.why}): "
                                                  "management over a public address without a token is refused")])
+        _check_access_format(values)
         if values.get("bind_backoff_max_ms", cls.bind_backoff_max_ms) < values.get(
                 "bind_backoff_initial_ms", cls.bind_backoff_initial_ms):
             raise CompileFailed([ConfigError(".env", "", "VANE_BIND_BACKOFF_MAX_MS: must be >= "

@@ -18,7 +18,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from vane.compile import FlowGraph, compile_dir
-from vane.config.errors import CompileFailed
+from vane.config.errors import CompileFailed, ConfigError
 from vane.config.settings import Settings
 from vane.engine.plugin import LinkEnv
 from vane.mgmt.fds import raise_nofile_limit
@@ -85,10 +85,40 @@ class Control:
         raise_nofile_limit()
         graph = self.compile()
         self.link(graph)
+        self.open_access_log()
         self.graph = graph
         self.acknowledged = graph.hash
         self.last_reload = {"time": time.time(), "result": "boot", "error": None}
         return graph
+
+    def open_access_log(self, check_only: bool = False) -> None:
+        """Open VANE_ACCESS_LOG (when set; with ``check_only``, see that it could be opened,
+        creating nothing); an unwritable path is a CompileFailed naming it."""
+        access = self.services.access_log
+        if access is None:
+            return
+        try:
+            access.check() if check_only else access.open()
+        except OSError as exc:
+            raise CompileFailed([ConfigError(".env", "", f"VANE_ACCESS_LOG: cannot open {access.dest} for "
+                                             f"appending: {exc.strerror or exc}")]) from None
+
+    def reopen_logs(self) -> dict:
+        """SIGUSR1 and the ``reopen_logs`` verb: open VANE_ACCESS_LOG again (after logrotate
+        moved it). Raises OSError when it cannot be opened; the old file stays in use."""
+        access = self.services.access_log
+        if access is None:
+            return {"access_log": None, "reopened": False}
+        return access.reopen()
+
+    def _reopen_quietly(self) -> None:
+        try:
+            result = self.reopen_logs()
+        except OSError as exc:
+            log.error("cannot reopen the access log: %s; it goes on in the old file", exc)
+            return
+        if result.get("reopened"):
+            log.info("access log reopened: %s", result["access_log"])
 
     def _boot_health(self) -> None:
         """Exit non-zero if no listener binds within VANE_BOOT_HEALTH_TIMEOUT_SECS."""
@@ -115,6 +145,7 @@ class Control:
         self.watcher = Watcher(self.config_dir, self._reload_quietly, self.settings.reload_debounce_ms)
         self.watcher.start()
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self._reload_quietly))
+        gevent.signal_handler(signal.SIGUSR1, lambda: gevent.spawn(self._reopen_quietly))
         gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(self.drain))
         gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(self.close_now))
 

@@ -114,6 +114,8 @@ class Daemon(Control):
             "listeners": self.server.listener_states(),
             "connections": {"active": len(self.conns), "total": self.conns.total},
             "draining": self.draining, "config_dir": self.config_dir,
+            "access_log": self.services.access_log.stats() if self.services.access_log else None,
+            "floor_hits": dict(self.services.floor.hits),
         }
 
     def get_listeners(self) -> list[dict]:

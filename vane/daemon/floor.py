@@ -43,12 +43,17 @@ class Floor:
         least = min(active)
         return active[self.worker] > least + max(2, least >> 3)
 
-    def hit(self, limit: str, ip: str) -> None:
+    def hit(self, limit: str, ip: str, message: str | None = None) -> None:
+        """Count a refusal by ``limit`` and log it once per (limit, ip) per second; ``message``
+        (with one ``%s`` for the ip) replaces the default line."""
         self.hits[limit] = self.hits.get(limit, 0) + 1
         if self.metrics is not None:
             self.metrics.floor_hit(limit)
-        log_once_per_second((limit, ip), logging.WARNING, "security floor: %s reached for %s", limit, ip,
-                            extra={"limit": limit, "ip": ip})
+        if message is None:
+            log_once_per_second((limit, ip), logging.WARNING, "security floor: %s reached for %s", limit, ip,
+                                extra={"limit": limit, "ip": ip})
+        else:
+            log_once_per_second((limit, ip), logging.WARNING, message, ip, extra={"limit": limit, "ip": ip})
 
     def admit(self, ip: str) -> bool:
         """May a new connection from ``ip`` be accepted? Every admitted connection is
@@ -73,6 +78,10 @@ class Floor:
             self.shared.conns.release(self.worker, ip)
 
     def allow_handshake(self, ip: str | None) -> bool:
+        """May ``ip`` start another TLS handshake this second (VANE_SEC_TLS_HANDSHAKES_PER_IP;
+        0: no limit)?"""
+        if not self.settings.sec_tls_handshakes_per_ip:
+            return True
         ip = ip or ""
         now = self.clock()
         if self.shared is not None:

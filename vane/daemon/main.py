@@ -12,9 +12,10 @@ Options:
   --help         Show this help.
 
 Environment: VANE_* settings (see README), read from the OS environment and <DIR>/.env
-(the OS environment wins). Signals: SIGHUP reloads, SIGTERM drains then exits 0, SIGINT
-closes at once. Documentation: /usr/share/doc/vane/ (README.md, design.md: the contract,
-reference.md: flow-log fields and metrics, troubleshooting.md), or docs/ in the source.
+(the OS environment wins). Signals: SIGHUP reloads, SIGUSR1 reopens the access log
+(VANE_ACCESS_LOG), SIGTERM drains then exits 0, SIGINT closes at once. Documentation:
+/usr/share/doc/vane/ (README.md, design.md: the contract, reference.md: flow-log fields and
+metrics, troubleshooting.md), or docs/ in the source.
 """
 
 from gevent import monkey
@@ -80,6 +81,7 @@ def run(config_dir: str, check: bool = False) -> int:
         try:
             graph = daemon.compile()
             daemon.link(graph)
+            daemon.open_access_log(check_only=True)
         except CompileFailed as exc:
             for err in exc.errors:
                 print(str(err), file=sys.stderr)

@@ -60,6 +60,16 @@ YOUNG = 5.0                # a worker that dies younger than this was "dying you
 BACKOFF_MAX = 30.0
 
 
+def _sum_counts(into: dict | None, row: dict) -> dict:
+    """``row``'s numbers added to ``into``'s (the other fields taken from the first row)."""
+    if into is None:
+        return dict(row)
+    for key, value in row.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            into[key] = into.get(key, 0) + value
+    return into
+
+
 class WorkerSlot:
     """The master's record of worker number ``index``: its current process and channel, and
     what survives its restarts (the restart count, the totals of its past processes)."""
@@ -175,6 +185,8 @@ class Master(Control):
     def boot(self) -> None:
         """Compile, link, fork the spawner, bind, start management, start the workers."""
         graph = self._boot_graph()
+        if self.services.access_log is not None:
+            self.services.access_log.close()   # checked; each worker opens its own
         gc.freeze()  # the boot graph and the libraries: shared copy-on-write with every worker
         self.spawner = Spawner(self._worker_main, self._exited, self._spawner_lost).start()
         self._inherited = inherited_sockets()
@@ -453,6 +465,8 @@ class Master(Control):
     def stats(self) -> dict:
         answers = self.ask_all("stats")
         workers, active, total, requests = [], 0, 0, 0
+        access: dict | None = None
+        floor_hits: dict[str, int] = {}
         for slot in self.slots:
             answer = answers.get(slot)
             if isinstance(answer, dict):
@@ -461,6 +475,10 @@ class Master(Control):
             conns = st.get("connections_total", 0) + slot.past_connections
             reqs = st.get("requests", 0) + slot.past_requests
             active += st.get("connections", 0)
+            if isinstance(st.get("access_log"), dict):
+                access = _sum_counts(access, st["access_log"])
+            if isinstance(st.get("floor_hits"), dict):
+                floor_hits = _sum_counts(floor_hits, st["floor_hits"])
             total += conns
             requests += reqs
             workers.append({"index": slot.index, "pid": slot.pid or None, "generation": slot.generation,
@@ -480,7 +498,7 @@ class Master(Control):
             "workers": workers, "master": {"rss_bytes": rss_bytes(),
                                            "spawner_pid": self.spawner.pid if self.spawner else None,
                                            "spawner_rss_bytes": rss_bytes(self.spawner.pid) if self.spawner else None},
-            "shared_limits_bytes": self.limits.bytes,
+            "shared_limits_bytes": self.limits.bytes, "access_log": access, "floor_hits": floor_hits,
         }
 
     def get_listeners(self) -> list[dict]:
@@ -561,3 +579,15 @@ class Master(Control):
         self.services.flow_log.level = level
         self.ask_all("set_flow_log", level=level)
         return {"level": level}
+
+    def reopen_logs(self) -> dict:
+        """Every worker opens the access log again; OSError naming those that could not."""
+        access = self.services.access_log
+        if access is None:
+            return {"access_log": None, "reopened": False}
+        answers = self.ask_all("reopen_logs")
+        failed = [f"worker {slot.index}: {answer}" for slot, answer in answers.items()
+                  if isinstance(answer, BaseException)]
+        if failed:
+            raise OSError(f"access log {access.dest} not reopened by " + "; ".join(failed))
+        return {"access_log": access.dest, "reopened": True, "workers": len(answers)}

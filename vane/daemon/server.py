@@ -17,6 +17,7 @@ import gevent
 from vane.compile import FlowGraph
 from vane.flow.connection import Connection, admit
 from vane.net.listeners import Listener
+from vane.net.proxy_protocol import ProxyProtocolError, accept_proxied
 from vane.net.sockets import reset
 
 from .services import Services
@@ -126,6 +127,14 @@ class Server:
         past the security floor and hand it to a ``Connection`` with the serving graph."""
         graph = self.graph
         plan = graph.listeners.get(listener.addr) if graph is not None else None
+        if plan is not None and plan.proxy_protocol is not None and not self.draining:
+            try:                 # the client behind a trusted load balancer: from here on it is the peer
+                peer = accept_proxied(sock, peer, plan.proxy_protocol, self.settings.sec_handshake_timeout)
+            except ProxyProtocolError as exc:
+                self.services.floor.hit("proxy_protocol", peer[0], f"listener {listener.addr}: connection from "
+                                                                   f"%s refused: {exc}")
+                reset(sock)
+                return
         if plan is None or self.draining or not self.services.floor.admit(peer[0]):
             if listener.addr.transport != "udp":
                 reset(sock)

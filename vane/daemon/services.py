@@ -2,7 +2,7 @@
 
 ``Services`` is what plugins reach through ``LinkEnv.services``: settings, metrics, the flow
 log, the connection table, the security floor, TLS contexts, the upstream pool and the
-``ratelimit`` stores. One per serving process; a worker inherits the master's at fork and
+``ratelimit`` stores, the access log. One per serving process; a worker inherits the master's at fork and
 then owns its copy (the limits in ``shared_limits`` are the only state workers share).
 """
 
@@ -14,10 +14,12 @@ import gevent
 from gevent.event import Event
 
 from vane.compile import FlowGraph
+from vane.compile.listen import Trusted, trusted_of
 from vane.config.settings import Settings
 from vane.flow.connection import ConnTable
 from vane.net.parking import Parking
 from vane.net.upstream.registry import UpstreamRegistry
+from vane.observe import accesslog
 from vane.observe.flowlog import FlowLog
 from vane.observe.metrics import Metrics
 
@@ -47,6 +49,7 @@ class Services:
         self.metrics = metrics
         self.flow_log = flow_log
         self.conns = conns
+        self.access_log = accesslog.from_settings(settings, off_hub)   # None when off; opened at boot
         self.floor = Floor(settings, conns, metrics)
         self._tls_cache = None
         self.parking = Parking()
@@ -58,6 +61,7 @@ class Services:
         self._local_buckets: Any = None
         self.upstreams = UpstreamRegistry(metrics)  # upstream groups: health and admin state across reloads
         self._graph: FlowGraph | None = None
+        self.trusted_proxies: Trusted | None = None   # config.json trusted_proxies (req.client_ip)
 
     @property
     def graph(self) -> FlowGraph | None:
@@ -69,6 +73,7 @@ class Services:
         self._graph = graph
         if graph is not None:
             self.upstreams.serve(graph)     # on the hub, before any request sees the graph
+            self.trusted_proxies = trusted_of(graph.sources.config.get("trusted_proxies"))
 
     @property
     def tls_cache(self) -> Any:
@@ -107,6 +112,8 @@ class Services:
         """The process is ending: close upstream and store connections."""
         if self._pool is not None:
             self._pool.close()
+        if self.access_log is not None:
+            self.access_log.close()
         self.upstreams.close()
         for store in self._ratelimit_stores.values():
             store.close()

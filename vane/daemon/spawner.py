@@ -95,7 +95,7 @@ class _Spawning:
         self.peer = Peer(Channel(sock), {"spawn": self.spawn}, on_close=self.done.set, name="spawner", inline=True)
 
     def run(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_IGN)   # the master decides; a terminal's ^C reaches it too
         self.peer.start()
         self.done.wait()

@@ -76,6 +76,7 @@ class Worker:
             "upstream_groups": services.upstreams.snapshot, "set_upstream": self.set_upstream,
             "flush_metrics": self.flush_metrics, "forward": self.forward,
             "set_flow_log": self.set_flow_log, "drain": self.drain, "close_now": self.close_now,
+            "reopen_logs": self.reopen_logs,
         }, on_close=self._master_gone, name=f"worker {index}")
 
     def run(self) -> int:
@@ -86,7 +87,9 @@ class Worker:
         self.services.floor.share(self.services.shared_limits, self.index)
         gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(self.drain))
         gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(self.close_now))
+        gevent.signal_handler(signal.SIGUSR1, lambda: gevent.spawn(self._reopen_quietly))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self._open_access_log()
         self.server.swap(self.boot_graph)
         self.peer.start()
         self.peer.notify("ready", {"pid": os.getpid(), "hash": self.boot_graph.hash})
@@ -148,6 +151,7 @@ class Worker:
                 "listeners": {lst.label: {"accepted": lst.accepted, "connections": len(conns.of_listener(lst))}
                               for lst in server.listeners.values()},
                 "floor_hits": dict(self.services.floor.hits), "rss_bytes": rss_bytes(),
+                "access_log": self.services.access_log.stats() if self.services.access_log else None,
                 "draining": server.draining}
 
     def set_upstream(self, group: str, backend: str, action: str) -> dict:
@@ -155,6 +159,35 @@ class Worker:
             return self.services.upstreams.set_state(group, backend, action)
         except LookupError as exc:      # the operator named what this graph has not: an answer
             raise CallFailed("not_found", str(exc)) from None
+
+    # -- the access log ----------------------------------------------------------------------------
+
+    def _open_access_log(self) -> None:
+        """Open the access log afresh: the descriptor boot opened may name a file logrotate
+        has moved since (a worker replaced later)."""
+        access = self.services.access_log
+        if access is None:
+            return
+        try:
+            access.open()
+        except OSError as exc:
+            log.error("cannot open the access log %s: %s; its lines are dropped until `vane reopen-logs` "
+                      "succeeds", access.dest, exc)
+
+    def reopen_logs(self) -> dict:
+        access = self.services.access_log
+        if access is None:
+            return {"access_log": None, "reopened": False}
+        if access.fd is None:
+            access.open()
+            return {"access_log": access.dest, "reopened": True}
+        return access.reopen()
+
+    def _reopen_quietly(self) -> None:
+        try:
+            self.reopen_logs()
+        except OSError as exc:
+            log.error("cannot reopen the access log: %s; it goes on in the old file", exc)
 
     def recent_flow(self, n: int) -> list[dict]:
         return self.services.flow_log.recent(n)

@@ -109,16 +109,22 @@ class HttpService:
             resp = failure_response(rctx, outcome)
         return resp, rctx
 
-    def finished(self, rctx: L7Context, resp: Response, sent: int, aborted: bool = False) -> None:
-        """Metrics and the flow-log entry of one request whose answer went out (or broke off)."""
+    def finished(self, rctx: L7Context, resp: Response, sent: int, aborted: bool = False,
+                 body_sent: int | None = None) -> None:
+        """The access-log line, metrics and the flow-log entry of one request whose answer went
+        out (or broke off): ``sent`` bytes in all, ``body_sent`` of them its body (all of them
+        when None)."""
         seconds = time.perf_counter() - rctx.started
-        rctx.kv.set_lazy(None)  # break the context <-> KV cycle: the request is freed at once, not by the GC
+        now = time.time()
         services = self.services
+        access = services.access_log
+        if access is not None:
+            access.request(rctx, resp.status, sent if body_sent is None else body_sent, seconds, now)
+        rctx.kv.set_lazy(None)  # break the context <-> KV cycle: the request is freed at once, not by the GC
         services.metrics.request(rctx.rule, resp.status, seconds)
         traj = rctx.trajectory
         req = rctx.request
         conn = self.conn
-        now = time.time()
         services.flow_log.record(LazyEntry(
             now, _l7_entry, traj, now, rctx.conn_id, rctx.seq, conn.listener.label, resp.status, req.method,
             req.host, req.path, req.version, conn.peer, req.body.length or 0, sent,
@@ -213,7 +219,7 @@ class H1Session:
                 service.finished(rctx, resp, 0, aborted=True)
             return False
         if rctx is not None:
-            service.finished(rctx, resp, sent)
+            service.finished(rctx, resp, sent, body_sent=max(0, sent - codec.head_out))
         if codec.keep_alive:
             return True
         if codec.unread_input():
@@ -247,7 +253,7 @@ class H1Session:
             except (AttributeError, OSError):
                 pass
         relay(client, upstream, idle, counters, client_prefix=rest, upstream_prefix=client_rest)
-        self.service.finished(rctx, resp, sent)
+        self.service.finished(rctx, resp, sent, body_sent=0)
         return False
 
     # -- parking ---------------------------------------------------------------------------------

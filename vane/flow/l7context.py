@@ -18,6 +18,8 @@ from vane.net.http.errors import HttpError
 from vane.net.http.message import Body, BodyTooLarge, Headers, Request, Response
 from vane.net.http.status import plain_response
 
+from .realip import client_ip
+
 MAX_PARSED_ITEMS = 256  # cookies / query args parsed per request
 
 
@@ -27,7 +29,7 @@ class L7Context(Context):
     (a failure status, a tunnel a terminator opened)."""
 
     __slots__ = ("l4", "conn", "request", "response", "services", "settings", "started", "tunnel",
-                 "fail_status", "response_edits", "_cookies", "_args", "seq")
+                 "fail_status", "response_edits", "_cookies", "_args", "seq", "upstream", "upstream_secs")
 
     def __init__(self, l4: Any, request: Request, services: Any, settings: Any, seq: int = 0) -> None:
         kv = l4.kv.child(self._lazy)
@@ -47,6 +49,8 @@ class L7Context(Context):
         self._cookies: dict[str, str] | None = None
         self._args: dict[str, str] | None = None
         self.seq = seq                    # the request's number on its connection (HTTP/2: stream id)
+        self.upstream: str | None = None  # the backend that answered (access log)
+        self.upstream_secs: float | None = None  # from sending the request upstream to its response head
 
     @property
     def request_id(self) -> str:
@@ -80,6 +84,8 @@ class L7Context(Context):
             return self._args.get(name[4:])
         if name == "body":
             return self.read_body(req.body).decode("utf-8", "replace")
+        if name == "client_ip":
+            return client_ip(self.kv.get("conn.ip") or "", req.headers, getattr(self.services, "trusted_proxies", None))
         return None
 
     def _res(self, key: str) -> str | None:

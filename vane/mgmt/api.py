@@ -95,3 +95,8 @@ class DaemonAPI(Protocol):
     def set_flow_log(self, level: str) -> dict:
         """level "trajectory"|"debug"; returns {"level": level}."""
         ...
+
+    def reopen_logs(self) -> dict:
+        """Open the access log file again (every worker): {"access_log": path or None,
+        "reopened": bool}; raises OSError when the path cannot be opened."""
+        ...

@@ -143,6 +143,13 @@ def _set_upstream(d: DaemonAPI, a: dict) -> dict:
         raise MgmtError(BAD_REQUEST, f"set_upstream: {e.args[0] if e.args else e}") from None
 
 
+def _reopen_logs(d: DaemonAPI, a: dict) -> dict:
+    try:
+        return d.reopen_logs()
+    except OSError as e:
+        raise MgmtError(UNAVAILABLE, f"reopen_logs: {e}") from None
+
+
 def _listed(key: str, method: str) -> Callable[[DaemonAPI, dict], dict]:
     def handler(d: DaemonAPI, a: dict) -> dict:
         return {key: getattr(d, method)()}
@@ -174,6 +181,7 @@ _VERBS = [
          (Arg("level", str, required=True, choices=("trajectory", "debug")),)),
     Verb("tail_flow", _tail_flow, (Arg("backlog", int, default=0, min=0, max=1000),), stream=True),
     Verb("tail_log", _tail_log, stream=True),
+    Verb("reopen_logs", _reopen_logs, help="open the access log file again, after logrotate moved it (as SIGUSR1)"),
 ]
 VERBS: dict[str, Verb] = {v.name: v for v in _VERBS}
 

@@ -1,13 +1,19 @@
 """PROXY protocol v1 (text) and v2 (binary) headers, as HAProxy specifies them (DESIGN.md §6).
 
 The L4 ``proxy`` terminator sends one before the first byte to an upstream that asked for
-``proxy_protocol``; ``parse`` reads either version back (inbound headers and tests).
+``proxy_protocol``; ``parse`` reads either version back, and ``read_header`` takes one off
+an accepted connection whose listener has ``accept_proxy_protocol``.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+
+import gevent
+
+from .dial import unmapped
+from .peek import peek
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_PREFIX = b"PROXY "
@@ -156,3 +162,46 @@ def _parse_v2(data: bytes) -> tuple[int, Address | None, Address | None] | None:
         raise ProxyProtocolError("v2 address block too short")
     sraw, draw, sport, dport = addr.unpack_from(data, 16)
     return total, (socket.inet_ntop(af, sraw), sport), (socket.inet_ntop(af, draw), dport)
+
+
+MAX_HEADER = 4096   # an inbound v2 header (TLVs included) longer than this is refused
+
+
+def read_header(sock: socket.socket, timeout: float) -> tuple[Address | None, Address | None]:
+    """Consume the PROXY header (v1 or v2) a connection starts with, and nothing after it:
+    (source, destination), both None for ``LOCAL``/``UNKNOWN``. Raises ``ProxyProtocolError``
+    when the connection does not start with a complete, valid header within ``timeout``."""
+    def decided(data: bytes) -> bool:
+        try:
+            return parse(data) is not None
+        except ProxyProtocolError:
+            return True
+
+    data = peek(sock, MAX_HEADER, timeout, want=decided)
+    if not data:
+        raise ProxyProtocolError("no PROXY header before the timeout or the end of the connection")
+    parsed = parse(data)
+    if parsed is None:
+        raise ProxyProtocolError("incomplete PROXY header")
+    total, src, dst = parsed
+    left = total
+    with gevent.Timeout(timeout, ProxyProtocolError("PROXY header read timed out")):
+        while left:
+            chunk = sock.recv(left)     # queued already (it was peeked): never waits in practice
+            if not chunk:
+                raise ProxyProtocolError("connection closed inside the PROXY header")
+            left -= len(chunk)
+    return src, dst
+
+
+
+def accept_proxied(sock: socket.socket, peer: tuple, trusted: object, timeout: float) -> tuple:
+    """The client's address of a connection accepted on a listener with ``accept_proxy_protocol``:
+    the source its trusted sender put in the PROXY header (the sender's own address for
+    ``LOCAL``, e.g. a load balancer's health check). Raises ``ProxyProtocolError`` for a
+    source that is not trusted (it is refused whatever it sends) and for a trusted one whose
+    connection does not start with a valid header."""
+    if unmapped(peer[0]) not in trusted:      # type: ignore[operator]
+        raise ProxyProtocolError("not a trusted source of PROXY headers (accept_proxy_protocol.trusted)")
+    src, _dst = read_header(sock, timeout)
+    return peer if src is None else (unmapped(src[0]), src[1])

@@ -89,7 +89,8 @@ class H1ServerConnection:
     __slots__ = ("stream", "limits", "scheme", "requests", "bytes_in", "bytes_out", "_parser", "_io", "_ready",
                  "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
                  "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_upgrade",
-                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop")
+                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop",
+                 "head_out")
 
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
                  scheme: str = "http") -> None:
@@ -99,6 +100,7 @@ class H1ServerConnection:
         self.requests = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.head_out = 0           # the bytes of the last response's head (the rest was its body)
         self._parser = HttpRequestParser(self)
         self._io = StreamIO(stream)
         self._ready: list[tuple[Request, int]] = []  # pipelined requests parsed ahead, in order
@@ -247,6 +249,7 @@ class H1ServerConnection:
                 lines += 1
         parts.append(CRLF)
         head = b"".join(parts)
+        self.head_out = len(head)
         if head.count(b"\n") != lines or head.count(b"\r") != lines:
             # a CR or LF inside a name or value (set by a plugin): drop those fields
             resp.headers.items_ = [(k, v) for k, v in resp.headers.items_

@@ -17,6 +17,8 @@ safe retries on another backend, passive health); with no backend available the 
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
 from vane.net.http.errors import UpstreamError
@@ -50,6 +52,7 @@ class L7Proxy(Terminator):
         headers = upstream_headers(req, ip, opts)
         label = opts.label
         websocket = opts.websocket and req.upgrade == "websocket"
+        t0 = perf_counter()
         try:
             if opts.group is not None:
                 resp, conn, backend = exchange_balanced(self.pool, req, opts, headers, ip or None,
@@ -67,7 +70,7 @@ class L7Proxy(Terminator):
                     strip_response(resp, keep_upgrade=True)
                     ctx.response = resp
                     ctx.tunnel = (*tunnel, opts.tunnel_idle)
-                    return self._done(ctx, label)
+                    return self._done(ctx, label, t0)
             elif conn.body_cut is not None:
                 ctx.trajectory.note_error(f"upstream {label} answered {resp.status} before taking "
                                           f"the whole request body ({conn.body_cut})")
@@ -81,10 +84,12 @@ class L7Proxy(Terminator):
         except UpstreamError as exc:        # the backend broke off before the client got a byte
             return ctx.respond_status(exc.status)
         ctx.response = resp
-        return self._done(ctx, label)
+        return self._done(ctx, label, t0)
 
     @staticmethod
-    def _done(ctx, label):
+    def _done(ctx, label, t0):
+        ctx.upstream = label
+        ctx.upstream_secs = perf_counter() - t0
         conn = ctx.conn
         if conn is not None:
             conn.upstream = label

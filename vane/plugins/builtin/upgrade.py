@@ -1,6 +1,7 @@
 """``upgrade`` (DESIGN.md §6): a layer transition; the walk goes on at ``output.next``.
 
-``tls``: terminate TLS with the node's certificates (contexts built when the graph is linked,
+``tls``: terminate TLS with the node's certificates (relative paths resolve against the config
+dir; contexts built when the graph is linked,
 taken from the daemon-scoped cache so session tickets survive reloads); the next layer is
 ``l4+`` with the negotiated ``tls.*`` keys. ``http``: serve HTTP/1.1 or HTTP/2 on the stream;
 every request walks ``next`` with its own L7 context.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from vane.config.load import resolve_path
 from vane.engine.outcome import FINISHED, ServeHttp
 from vane.engine.outcome import Upgrade as UpgradeOutcome
 from vane.engine.plugin import LinkEnv, Terminator
@@ -27,7 +29,8 @@ class Upgrade(Terminator):
         if self.protocol == "tls":
             from vane.net.tls.server import ServerTLS
             services = env.services
-            certs = [(c["cert"], c["key"]) for c in raw["certs"]]
+            here = env.config_dir or "."      # relative paths resolve against the config dir
+            certs = [(resolve_path(here, c["cert"]), resolve_path(here, c["key"])) for c in raw["certs"]]
             self.tls = ServerTLS(certs, tuple(raw.get("alpn") or ("h2", "http/1.1")),
                                  cache=services.tls_cache if services is not None else None,
                                  handshake_timeout=env.settings.sec_handshake_timeout)
