@@ -309,7 +309,9 @@ def serve_h2(service: HttpService, scheme: str) -> None:
                       max_header_count=settings.sec_max_header_count,
                       header_timeout=settings.sec_header_timeout,
                       body_idle_timeout=settings.sec_body_idle_timeout,
-                      send_timeout=settings.sec_send_timeout)
+                      send_timeout=settings.sec_send_timeout,
+                      stream_buffer=settings.sec_h2_stream_window,
+                      connection_window=settings.sec_h2_connection_window)
     codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished, inline=inline)
     watcher = gevent.spawn(_goaway_on_drain, service.services.draining, codec)
     try:

@@ -64,8 +64,8 @@ class H2Limits:
     idle_timeout: float = 300.0        # no open stream for this long: GOAWAY and close
     body_idle_timeout: float = 30.0    # a request body that does not move for this long
     send_timeout: float = 10.0         # a response the client grants no window for this long
-    stream_buffer: int = 65536         # per-stream inbound buffer = advertised stream window
-    connection_window: int = 1 << 20   # inbound window shared by all streams of the connection
+    stream_buffer: int = 1 << 20       # request body bytes held per stream = its receive window
+    connection_window: int = 4 << 20   # and per connection, shared by all its streams
 
 
 _BODY_TO_COME = Body.empty()    # a placeholder, replaced by the stream's body at once
