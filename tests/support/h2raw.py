@@ -82,6 +82,9 @@ class RawH2:
         if isinstance(event, h2.events.ResponseReceived):
             headers = dict(event.headers)
             self.responses.setdefault(sid, {})["status"] = int(headers[b":status"])
+        elif isinstance(event, h2.events.InformationalResponseReceived):
+            r = self.responses.setdefault(sid, {})
+            r.setdefault("informational", []).append(int(dict(event.headers)[b":status"]))
         elif isinstance(event, h2.events.DataReceived):
             r = self.responses.setdefault(sid, {})
             r["body"] = r.get("body", b"") + event.data
@@ -118,7 +121,8 @@ class RawH2:
         return sid
 
     def answer(self, sid: int, seconds: float = 5.0) -> dict[str, Any]:
-        """The stream's outcome: ``status``/``body``/``ended`` or ``reset`` (error code)."""
+        """The stream's outcome: ``status``/``body``/``ended`` or ``reset`` (error code), and
+        the ``informational`` (1xx) statuses before the answer."""
         self.pump(lambda: self.responses.get(sid, {}).get("ended") or "reset" in self.responses.get(sid, {}),
                   seconds)
         return self.responses.get(sid, {})

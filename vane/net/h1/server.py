@@ -30,7 +30,7 @@ from vane.net.h1.framing import (
     write_body,
 )
 from vane.net.http.errors import ClientDisconnected, HttpError
-from vane.net.http.message import HOP_OR_FORWARDING, Headers, Request, Response
+from vane.net.http.message import HOP_OR_FORWARDING, Headers, Request, Response, expects_continue
 from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
 from vane.net.stream import Stream
@@ -513,7 +513,7 @@ class H1ServerConnection:
                 self._te = value
                 self._hop = True
             elif kind == _EXPECT:
-                self._expect = value.lower() == b"100-continue"
+                self._expect = expects_continue(value)
             else:
                 self._upgrade = self._hop = True
         hlist.append((name, value))

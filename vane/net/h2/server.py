@@ -43,7 +43,7 @@ from vane.net.h2.protocol import (
 )
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.message import Body, HeaderList, Request, Response
+from vane.net.http.message import Body, HeaderList, Request, Response, expects_continue
 from vane.net.http.status import plain_response
 from vane.net.sockets import set_nodelay
 from vane.net.tunnel import linger
@@ -79,7 +79,7 @@ class _ServerStream(StreamState):
     """A request stream: its protocol state, its body as received, and its waiters."""
 
     __slots__ = ("length", "received", "chunks", "buffered", "ended", "reset", "trailers", "body",
-                 "discard", "data_ev", "win_ev", "headers_sent")
+                 "discard", "data_ev", "win_ev", "headers_sent", "continue_due")
 
     def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
         super().__init__(stream_id, send_window, recv_window)
@@ -95,6 +95,7 @@ class _ServerStream(StreamState):
         self.data_ev: Event | None = None  # body data / end / reset, for the consumer (made on demand)
         self.win_ev: Event | None = None   # flow-control window opened, for the sender (made on demand)
         self.headers_sent = False
+        self.continue_due = False        # the client waits for 100 (Continue) before its body
 
     def wake(self) -> None:
         if self.data_ev is not None:
@@ -308,6 +309,7 @@ class H2ServerConnection:
             st.ended = True
             body = request.body
         else:
+            st.continue_due = expects_continue(request.headers.getb(b"expect"))
             body = Body(self._body_chunks(st), length, close=lambda: self._discard(st))
             request.body = body
         st.body = body
@@ -415,6 +417,8 @@ class H2ServerConnection:
         timeout = self._limits.body_idle_timeout
         proto = self._proto
         out = self._out
+        if st.continue_due:
+            self._send_continue(st)
         while True:
             if st.chunks:
                 chunk = st.chunks.popleft()
@@ -434,6 +438,18 @@ class H2ServerConnection:
                 st.data_ev.clear()
             if not st.data_ev.wait(timeout):
                 raise HttpError(408, "request body timed out")
+
+    def _send_continue(self, st: _ServerStream) -> None:
+        """The flow reads the body the client holds back for ``Expect: 100-continue``: ask
+        for it (RFC 9110 §10.1.1), unless some of it came anyway."""
+        st.continue_due = False
+        if st.chunks or st.ended or st.reset is not None or self._closed or st.headers_sent:
+            return
+        try:
+            self._proto.send_headers(st, [(b":status", b"100")], False)
+        except StreamClosed:
+            return
+        self._out.flush_soon()
 
     def _discard(self, st: _ServerStream) -> None:
         if st.discard:

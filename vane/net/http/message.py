@@ -255,6 +255,12 @@ class Response:
 
 
 # RFC 9110 §7.6.1 plus the legacy names every proxy strips.
+def expects_continue(expect: bytes | None) -> bool:
+    """Whether a request's ``Expect`` value asks for ``100 (Continue)`` before the body
+    (RFC 9110 §10.1.1). Every codec answers it when the flow first reads the body."""
+    return expect is not None and expect.strip().lower() == b"100-continue"
+
+
 HOP_BY_HOP: frozenset[bytes] = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"proxy-authenticate", b"proxy-authorization",
