@@ -30,6 +30,7 @@ from vane.net.h1.framing import (
     write_body,
 )
 from vane.net.http.errors import ClientDisconnected, HttpError
+from vane.net.http.limits import check_field_count, check_target_length
 from vane.net.http.message import HOP_OR_FORWARDING, Headers, Request, Response, expects_continue
 from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
@@ -77,6 +78,7 @@ class H1Limits:
     body_idle_timeout: float = 30.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 10.0          # a response write during which the client takes nothing
+    max_uri_bytes: int = 8192           # the request target (414 past it)
 
 
 IDLE = Request("", "")  # next_request(idle=...): no request yet, nothing consumed
@@ -484,6 +486,7 @@ class H1ServerConnection:
     def on_url(self, url: bytes) -> None:
         self._in_head = True
         self._url += url
+        check_target_length(len(self._url), self.limits.max_uri_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -493,8 +496,7 @@ class H1ServerConnection:
             if body is not None:
                 if body.trailers is None:
                     body.trailers = []
-                if len(body.trailers) >= self.limits.max_header_count:
-                    raise HttpError(431, "too many trailer fields")
+                check_field_count(len(body.trailers) + 1, self.limits.max_header_count, "trailer")
                 body.trailers.append((name, value))
             return
         kind = _REQ_SPECIAL.get(name)
@@ -526,8 +528,7 @@ class H1ServerConnection:
             self._synthetic = False
             return
         limits = self.limits
-        if len(hlist) > limits.max_header_count:
-            raise HttpError(431, "too many header fields")
+        check_field_count(len(hlist), limits.max_header_count)
         if self._head_spanned or self._feed_len > limits.max_header_bytes:
             size = len(url) + 4 * len(hlist)
             for k, v in hlist:

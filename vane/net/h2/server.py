@@ -60,6 +60,7 @@ class H2Limits:
     max_concurrent_streams: int = 100
     max_header_list_size: int = 65536
     max_header_count: int = 100        # fields per header block (431 on the stream past it)
+    max_uri_bytes: int = 8192          # :path length (414 on the stream past it)
     header_timeout: float = 30.0       # until the first request has arrived
     idle_timeout: float = 300.0        # no open stream for this long: GOAWAY and close
     body_idle_timeout: float = 30.0    # a request body that does not move for this long
@@ -296,7 +297,8 @@ class H2ServerConnection:
             return
         try:
             request, length = request_head(fields, self._scheme, self._limits.max_header_count,
-                                           Body.empty() if ended else _BODY_TO_COME)
+                                           Body.empty() if ended else _BODY_TO_COME,
+                                           self._limits.max_uri_bytes)
         except HttpError as exc:
             self._reject(st, exc, ended)
             return
