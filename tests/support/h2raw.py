@@ -89,6 +89,8 @@ class RawH2:
             r = self.responses.setdefault(sid, {})
             r["body"] = r.get("body", b"") + event.data
             self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+        elif isinstance(event, h2.events.TrailersReceived):
+            self.responses.setdefault(sid, {})["trailers"] = list(event.headers)
         elif isinstance(event, h2.events.StreamEnded):
             self.responses.setdefault(sid, {})["ended"] = True
         elif isinstance(event, h2.events.StreamReset):
@@ -121,8 +123,8 @@ class RawH2:
         return sid
 
     def answer(self, sid: int, seconds: float = 5.0) -> dict[str, Any]:
-        """The stream's outcome: ``status``/``body``/``ended`` or ``reset`` (error code), and
-        the ``informational`` (1xx) statuses before the answer."""
+        """The stream's outcome: ``status``/``body``/``trailers``/``ended`` or ``reset`` (error
+        code), and the ``informational`` (1xx) statuses before the answer."""
         self.pump(lambda: self.responses.get(sid, {}).get("ended") or "reset" in self.responses.get(sid, {}),
                   seconds)
         return self.responses.get(sid, {})

@@ -52,9 +52,9 @@ _METHODS = {m.encode(): m for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 # Request headers the parser callbacks look at (everything else is only stored).
-_HOST, _CL, _TE, _EXPECT, _UPGRADE, _HOP = 1, 2, 3, 4, 5, 6
+_HOST, _CL, _TE, _EXPECT, _UPGRADE, _HOP, _ACCEPT_TE = 1, 2, 3, 4, 5, 6, 7
 _REQ_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE,
-                b"expect": _EXPECT, b"upgrade": _UPGRADE}
+                b"expect": _EXPECT, b"upgrade": _UPGRADE, b"te": _ACCEPT_TE}
 for _name in HOP_OR_FORWARDING:
     _REQ_SPECIAL.setdefault(_name, _HOP)    # noted so forwarding can skip filtering without them
 
@@ -65,7 +65,7 @@ _RESP_SPECIAL = {b"content-length": _OUT_CL, b"transfer-encoding": _OUT_DROP,
                  b"connection": _OUT_DROP, b"keep-alive": _OUT_DROP, b"date": _OUT_DATE}
 
 # Per-request flags kept beside the Request in the ready queue.
-_F_KEEP, _F_EXPECT, _F_UPGRADE = 1, 2, 4
+_F_KEEP, _F_EXPECT, _F_UPGRADE, _F_TRAILERS = 1, 2, 4, 8
 
 
 @dataclass
@@ -90,7 +90,7 @@ class H1ServerConnection:
     # slots: ten thousand idle keep-alive connections each keep one of these
     __slots__ = ("stream", "limits", "scheme", "requests", "bytes_in", "bytes_out", "_parser", "_io", "_ready",
                  "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
-                 "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_upgrade",
+                 "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_trailers", "_upgrade",
                  "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop")
 
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
@@ -120,6 +120,7 @@ class H1ServerConnection:
         self._cl: bytes | None = None
         self._te: bytes | None = None
         self._expect = False
+        self._trailers = False      # the client accepts trailers (``TE: trailers``)
         self._upgrade = False
         self._hop = False           # the message holds hop-by-hop or forwarding fields
         self._chunk_wire = 0
@@ -184,15 +185,17 @@ class H1ServerConnection:
 
         Framing and connection headers in ``resp.headers`` are replaced by the codec's own
         (Content-Length from ``body.length``, else chunked for HTTP/1.1, else close-delimited);
-        HEAD, 1xx, 204 and 304 answers carry no body; trailers are not sent. Raises OSError if
+        HEAD, 1xx, 204 and 304 answers carry no body; a chunked body ends with its trailers
+        when the request said ``TE: trailers``, else they are dropped. Raises OSError if
         the client is gone; an exception from the body iterator aborts the response (the
         connection must then be closed).
         """
         status = resp.status
         body = resp.body
         if request is None:
-            self._keep = v10 = head_req = False
+            self._keep = v10 = head_req = trailers = False
         else:
+            trailers = bool(self._flags & _F_TRAILERS)
             v10 = request.version == "1.0"
             head_req = request.method == "HEAD"
             if self._keep:
@@ -223,7 +226,7 @@ class H1ServerConnection:
             elif head_req and status != 304 and length is not None:
                 parts.append(b"content-length: %d\r\n" % length)
                 lines += 1
-        elif length is not None:
+        elif length is not None and not (trailers and body.trailers and not v10):
             parts.append(b"content-length: %d\r\n" % length)
             lines += 1
             send_body = length > 0
@@ -261,7 +264,7 @@ class H1ServerConnection:
             self.bytes_out += len(head)
             return len(head)
         try:
-            sent = write_body(self._io, head, body, chunked, self.limits.send_timeout)
+            sent = write_body(self._io, head, body, chunked, self.limits.send_timeout, chunked and trailers)
         except BaseException:
             self._keep = False
             raise
@@ -516,6 +519,9 @@ class H1ServerConnection:
                 self._hop = True
             elif kind == _EXPECT:
                 self._expect = expects_continue(value)
+            elif kind == _ACCEPT_TE:
+                self._trailers = self._trailers or _accepts_trailers(value)
+                self._hop = True
             else:
                 self._upgrade = self._hop = True
         hlist.append((name, value))
@@ -583,6 +589,8 @@ class H1ServerConnection:
             body = NO_BODY
         if self._expect:
             flags |= _F_EXPECT
+        if self._trailers:
+            flags |= _F_TRAILERS
         upgrade = None
         if (self._upgrade or method == "CONNECT") and parser.should_upgrade():
             flags |= _F_UPGRADE
@@ -618,10 +626,15 @@ class H1ServerConnection:
         """Parse state for the next message (after the trailers of this one, if any)."""
         self._hlist = []
         self._host = self._cl = self._te = None
-        self._expect = self._upgrade = self._hop = False
+        self._expect = self._upgrade = self._hop = self._trailers = False
 
     # ------------------------------------------------------------------ writing
 
+
+
+def _accepts_trailers(te: bytes) -> bool:
+    """``TE`` lists ``trailers`` (RFC 9110 §10.1.4)."""
+    return any(part.split(b";", 1)[0].strip().lower() == b"trailers" for part in te.split(b","))
 
 
 def _offers_websocket(hlist: list[tuple[bytes, bytes]]) -> bool:

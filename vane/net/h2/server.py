@@ -27,7 +27,6 @@ from vane.net.h2.common import (
     H2Output,
     StreamGone,
     response_header_block,
-    trailer_block,
 )
 from vane.net.h2.protocol import (
     CANCEL,
@@ -43,7 +42,7 @@ from vane.net.h2.protocol import (
 )
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.message import Body, HeaderList, Request, Response, expects_continue
+from vane.net.http.message import Body, HeaderList, Request, Response, expects_continue, trailer_fields
 from vane.net.http.status import plain_response
 from vane.net.sockets import set_nodelay
 from vane.net.tunnel import linger
@@ -530,7 +529,7 @@ class H2ServerConnection:
             body.close()
             self._send_headers(st, headers, True)
             return 0
-        if body.is_buffered:
+        if body.is_buffered and not body.trailers:
             data = body.read_all(body.length or 0)
             self._send_headers(st, headers, not data)
             if data:
@@ -549,7 +548,7 @@ class H2ServerConnection:
         self._check(st)
         try:
             if trailers:
-                self._encode_headers(st, trailer_block(trailers), True)
+                self._encode_headers(st, trailer_fields(trailers), True)
             else:
                 self._proto.end_stream(st)
         except StreamClosed:
