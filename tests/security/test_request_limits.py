@@ -7,6 +7,8 @@ past its length, however the target arrives (one read or trickled), before it re
 
 from __future__ import annotations
 
+import json
+
 import gevent
 import pytest
 
@@ -124,3 +126,40 @@ def test_the_limit_setting_is_checked_at_boot(lab):
     assert "VANE_SEC_MAX_URI_BYTES" in d.stderr and "Traceback" not in d.stderr
 
 
+
+
+# -- an HTTP/2 header block past VANE_SEC_MAX_HEADER_BYTES ---------------------------------------
+
+@pytest.fixture
+def small_headers(lab, backend):
+    port = free_port()
+    d = lab.vaned({"r.json": {"rule": "site", "listen": [f"127.0.0.1:{port}"],
+                              "flow": {"proxy": {"input": {"upstream": backend.url}}}}},
+                  env={"VANE_SEC_MAX_HEADER_BYTES": "4096"})
+    d.wait_listening(port)
+    return port, backend, d
+
+
+def test_h2_header_block_past_the_limit_is_431_and_the_rest_goes_on(small_headers):
+    port, backend, d = small_headers
+    client = RawH2(port)
+    head = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"site.test")]
+    try:
+        upload = client.request(head + [(b":path", b"/hash")], b"first half ", end=False)
+        # the client indexes these fields in HPACK's table as it sends them
+        big = client.request([(b":method", b"GET"), (b":scheme", b"http"),
+                                         (b":authority", b"site.test"), (b":path", b"/headers")]
+                             + [(b"x-a%d" % i, b"v" * 500) for i in range(10)])
+        assert client.answer(big).get("status") == 431
+        client.conn.send_data(upload, b"second half", end_stream=True)
+        client.flush()
+        done = client.answer(upload)
+        # a later block refers to fields of the one refused: vaned's table is in step
+        again = client.answer(client.get(b"/headers", extra=[(b"x-a9", b"v" * 500)]))
+    finally:
+        client.close()
+    assert client.goaway is None
+    assert done.get("status") == 200 and json.loads(done["body"])["length"] == len(b"first half second half")
+    assert again.get("status") == 200
+    assert ["x-a9", "v" * 500] in json.loads(again["body"])["headers"]
+    assert d.count(r"Traceback|ERROR") == 0, d.stderr

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-from vane.net.h2.compression import CompressionError, Decoder, Encoder, HeaderListTooLarge
+from vane.net.h2.compression import CompressionError, Decoder, Encoder, HeaderList, HeaderListTooLarge
 
 __all__ = ["PREFACE", "ConnectionFailure", "ServerProtocol", "StreamClosed", "StreamState",
            "goaway_frame"]
@@ -104,7 +104,8 @@ def _credit(processed: int, window: int, maximum: int) -> int:
 class ServerProtocol:
     """One server connection's HTTP/2 state (see module doc).
 
-    ``delegate`` provides ``on_request(st, fields, ended)``, ``on_data(st, data, ended)``,
+    ``delegate`` provides ``on_request(st, fields, ended)`` (``fields`` None: the header block
+    is past SETTINGS_MAX_HEADER_LIST_SIZE, to be answered 431), ``on_data(st, data, ended)``,
     ``on_trailers(st, fields)``, ``on_end(st)``, ``on_reset(st, code, remote)``,
     ``on_window(st | None)`` (None: every stream may have room) and
     ``on_goaway(last_stream_id, code)``; ``stream_class`` makes the stream objects.
@@ -422,17 +423,18 @@ class ServerProtocol:
             raise ConnectionFailure(PROTOCOL_ERROR, "unexpected CONTINUATION")
         cont[3].append(data[start:end])
         cont[4] += end - start
-        if cont[4] > self._max_header_list_size:
+        if cont[4] > 2 * self._max_header_list_size:  # past any list it could still be 431 for
             raise ConnectionFailure(ENHANCE_YOUR_CALM, "header block past the header list limit")
         if flags & END_HEADERS:
             self._cont = None
             self._header_block(sid, b"".join(cont[3]), cont[1], cont[2])
 
     def _header_block(self, sid: int, block: bytes, ended: bool, self_dependent: bool) -> None:
+        fields: HeaderList | None
         try:
             fields = self.decoder.decode(block)
-        except HeaderListTooLarge as exc:
-            raise ConnectionFailure(ENHANCE_YOUR_CALM, str(exc)) from None
+        except HeaderListTooLarge:
+            fields = None               # decoded to the end: HPACK is in step, the stream answers
         except CompressionError as exc:
             raise ConnectionFailure(COMPRESSION_ERROR, f"header block: {exc}") from None
         st = self.streams.get(sid)
@@ -454,8 +456,8 @@ class ServerProtocol:
         if st.remote_closed:
             self._stream_error(st, STREAM_CLOSED)
             return
-        if not ended:
-            self._stream_error(st, PROTOCOL_ERROR)   # a second header block must end the request
+        if not ended or fields is None:     # a second block must end the request, within the limit
+            self._stream_error(st, PROTOCOL_ERROR)
             return
         st.remote_closed = True
         self._delegate.on_trailers(st, fields)

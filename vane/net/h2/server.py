@@ -283,7 +283,7 @@ class H2ServerConnection:
 
     # -- what the protocol reports (in the reader) ----------------------------------------------
 
-    def on_request(self, st: _ServerStream, fields: HeaderList, ended: bool) -> None:
+    def on_request(self, st: _ServerStream, fields: HeaderList | None, ended: bool) -> None:
         sid = st.id
         self._seen_request = True
         proto = self._proto
@@ -293,6 +293,9 @@ class H2ServerConnection:
             proto.release(st)
             if not self._draining:
                 self._count_early_reset()   # a client past the advertised limit
+            return
+        if fields is None:
+            self._reject(st, HttpError(431, "header block too large"), ended)
             return
         try:
             request, length = request_head(fields, self._scheme, self._limits.max_header_count,
