@@ -67,6 +67,8 @@ def test_raw_h2_upload_without_nodelay_arrives_whole(front, body):
     finally:
         client.close()
     print(f"raw h2 20 MiB: {took:.2f}s, {client.window_waits} waits for window")
+    # the defaults: 1 MiB per stream and 4 MiB per connection, open from the start
+    assert client.conn.remote_settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 1 << 20
     assert answer.get("status") == 200, answer
     info = json.loads(answer["body"])
     assert info["sha256"] == hashlib.sha256(body).hexdigest() and info["length"] == SIZE
@@ -134,7 +136,7 @@ def test_a_stalled_consumer_holds_at_most_its_stream_window(body):
         client.pump(lambda: False, 0.5)             # any credit vaned gives arrives meanwhile
         off = _send_within_window(client, sid, held, off)
         client.pump(lambda: False, 0.5)
-        assert off <= limits.stream_buffer
+        assert off == limits.stream_buffer      # the whole window at once, and not a byte more
         assert wait_until(lambda: conns and conns[0].bytes_in >= off)
         assert conns[0].bytes_in <= limits.stream_buffer + 65536
         # the connection window is not the stalled stream's: another upload goes through
