@@ -14,6 +14,7 @@ import os
 import socket
 import time
 
+import h2.errors
 import h2.settings
 import httpx
 import pytest
@@ -85,8 +86,24 @@ def test_vaned_advertises_the_configured_windows(lab, backend):
         assert client.answer(client.get(b"/x")).get("status") == 200
         assert client.conn.remote_settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 300000
         assert client.conn.outbound_flow_control_window == 900000
+        # DATA frames up to half the stream window: two in flight per window
+        assert client.conn.remote_settings[h2.settings.SettingCodes.MAX_FRAME_SIZE] == 150000
     finally:
         client.close()
+
+
+def test_a_large_frame_other_than_data_ends_the_connection_unread(front):
+    port, d = front
+    client = RawH2(port)
+    try:
+        assert client.answer(client.get(b"/x")).get("status") == 200
+        # an extension frame as long as a DATA frame may be: refused on its header alone
+        client.sock.sendall((100000).to_bytes(3, "big") + b"\x0a\x00\x00\x00\x00\x00" + b"e" * 1000)
+        client.pump(lambda: client.goaway is not None, 5)
+    finally:
+        client.close()
+    assert client.goaway is not None and client.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert d.count(r"Traceback|ERROR") == 0, d.stderr
 
 
 # -- a consumer that does not read: what the codec holds stays within the stream window --------
