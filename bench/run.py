@@ -33,7 +33,8 @@ from vbench.procs import Procs, ensure_tools, loadavg, raise_nofile, rss_kib  # 
 from vbench.profile import Profiler, summary  # noqa: E402
 from vbench.servers import BENCH_DIR, MIB, Lab  # noqa: E402
 
-SECTIONS = ("small", "mib", "h2", "tls", "rss", "l4", "accesslog", "workers")
+SECTIONS = ("small", "mib", "h2", "upload", "tls", "rss", "l4", "accesslog", "workers")
+UPLOAD_MIB = 20
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 CLIENTS = os.path.join(BENCH_DIR, "clients")
 WRK_LUA = os.path.join(BENCH_DIR, "configs", "wrk-report.lua")
@@ -55,6 +56,8 @@ CELLS = {
            ("haproxy", "haproxy", "HAPROXY_H2_PORT", True, None),
            ("vaned", "vaned", "VANED_H2_PORT", True, "bench-h2"),
            ("vaned_respond", "vaned", "VANED_H2_RESPOND_PORT", False, "bench-h2-respond")],
+    "upload": [("nginx", "nginx", "NGINX_H2_PORT", True, None),
+               ("vaned", "vaned", "VANED_H2_PORT", True, "bench-h2")],
     "tls": [("nginx", "nginx", "NGINX_TLS_PORT", False, None),
             ("haproxy", "haproxy", "HAPROXY_TLS_PORT", False, None),
             ("vaned", "vaned", "VANED_H2_RESPOND_PORT", False, "bench-h2-respond")],
@@ -69,8 +72,9 @@ CELLS = {
                ("vaned", "vaned", "VANED_L4_PORT", True, "bench-l4")],
 }
 TOOLS_FOR = {"small": ["wrk"], "mib": ["wrk"], "l4mib": ["wrk"], "l4conn": ["wrk"], "accesslog": ["wrk"],
-             "h2": ["h2load", "openssl"], "tls": ["openssl"], "rss": [], "workers": ["wrk"]}
-MAIN_METRIC = {"small": "rps", "accesslog": "rps", "mib": "mib_s", "h2": "rps", "tls": "per_s", "l4mib": "mib_s",
+             "h2": ["h2load", "openssl"], "upload": ["openssl"], "tls": ["openssl"], "rss": [], "workers": ["wrk"]}
+MAIN_METRIC = {"small": "rps", "accesslog": "rps", "mib": "mib_s", "h2": "rps", "upload": "seconds", "tls": "per_s",
+               "l4mib": "mib_s",
                "l4conn": "rps"}
 
 
@@ -128,7 +132,7 @@ class Runner:
         for tool in TOOLS_FOR[section]:
             if tool in self.tool_reasons:
                 return self.tool_reasons[tool]
-        if section in ("h2", "tls") and not self.lab.tls:
+        if section in ("h2", "upload", "tls") and not self.lab.tls:
             return f"no TLS certificate ({self.lab.tls_reason})"
         if server in self.lab.down:
             return self.lab.down[server]
@@ -160,6 +164,10 @@ class Runner:
         if section == "h2":
             loads.h2load(self.procs, tools["h2load"], port, 0, clients=1, streams=1, requests=20)
             return loads.h2load(self.procs, tools["h2load"], port, a.duration, server_pgid=pgid, warmup=a.warmup)
+        if section == "upload":
+            loads.h2_upload(self.procs, os.path.join(CLIENTS, "h2_upload.py"), port, 1, 1)
+            return loads.h2_upload(self.procs, os.path.join(CLIENTS, "h2_upload.py"), port, UPLOAD_MIB,
+                                   3 if a.duration < 5 else 5, server_pgid=pgid)
         if section == "tls":
             return loads.tls_handshakes(self.procs, os.path.join(CLIENTS, "tls_handshakes.py"), port,
                                         a.duration, a.tls_workers, server_pgid=pgid)
@@ -355,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().astimezone()
     nofile = raise_nofile()
     sections = set(args.sections)
-    cell_sections = [s for s in ("small", "mib", "h2", "tls") if s in sections]
+    cell_sections = [s for s in ("small", "mib", "h2", "upload", "tls") if s in sections]
     if "l4" in sections:
         cell_sections += ["l4mib", "l4conn"]
     if "accesslog" in sections:
@@ -388,13 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         if "nginx" in tool_reasons:
             lab.down["backend"] = lab.down["nginx"] = tool_reasons["nginx"]
         lab.make_files()
-        if sections & {"h2", "tls"}:
+        if sections & {"h2", "upload", "tls"}:
             lab.make_cert()
         say(f"vane bench: {', '.join(args.sections)}; {args.duration} s per measurement"
             f"{f' x{args.repeat}' if args.repeat > 1 else ''}; temp dir {tmp}")
         if "backend" not in lab.down:
             lab.start_backend()
-        if sections & {"small", "mib", "h2", "tls"} and "nginx" not in lab.down:
+        if sections & {"small", "mib", "h2", "upload", "tls"} and "nginx" not in lab.down:
             lab.start_nginx()
         if sections & {"small", "mib", "h2", "tls", "l4"} and "haproxy" not in lab.down:
             lab.start_haproxy()
@@ -443,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         remarks.append(f"RSS: a fresh vaned; {rss['opened']} connections on rule {rss['rule']!r}, "
                        f"one request each, {rss['still_open']} still open when the RSS was read"
                        + (f" (not on 'bench': {rss['instead_of_bench']})." if rss.get("instead_of_bench") else "."))
+    if "upload" in table_sections:
+        remarks.append(f"upload: {UPLOAD_MIB} MiB PUT over HTTP/2 + TLS, one fresh connection per upload, "
+                       "a Python h2 client that leaves Nagle's algorithm on and writes frame by frame; "
+                       "the backend (nginx DAV) stores the body; median of the rounds.")
     if "tls" in table_sections:
         remarks.append(f"TLS: {args.tls_workers} client processes, each: connect, full handshake (TLS 1.3, "
                        "no resumption), one request, close; every server answers locally, no upstream. "

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import select
+import statistics
 import subprocess
 import sys
 import time
@@ -258,3 +259,37 @@ def _read_line(popen, timeout: float) -> bytes:
         elif popen.poll() is not None:
             return buf
     return buf
+
+
+# ---- HTTP/2 upload -----------------------------------------------------------------------------
+
+def h2_upload(procs: Procs, script: str, port: int, size_mib: int, rounds: int,
+              server_pgid: int | None = None) -> dict:
+    """``rounds`` uploads of ``size_mib`` MiB over HTTP/2 with a Nagle-on client: the median
+    time of one upload."""
+    argv = [sys.executable, script, "127.0.0.1", str(port), str(size_mib), str(rounds), HOST, "/upload/blob"]
+    la = loadavg()
+    cpu = CpuMeter(server_pgid)
+    rc, out, err = procs.run("h2-upload", argv, timeout=rounds * 130 + 30)
+    used = cpu.used()
+    try:
+        r = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise Unavailable(f"upload client failed (rc {rc}): {_last_line(err or out)}") from None
+    if not r["times"]:
+        raise Unavailable(f"no upload completed: {r['last_error']}")
+    if r["failed"]:
+        raise Unavailable(f"{r['failed']} of {rounds} uploads failed: {r['last_error']}")
+    bad = [s for s in r["statuses"] if not 200 <= s < 300]
+    if bad:
+        raise Unavailable(f"uploads answered {bad[0]}")
+    median = statistics.median(r["times"])
+    return {
+        "seconds": round(median, 3),
+        "mib_s": round(size_mib / median, 1),
+        "times": [round(t, 3) for t in r["times"]],
+        "uploads": len(r["times"]),
+        "server_cpu_s": round(used, 2) if used is not None else None,
+        "loadavg": la,
+        "command": " ".join(argv),
+    }

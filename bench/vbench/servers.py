@@ -95,6 +95,9 @@ class Lab:
         with open(os.path.join(www, "1m.bin"), "wb") as fh:
             fh.write(os.urandom(MIB))
         os.chmod(os.path.join(www, "1m.bin"), 0o644)
+        upload = os.path.join(www, "upload")
+        os.makedirs(upload)
+        os.chmod(upload, 0o777)  # written by the backend's workers (user nobody when root)
 
     def make_cert(self) -> None:
         openssl = self.tools.get("openssl")

@@ -37,6 +37,7 @@ class RawH2:
         self.responses: dict[int, dict[str, Any]] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.closed = False
+        self.window_waits = 0   # times ``upload`` waited for the peer to open a shut window
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -81,10 +82,15 @@ class RawH2:
         if isinstance(event, h2.events.ResponseReceived):
             headers = dict(event.headers)
             self.responses.setdefault(sid, {})["status"] = int(headers[b":status"])
+        elif isinstance(event, h2.events.InformationalResponseReceived):
+            r = self.responses.setdefault(sid, {})
+            r.setdefault("informational", []).append(int(dict(event.headers)[b":status"]))
         elif isinstance(event, h2.events.DataReceived):
             r = self.responses.setdefault(sid, {})
             r["body"] = r.get("body", b"") + event.data
             self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+        elif isinstance(event, h2.events.TrailersReceived):
+            self.responses.setdefault(sid, {})["trailers"] = list(event.headers)
         elif isinstance(event, h2.events.StreamEnded):
             self.responses.setdefault(sid, {})["ended"] = True
         elif isinstance(event, h2.events.StreamReset):
@@ -92,8 +98,33 @@ class RawH2:
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event
 
+    def upload(self, headers: list[tuple[bytes, bytes]], body: bytes, seconds: float = 30.0) -> int:
+        """Send a request with ``body`` as fast as the peer's flow-control windows allow."""
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, headers)
+        view = memoryview(body)
+        off = 0
+        deadline = time.monotonic() + seconds
+        while off < len(body):
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size,
+                       len(body) - off)
+            if room > 0:
+                self.conn.send_data(sid, view[off:off + room].tobytes(), end_stream=off + room == len(body))
+                off += room
+                self.flush()            # frame by frame, as a streaming client writes
+                continue
+            self.flush()
+            if time.monotonic() > deadline or self.closed or "reset" in self.responses.get(sid, {}):
+                raise TimeoutError(f"stream {sid}: window shut after {off} bytes")
+            self.window_waits += 1
+            self.pump(lambda: self.conn.local_flow_control_window(sid) > 0
+                      or "reset" in self.responses.get(sid, {}), deadline - time.monotonic())
+        self.flush()
+        return sid
+
     def answer(self, sid: int, seconds: float = 5.0) -> dict[str, Any]:
-        """The stream's outcome: ``status``/``body``/``ended`` or ``reset`` (error code)."""
+        """The stream's outcome: ``status``/``body``/``trailers``/``ended`` or ``reset`` (error
+        code), and the ``informational`` (1xx) statuses before the answer."""
         self.pump(lambda: self.responses.get(sid, {}).get("ended") or "reset" in self.responses.get(sid, {}),
                   seconds)
         return self.responses.get(sid, {})

@@ -96,3 +96,16 @@ def test_indexed_fields_cannot_inflate_past_the_limit():
     ours.decode(first)
     with pytest.raises(HeaderListTooLarge):
         ours.decode(b"\xbe" * 100)
+
+
+def test_a_list_past_the_limit_keeps_the_table_in_step():
+    # the peer indexes fields of the block that is too large; its next block refers to them
+    peer = hpack.Encoder()
+    ours = Decoder(2048)
+    big = [(b"x-a%d" % i, b"v" * 300) for i in range(10)]
+    with pytest.raises(HeaderListTooLarge):
+        ours.decode(peer.encode(big))
+    again = [(b"x-a8", b"v" * 300), (b"x-a9", b"v" * 300)]
+    block = peer.encode(again)
+    assert len(block) < 10                        # two indexes into the dynamic table
+    assert ours.decode(block) == again

@@ -230,10 +230,30 @@ def test_connection_errors(frames, code):
 
 def test_a_frame_past_the_frame_size_limit():
     proto, _ = server()
-    head = (20000).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01"
+    head = (proto.max_inbound_frame + 1).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01"
     with pytest.raises(ConnectionFailure) as info:
-        proto.receive(PREFACE + SettingsFrame(0).serialize() + head + b"x" * 20000)
+        proto.receive(PREFACE + SettingsFrame(0).serialize() + head)    # judged by its header
     assert info.value.code == E.FRAME_SIZE_ERROR
+
+
+def test_large_data_frames_within_the_window_are_taken_in_pieces():
+    proto, rec = server(stream_window=1 << 20, connection_window=1 << 20)
+    assert proto.max_inbound_frame == 1 << 19      # half the stream window
+    frame = DataFrame(1, b"y" * 200000, flags=("END_STREAM",)).serialize()
+    data = PREFACE + SettingsFrame(0).serialize() + headers_frame(1, flags=("END_HEADERS",)).serialize() + frame
+    for off in range(0, len(data), 7000):           # as reads of a socket deliver it
+        proto.receive(data[off:off + 7000])
+    assert b"".join(e[2] for e in rec.of("data")) == b"y" * 200000 and rec.of("end")
+
+
+@pytest.mark.parametrize("kind", [0x0, 0x4, 0x6, 0xA], ids=["DATA-past-window", "SETTINGS", "PING", "unknown"])
+def test_a_large_frame_that_may_not_be_is_refused_by_its_header(kind):
+    proto, _ = server(stream_window=1 << 20, connection_window=65535)   # frames up to 512 KiB
+    proto.receive(PREFACE + SettingsFrame(0).serialize() + headers_frame(1, flags=("END_HEADERS",)).serialize())
+    head = (200000).to_bytes(3, "big") + bytes([kind]) + b"\x00\x00\x00\x00\x01"
+    with pytest.raises(ConnectionFailure) as info:
+        proto.receive(head + b"z" * 100)            # nothing of it is held
+    assert info.value.code in (E.FLOW_CONTROL_ERROR, E.ENHANCE_YOUR_CALM)
 
 
 def test_bad_preface():

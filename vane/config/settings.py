@@ -179,6 +179,9 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "sec_send_timeout": ("VANE_SEC_SEND_TIMEOUT_SECS", _float(0.001), 10.0, None),
     "sec_tls_handshakes_per_ip": ("VANE_SEC_TLS_HANDSHAKES_PER_IP", _int(0), 250, None),
     "sec_h2_max_streams": ("VANE_SEC_H2_MAX_STREAMS", _int(1), 100, None),
+    "sec_h2_stream_window": ("VANE_SEC_H2_STREAM_WINDOW", _int(65535, (1 << 31) - 1), 1 << 20, None),
+    "sec_h2_connection_window": ("VANE_SEC_H2_CONNECTION_WINDOW", _int(65535, (1 << 31) - 1), 4 << 20, None),
+    "sec_max_uri_bytes": ("VANE_SEC_MAX_URI_BYTES", _int(256), 8192, None),
     # management (§9)
     "mgmt_unix": ("VANE_MGMT_UNIX", _str, None, None),
     "mgmt_group": ("VANE_MGMT_GROUP", _str, None, None),
@@ -230,6 +233,9 @@ class Settings:
     sec_send_timeout: float = 10.0
     sec_tls_handshakes_per_ip: int = 250   # 0: no limit
     sec_h2_max_streams: int = 100
+    sec_h2_stream_window: int = 1 << 20
+    sec_h2_connection_window: int = 4 << 20
+    sec_max_uri_bytes: int = 8192
     mgmt_unix: str | None = None
     mgmt_group: str | None = None
     mgmt_http_port: int | None = 3333

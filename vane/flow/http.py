@@ -168,7 +168,8 @@ class H1Session:
     def __init__(self, service: HttpService, scheme: str) -> None:
         s = service.settings
         limits = H1Limits(s.sec_max_header_bytes, s.sec_max_header_count, s.sec_header_timeout,
-                          s.sec_body_idle_timeout, s.sec_keepalive_timeout, s.sec_send_timeout)
+                          s.sec_body_idle_timeout, s.sec_keepalive_timeout, s.sec_send_timeout,
+                          s.sec_max_uri_bytes)
         self.service = service
         self.codec = H1ServerConnection(service.ctx.stream, limits, scheme)
         self.draining = service.services.draining
@@ -317,9 +318,12 @@ def serve_h2(service: HttpService, scheme: str) -> None:
     limits = H2Limits(max_concurrent_streams=settings.sec_h2_max_streams,
                       max_header_list_size=settings.sec_max_header_bytes,
                       max_header_count=settings.sec_max_header_count,
+                      max_uri_bytes=settings.sec_max_uri_bytes,
                       header_timeout=settings.sec_header_timeout,
                       body_idle_timeout=settings.sec_body_idle_timeout,
-                      send_timeout=settings.sec_send_timeout)
+                      send_timeout=settings.sec_send_timeout,
+                      stream_buffer=settings.sec_h2_stream_window,
+                      connection_window=settings.sec_h2_connection_window)
     codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished, inline=inline)
     watcher = gevent.spawn(_goaway_on_drain, service.services.draining, codec)
     conn = service.conn

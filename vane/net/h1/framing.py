@@ -22,7 +22,7 @@ from typing import Any, Iterator, Protocol
 from gevent import get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
 
-from vane.net.http.message import Body, FileBody
+from vane.net.http.message import Body, FileBody, HeaderList, trailer_fields
 from vane.net.http.status import PHRASES
 from vane.net.stream import Stream
 
@@ -40,6 +40,17 @@ SEND_SLICE = 1 << 16
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def last_chunk(trailers: HeaderList | None) -> bytes:
+    """The end of a chunked body: the last chunk and the ``trailer_fields`` of ``trailers``."""
+    if not trailers:
+        return LAST_CHUNK
+    parts = [b"0\r\n"]
+    for k, v in trailer_fields(trailers):
+        parts += (k, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class IoTimeout(TimeoutError):
@@ -198,8 +209,10 @@ class StreamIO:
         self.sent += total
 
 
-def write_body(io: StreamIO, head: bytes, body: Body, chunked: bool, timeout: float) -> int:
+def write_body(io: StreamIO, head: bytes, body: Body, chunked: bool, timeout: float,
+               trailers: bool = False) -> int:
     """Send a message head and its body (chunked, or as it comes); the bytes written.
+    ``trailers``: a chunked body ends with the body's trailer fields (``last_chunk``).
 
     The one body writer of the HTTP/1 server and client. A buffered body small enough goes
     out with the head in one write, and so do the chunks the parser already holds of a body
@@ -207,7 +220,7 @@ def write_body(io: StreamIO, head: bytes, body: Body, chunked: bool, timeout: fl
     what ``io`` raises (``IoTimeout``, ``OSError``) and what the body's iterator raises.
     """
     sendall = io.sendall
-    if body.is_buffered:
+    if body.is_buffered and not chunked:
         data = body.read_all(body.length or 0)
         if len(data) <= COALESCE_LIMIT:
             sendall(head + data, timeout)
@@ -222,7 +235,7 @@ def write_body(io: StreamIO, head: bytes, body: Body, chunked: bool, timeout: fl
         if chunked:
             first = frame_chunks(ready) if ready else b""
             if body.done:
-                first += LAST_CHUNK
+                first += last_chunk(body.trailers) if trailers else LAST_CHUNK
         else:
             first = ready[0] if len(ready) == 1 else b"".join(ready)
         if len(first) <= COALESCE_LIMIT:
@@ -246,8 +259,9 @@ def write_body(io: StreamIO, head: bytes, body: Body, chunked: bool, timeout: fl
             data = frame_chunk(chunk)
             sendall(data, timeout)
             sent += len(data)
-        sendall(LAST_CHUNK, timeout)
-        sent += len(LAST_CHUNK)
+        end = last_chunk(body.trailers) if trailers else LAST_CHUNK
+        sendall(end, timeout)
+        sent += len(end)
     else:
         for chunk in body:
             sendall(chunk, timeout)

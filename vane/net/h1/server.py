@@ -30,7 +30,8 @@ from vane.net.h1.framing import (
     write_body,
 )
 from vane.net.http.errors import ClientDisconnected, HttpError
-from vane.net.http.message import HOP_OR_FORWARDING, Headers, Request, Response
+from vane.net.http.limits import check_field_count, check_target_length
+from vane.net.http.message import HOP_OR_FORWARDING, Headers, Request, Response, expects_continue
 from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
 from vane.net.stream import Stream
@@ -51,9 +52,9 @@ _METHODS = {m.encode(): m for m in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 # Request headers the parser callbacks look at (everything else is only stored).
-_HOST, _CL, _TE, _EXPECT, _UPGRADE, _HOP = 1, 2, 3, 4, 5, 6
+_HOST, _CL, _TE, _EXPECT, _UPGRADE, _HOP, _ACCEPT_TE = 1, 2, 3, 4, 5, 6, 7
 _REQ_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE,
-                b"expect": _EXPECT, b"upgrade": _UPGRADE}
+                b"expect": _EXPECT, b"upgrade": _UPGRADE, b"te": _ACCEPT_TE}
 for _name in HOP_OR_FORWARDING:
     _REQ_SPECIAL.setdefault(_name, _HOP)    # noted so forwarding can skip filtering without them
 
@@ -64,7 +65,7 @@ _RESP_SPECIAL = {b"content-length": _OUT_CL, b"transfer-encoding": _OUT_DROP,
                  b"connection": _OUT_DROP, b"keep-alive": _OUT_DROP, b"date": _OUT_DATE}
 
 # Per-request flags kept beside the Request in the ready queue.
-_F_KEEP, _F_EXPECT, _F_UPGRADE = 1, 2, 4
+_F_KEEP, _F_EXPECT, _F_UPGRADE, _F_TRAILERS = 1, 2, 4, 8
 
 
 @dataclass
@@ -77,6 +78,7 @@ class H1Limits:
     body_idle_timeout: float = 30.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 10.0          # a response write during which the client takes nothing
+    max_uri_bytes: int = 8192           # the request target (414 past it)
 
 
 IDLE = Request("", "")  # next_request(idle=...): no request yet, nothing consumed
@@ -88,8 +90,8 @@ class H1ServerConnection:
     # slots: ten thousand idle keep-alive connections each keep one of these
     __slots__ = ("stream", "limits", "scheme", "requests", "bytes_in", "bytes_out", "_parser", "_io", "_ready",
                  "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
-                 "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_upgrade",
-                 "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop",
+                 "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_trailers",
+                 "_upgrade", "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop",
                  "head_out")
 
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
@@ -120,6 +122,7 @@ class H1ServerConnection:
         self._cl: bytes | None = None
         self._te: bytes | None = None
         self._expect = False
+        self._trailers = False      # the client accepts trailers (``TE: trailers``)
         self._upgrade = False
         self._hop = False           # the message holds hop-by-hop or forwarding fields
         self._chunk_wire = 0
@@ -184,15 +187,17 @@ class H1ServerConnection:
 
         Framing and connection headers in ``resp.headers`` are replaced by the codec's own
         (Content-Length from ``body.length``, else chunked for HTTP/1.1, else close-delimited);
-        HEAD, 1xx, 204 and 304 answers carry no body; trailers are not sent. Raises OSError if
+        HEAD, 1xx, 204 and 304 answers carry no body; a chunked body ends with its trailers
+        when the request said ``TE: trailers``, else they are dropped. Raises OSError if
         the client is gone; an exception from the body iterator aborts the response (the
         connection must then be closed).
         """
         status = resp.status
         body = resp.body
         if request is None:
-            self._keep = v10 = head_req = False
+            self._keep = v10 = head_req = trailers = False
         else:
+            trailers = bool(self._flags & _F_TRAILERS)
             v10 = request.version == "1.0"
             head_req = request.method == "HEAD"
             if self._keep:
@@ -223,7 +228,7 @@ class H1ServerConnection:
             elif head_req and status != 304 and length is not None:
                 parts.append(b"content-length: %d\r\n" % length)
                 lines += 1
-        elif length is not None:
+        elif length is not None and not (trailers and body.trailers and not v10):
             parts.append(b"content-length: %d\r\n" % length)
             lines += 1
             send_body = length > 0
@@ -262,7 +267,7 @@ class H1ServerConnection:
             self.bytes_out += len(head)
             return len(head)
         try:
-            sent = write_body(self._io, head, body, chunked, self.limits.send_timeout)
+            sent = write_body(self._io, head, body, chunked, self.limits.send_timeout, chunked and trailers)
         except BaseException:
             self._keep = False
             raise
@@ -487,6 +492,7 @@ class H1ServerConnection:
     def on_url(self, url: bytes) -> None:
         self._in_head = True
         self._url += url
+        check_target_length(len(self._url), self.limits.max_uri_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -496,8 +502,7 @@ class H1ServerConnection:
             if body is not None:
                 if body.trailers is None:
                     body.trailers = []
-                if len(body.trailers) >= self.limits.max_header_count:
-                    raise HttpError(431, "too many trailer fields")
+                check_field_count(len(body.trailers) + 1, self.limits.max_header_count, "trailer")
                 body.trailers.append((name, value))
             return
         kind = _REQ_SPECIAL.get(name)
@@ -516,7 +521,10 @@ class H1ServerConnection:
                 self._te = value
                 self._hop = True
             elif kind == _EXPECT:
-                self._expect = value.lower() == b"100-continue"
+                self._expect = expects_continue(value)
+            elif kind == _ACCEPT_TE:
+                self._trailers = self._trailers or _accepts_trailers(value)
+                self._hop = True
             else:
                 self._upgrade = self._hop = True
         hlist.append((name, value))
@@ -529,8 +537,7 @@ class H1ServerConnection:
             self._synthetic = False
             return
         limits = self.limits
-        if len(hlist) > limits.max_header_count:
-            raise HttpError(431, "too many header fields")
+        check_field_count(len(hlist), limits.max_header_count)
         if self._head_spanned or self._feed_len > limits.max_header_bytes:
             size = len(url) + 4 * len(hlist)
             for k, v in hlist:
@@ -585,6 +592,8 @@ class H1ServerConnection:
             body = NO_BODY
         if self._expect:
             flags |= _F_EXPECT
+        if self._trailers:
+            flags |= _F_TRAILERS
         upgrade = None
         if (self._upgrade or method == "CONNECT") and parser.should_upgrade():
             flags |= _F_UPGRADE
@@ -620,10 +629,15 @@ class H1ServerConnection:
         """Parse state for the next message (after the trailers of this one, if any)."""
         self._hlist = []
         self._host = self._cl = self._te = None
-        self._expect = self._upgrade = self._hop = False
+        self._expect = self._upgrade = self._hop = self._trailers = False
 
     # ------------------------------------------------------------------ writing
 
+
+
+def _accepts_trailers(te: bytes) -> bool:
+    """``TE`` lists ``trailers`` (RFC 9110 §10.1.4)."""
+    return any(part.split(b";", 1)[0].strip().lower() == b"trailers" for part in te.split(b","))
 
 
 def _offers_websocket(hlist: list[tuple[bytes, bytes]]) -> bool:

@@ -30,11 +30,19 @@ from vane.net.h2.common import (
     StreamGone,
     goaway_frame,
     take_chunk,
-    trailer_block,
     write_data,
 )
 from vane.net.http.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from vane.net.http.message import HOP_BY_HOP, Body, HeaderList, Headers, Request, Response, connection_tokens
+from vane.net.http.message import (
+    HOP_BY_HOP,
+    Body,
+    HeaderList,
+    Headers,
+    Request,
+    Response,
+    connection_tokens,
+    trailer_fields,
+)
 from vane.net.sockets import set_nodelay
 
 __all__ = ["H2ClientConnection"]
@@ -263,7 +271,7 @@ class H2ClientConnection:
             trailers = body.trailers
             try:
                 if trailers:
-                    conn.send_headers(st.id, trailer_block(trailers), end_stream=True)
+                    conn.send_headers(st.id, trailer_fields(trailers), end_stream=True)
                 else:
                     conn.end_stream(st.id)
             except h2.exceptions.StreamClosedError:

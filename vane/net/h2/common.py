@@ -23,7 +23,7 @@ from vane.net.h2.protocol import goaway_frame
 from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers, connection_tokens
 
 __all__ = ["GoawayFilter", "H2Output", "StreamGone", "goaway_frame", "response_header_block",
-           "take_chunk", "trailer_block", "write_data"]
+           "take_chunk", "write_data"]
 
 RECV_SIZE = 65536
 HIGH_WATER = 65536
@@ -212,10 +212,6 @@ def response_header_block(status: int, headers: Headers) -> HeaderList:
             continue
         out.append((k, v))
     return out
-
-
-def trailer_block(trailers: HeaderList) -> HeaderList:
-    return [(k, v) for k, v in trailers if k[:1] != b":" and k not in HOP_BY_HOP]
 
 
 def take_chunk(conn: h2.connection.H2Connection, out: H2Output, st: Any, closed: bool) -> bytes:

@@ -3,7 +3,9 @@
 ``Decoder.decode`` turns a header block into ``(name, value)`` byte pairs, keeping the dynamic
 table in step with the peer's encoder; any malformed block raises ``CompressionError`` (a
 connection error: the table can no longer be trusted) and a decoded list past
-``max_header_list_size`` raises ``HeaderListTooLarge``. ``Encoder.encode`` writes fields as
+``max_header_list_size`` raises ``HeaderListTooLarge`` once the whole block is decoded (the
+fields past the limit are dropped as they come, the table is kept in step, so the
+connection may go on). ``Encoder.encode`` writes fields as
 static or dynamic table indexes when it can and otherwise as literals (indexed for the next
 block unless the value is large or private); it never fails half-way, so the peer's table
 always matches ours. Huffman coding is decoded (through ``hpack``'s table) but not produced:
@@ -80,6 +82,7 @@ class Decoder:
         total = 0
         limit = self.max_header_list_size
         first = True
+        keep = True
         while pos < n:
             b = block[pos]
             if b & 0x80:                                            # indexed field
@@ -132,10 +135,15 @@ class Decoder:
                 if b & 0x40:
                     self._add(field)
             first = False
-            total += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
-            if total > limit:
-                raise HeaderListTooLarge(f"header list past {limit} bytes")
-            out.append(field)
+            if keep:
+                total += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+                if total > limit:
+                    keep = False
+                    out.clear()
+                else:
+                    out.append(field)
+        if not keep:
+            raise HeaderListTooLarge(f"header list past {limit} bytes")
         return out
 
     def _add(self, field: tuple[bytes, bytes]) -> None:

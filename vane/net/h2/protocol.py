@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-from vane.net.h2.compression import CompressionError, Decoder, Encoder, HeaderListTooLarge
+from vane.net.h2.compression import CompressionError, Decoder, Encoder, HeaderList, HeaderListTooLarge
 
 __all__ = ["PREFACE", "ConnectionFailure", "ServerProtocol", "StreamClosed", "StreamState",
            "goaway_frame"]
@@ -45,7 +45,8 @@ HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX
 
 DEFAULT_WINDOW = 65535
 MAX_WINDOW = (1 << 31) - 1
-FRAME_SIZE = 16384               # SETTINGS_MAX_FRAME_SIZE we accept (the default; never raised)
+FRAME_SIZE = 16384               # the default SETTINGS_MAX_FRAME_SIZE (what we send)
+MAX_INBOUND_FRAME = 1 << 20      # bound on the SETTINGS_MAX_FRAME_SIZE we advertise
 _MAX_FRAME_SIZE_LIMIT = (1 << 24) - 1
 
 _HEAD = struct.Struct(">IBI")    # (length << 8 | type), flags, stream id
@@ -104,7 +105,8 @@ def _credit(processed: int, window: int, maximum: int) -> int:
 class ServerProtocol:
     """One server connection's HTTP/2 state (see module doc).
 
-    ``delegate`` provides ``on_request(st, fields, ended)``, ``on_data(st, data, ended)``,
+    ``delegate`` provides ``on_request(st, fields, ended)`` (``fields`` None: the header block
+    is past SETTINGS_MAX_HEADER_LIST_SIZE, to be answered 431), ``on_data(st, data, ended)``,
     ``on_trailers(st, fields)``, ``on_end(st)``, ``on_reset(st, code, remote)``,
     ``on_window(st | None)`` (None: every stream may have room) and
     ``on_goaway(last_stream_id, code)``; ``stream_class`` makes the stream objects.
@@ -116,7 +118,8 @@ class ServerProtocol:
         self._delegate = delegate
         self._stream_class = stream_class
         self._out = bytearray()
-        self._buf = b""
+        self._buf = bytearray()             # the start of a frame whose end is yet to come
+        self._need = 0                      # the bytes that frame needs in all
         self._preface = True                # the client preface (and its SETTINGS) is still due
         self._cont: list[Any] | None = None # a header block waiting for CONTINUATION frames
         self.streams: dict[int, StreamState] = {}
@@ -132,6 +135,10 @@ class ServerProtocol:
         self._recv_window = DEFAULT_WINDOW  # connection-level credit the peer has
         self._recv_unacked = 0
         self.max_outbound_frame = FRAME_SIZE
+        # half the stream window: a client sends fewer, larger DATA frames (some copy the rest of
+        # the body per frame) and two are in flight within a window (a frame is taken once whole,
+        # so one frame per window would stop a client that leaves Nagle's algorithm on)
+        self.max_inbound_frame = max(FRAME_SIZE, min(MAX_INBOUND_FRAME, stream_window // 2))
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -145,7 +152,8 @@ class ServerProtocol:
         """Our SETTINGS and the connection window beyond the default."""
         settings = ((MAX_CONCURRENT_STREAMS, self._max_concurrent),
                     (MAX_HEADER_LIST_SIZE, self._max_header_list_size),
-                    (INITIAL_WINDOW_SIZE, self._local_initial), (ENABLE_PUSH, 0))
+                    (INITIAL_WINDOW_SIZE, self._local_initial), (ENABLE_PUSH, 0),
+                    (MAX_FRAME_SIZE, self.max_inbound_frame))
         out = self._out
         out += _pack_head((6 * len(settings) << 8) | SETTINGS, 0, 0)
         for code, value in settings:
@@ -249,15 +257,20 @@ class ServerProtocol:
     def receive(self, data: bytes) -> None:
         """Handle the bytes read; raises ``ConnectionFailure``."""
         if self._buf:
-            data = self._buf + data
-            self._buf = b""
+            buf = self._buf
+            buf += data
+            if len(buf) < self._need:       # a large frame still coming: no copy, no parse
+                return
+            data = bytes(buf)
+            self._buf = bytearray()
         pos = 0
         n = len(data)
         if self._preface:
             if n < len(PREFACE) + 9:
                 if not PREFACE.startswith(data[:len(PREFACE)]):
                     raise ConnectionFailure(PROTOCOL_ERROR, "invalid connection preface")
-                self._buf = data
+                self._buf = bytearray(data)
+                self._need = 0              # checked again with every byte that comes
                 return
             if data[:len(PREFACE)] != PREFACE:
                 raise ConnectionFailure(PROTOCOL_ERROR, "invalid connection preface")
@@ -272,10 +285,11 @@ class ServerProtocol:
             lt, flags, sid = _unpack_head(data, pos)
             length = lt >> 8
             if length > FRAME_SIZE:
-                raise ConnectionFailure(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                self._check_large_frame(lt & 0xFF, length, sid & 0x7FFFFFFF)
             start = pos + 9
             end = start + length
             if end > n:
+                self._need = end - pos
                 break
             pos = end
             kind = lt & 0xFF
@@ -387,7 +401,22 @@ class ServerProtocol:
                 raise ConnectionFailure(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
             # other types are extensions: ignored (RFC 9113 §4.1)
         if pos < n:
-            self._buf = data[pos:]
+            self._buf = bytearray(data[pos:])
+            if n - pos < 9:
+                self._need = 9
+
+    def _check_large_frame(self, kind: int, length: int, sid: int) -> None:
+        """A frame past the default size, judged from its header before it is buffered: only
+        DATA within the windows it draws on, or a header block fragment within the bound of
+        the header list, may be that long."""
+        if length > self.max_inbound_frame:
+            raise ConnectionFailure(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+        if kind == DATA:
+            st = self.streams.get(sid)
+            if length > self._recv_window or (st is not None and length > st.recv_window):
+                raise ConnectionFailure(FLOW_CONTROL_ERROR, "DATA past the flow-control window")
+        elif kind not in (HEADERS, CONTINUATION) or length > 2 * self._max_header_list_size:
+            raise ConnectionFailure(ENHANCE_YOUR_CALM, f"frame of {length} bytes")
 
     @staticmethod
     def _unpad(data: bytes, start: int, end: int) -> tuple[int, int]:
@@ -422,17 +451,18 @@ class ServerProtocol:
             raise ConnectionFailure(PROTOCOL_ERROR, "unexpected CONTINUATION")
         cont[3].append(data[start:end])
         cont[4] += end - start
-        if cont[4] > self._max_header_list_size:
+        if cont[4] > 2 * self._max_header_list_size:  # past any list it could still be 431 for
             raise ConnectionFailure(ENHANCE_YOUR_CALM, "header block past the header list limit")
         if flags & END_HEADERS:
             self._cont = None
             self._header_block(sid, b"".join(cont[3]), cont[1], cont[2])
 
     def _header_block(self, sid: int, block: bytes, ended: bool, self_dependent: bool) -> None:
+        fields: HeaderList | None
         try:
             fields = self.decoder.decode(block)
-        except HeaderListTooLarge as exc:
-            raise ConnectionFailure(ENHANCE_YOUR_CALM, str(exc)) from None
+        except HeaderListTooLarge:
+            fields = None               # decoded to the end: HPACK is in step, the stream answers
         except CompressionError as exc:
             raise ConnectionFailure(COMPRESSION_ERROR, f"header block: {exc}") from None
         st = self.streams.get(sid)
@@ -454,8 +484,8 @@ class ServerProtocol:
         if st.remote_closed:
             self._stream_error(st, STREAM_CLOSED)
             return
-        if not ended:
-            self._stream_error(st, PROTOCOL_ERROR)   # a second header block must end the request
+        if not ended or fields is None:     # a second block must end the request, within the limit
+            self._stream_error(st, PROTOCOL_ERROR)
             return
         st.remote_closed = True
         self._delegate.on_trailers(st, fields)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 from vane.net.http.errors import HttpError
+from vane.net.http.limits import check_field_count, check_target_length
 from vane.net.http.message import Body, HeaderList, Headers, Request
 from vane.net.http.target import check_query, is_token, normalize_authority, normalize_path
 
@@ -52,11 +53,10 @@ def _check_value(value: bytes) -> None:
 
 
 def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
-                 body: Body | None = None) -> tuple[Request, int | None]:
+                 body: Body | None = None, max_target: int = 8192) -> tuple[Request, int | None]:
     """The ``Request`` (with ``body``, else an empty one) and the announced content length of
     a received header block; raises ``HttpError``."""
-    if len(headers) > max_fields:
-        raise HttpError(431, "too many header fields")
+    check_field_count(len(headers), max_fields)
     method = path = scheme = authority = host = length = None
     items: HeaderList = []
     cookies: list[bytes] | None = None
@@ -73,6 +73,7 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
             elif name == b":path":
                 if path is not None:
                     raise HttpError(400, "repeated :path")
+                check_target_length(len(value), max_target)
                 path = value
             elif name == b":authority":
                 if authority is not None:
@@ -153,8 +154,7 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
 
 def check_trailers(trailers: HeaderList, max_fields: int) -> None:
     """Trailers may hold no pseudo-header and follow the field rules; raises ``HttpError``."""
-    if len(trailers) > max_fields:
-        raise HttpError(431, "too many trailer fields")
+    check_field_count(len(trailers), max_fields, "trailer")
     for name, value in trailers:
         if name[:1] == b":":
             raise HttpError(400, "pseudo-header in trailers")

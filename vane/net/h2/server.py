@@ -27,7 +27,6 @@ from vane.net.h2.common import (
     H2Output,
     StreamGone,
     response_header_block,
-    trailer_block,
 )
 from vane.net.h2.protocol import (
     CANCEL,
@@ -43,7 +42,7 @@ from vane.net.h2.protocol import (
 )
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.message import Body, HeaderList, Request, Response
+from vane.net.http.message import Body, HeaderList, Request, Response, expects_continue, trailer_fields
 from vane.net.http.status import plain_response
 from vane.net.sockets import set_nodelay
 from vane.net.tunnel import linger
@@ -60,12 +59,13 @@ class H2Limits:
     max_concurrent_streams: int = 100
     max_header_list_size: int = 65536
     max_header_count: int = 100        # fields per header block (431 on the stream past it)
+    max_uri_bytes: int = 8192          # :path length (414 on the stream past it)
     header_timeout: float = 30.0       # until the first request has arrived
     idle_timeout: float = 300.0        # no open stream for this long: GOAWAY and close
     body_idle_timeout: float = 30.0    # a request body that does not move for this long
     send_timeout: float = 10.0         # a response the client grants no window for this long
-    stream_buffer: int = 65536         # per-stream inbound buffer = advertised stream window
-    connection_window: int = 1 << 20   # inbound window shared by all streams of the connection
+    stream_buffer: int = 1 << 20       # request body bytes held per stream = its receive window
+    connection_window: int = 4 << 20   # and per connection, shared by all its streams
 
 
 _BODY_TO_COME = Body.empty()    # a placeholder, replaced by the stream's body at once
@@ -79,7 +79,7 @@ class _ServerStream(StreamState):
     """A request stream: its protocol state, its body as received, and its waiters."""
 
     __slots__ = ("length", "received", "chunks", "buffered", "ended", "reset", "trailers", "body",
-                 "discard", "data_ev", "win_ev", "headers_sent")
+                 "discard", "data_ev", "win_ev", "headers_sent", "continue_due")
 
     def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
         super().__init__(stream_id, send_window, recv_window)
@@ -95,6 +95,7 @@ class _ServerStream(StreamState):
         self.data_ev: Event | None = None  # body data / end / reset, for the consumer (made on demand)
         self.win_ev: Event | None = None   # flow-control window opened, for the sender (made on demand)
         self.headers_sent = False
+        self.continue_due = False        # the client waits for 100 (Continue) before its body
 
     def wake(self) -> None:
         if self.data_ev is not None:
@@ -282,7 +283,7 @@ class H2ServerConnection:
 
     # -- what the protocol reports (in the reader) ----------------------------------------------
 
-    def on_request(self, st: _ServerStream, fields: HeaderList, ended: bool) -> None:
+    def on_request(self, st: _ServerStream, fields: HeaderList | None, ended: bool) -> None:
         sid = st.id
         self._seen_request = True
         proto = self._proto
@@ -293,9 +294,13 @@ class H2ServerConnection:
             if not self._draining:
                 self._count_early_reset()   # a client past the advertised limit
             return
+        if fields is None:
+            self._reject(st, HttpError(431, "header block too large"), ended)
+            return
         try:
             request, length = request_head(fields, self._scheme, self._limits.max_header_count,
-                                           Body.empty() if ended else _BODY_TO_COME)
+                                           Body.empty() if ended else _BODY_TO_COME,
+                                           self._limits.max_uri_bytes)
         except HttpError as exc:
             self._reject(st, exc, ended)
             return
@@ -308,6 +313,7 @@ class H2ServerConnection:
             st.ended = True
             body = request.body
         else:
+            st.continue_due = expects_continue(request.headers.getb(b"expect"))
             body = Body(self._body_chunks(st), length, close=lambda: self._discard(st))
             request.body = body
         st.body = body
@@ -415,6 +421,8 @@ class H2ServerConnection:
         timeout = self._limits.body_idle_timeout
         proto = self._proto
         out = self._out
+        if st.continue_due:
+            self._send_continue(st)
         while True:
             if st.chunks:
                 chunk = st.chunks.popleft()
@@ -434,6 +442,18 @@ class H2ServerConnection:
                 st.data_ev.clear()
             if not st.data_ev.wait(timeout):
                 raise HttpError(408, "request body timed out")
+
+    def _send_continue(self, st: _ServerStream) -> None:
+        """The flow reads the body the client holds back for ``Expect: 100-continue``: ask
+        for it (RFC 9110 §10.1.1), unless some of it came anyway."""
+        st.continue_due = False
+        if st.chunks or st.ended or st.reset is not None or self._closed or st.headers_sent:
+            return
+        try:
+            self._proto.send_headers(st, [(b":status", b"100")], False)
+        except StreamClosed:
+            return
+        self._out.flush_soon()
 
     def _discard(self, st: _ServerStream) -> None:
         if st.discard:
@@ -512,7 +532,7 @@ class H2ServerConnection:
             body.close()
             self._send_headers(st, headers, True)
             return 0
-        if body.is_buffered:
+        if body.is_buffered and not body.trailers:
             data = body.read_all(body.length or 0)
             self._send_headers(st, headers, not data)
             if data:
@@ -531,7 +551,7 @@ class H2ServerConnection:
         self._check(st)
         try:
             if trailers:
-                self._encode_headers(st, trailer_block(trailers), True)
+                self._encode_headers(st, trailer_fields(trailers), True)
             else:
                 self._proto.end_stream(st)
         except StreamClosed:

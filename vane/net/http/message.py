@@ -9,6 +9,7 @@ once, so bodies stream end to end unless a node asks for ``req.body`` / ``res.bo
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Iterable, Iterator
 
 HeaderList = list[tuple[bytes, bytes]]
@@ -255,6 +256,12 @@ class Response:
 
 
 # RFC 9110 §7.6.1 plus the legacy names every proxy strips.
+def expects_continue(expect: bytes | None) -> bool:
+    """Whether a request's ``Expect`` value asks for ``100 (Continue)`` before the body
+    (RFC 9110 §10.1.1). Every codec answers it when the flow first reads the body."""
+    return expect is not None and expect.strip().lower() == b"100-continue"
+
+
 HOP_BY_HOP: frozenset[bytes] = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"proxy-authenticate", b"proxy-authorization",
@@ -265,6 +272,22 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
 FORWARDING_FIELDS: frozenset[bytes] = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                                                   b"forwarded"})
 HOP_OR_FORWARDING: frozenset[bytes] = HOP_BY_HOP | FORWARDING_FIELDS
+
+# fields a trailer section may not carry (RFC 9110 §6.5.1: framing, routing, authentication,
+# response control, how to process the content)
+NOT_IN_TRAILERS: frozenset[bytes] = HOP_BY_HOP | {
+    b"content-length", b"host", b"content-type", b"content-encoding", b"content-range",
+    b"authorization", b"cache-control"}
+_bad_trailer_value = re.compile(rb"[\r\n\x00]").search
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z").match
+
+
+def trailer_fields(trailers: HeaderList) -> HeaderList:
+    """The trailer fields that may be forwarded, for every HTTP version: no pseudo-header,
+    none of ``NOT_IN_TRAILERS``, lower-case token names, values free of CR, LF and NUL."""
+    return [(k, v) for k, v in trailers
+            if k not in NOT_IN_TRAILERS and _TOKEN(k) is not None and _bad_trailer_value(v) is None]
+
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
 

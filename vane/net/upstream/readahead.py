@@ -10,7 +10,8 @@ its upstream lease as soon as the backend has sent it, and a longer one streams 
 client chunk by chunk as they arrive.
 
 Failures reading the backend surface to the consumer as the ``UpstreamError`` that caused
-them, after ``on_error`` has reported it once.
+them, after ``on_error`` has reported it once; so do those of a body relayed without a
+buffer (``limit`` 0).
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def read_ahead(body: Body, limit: int, on_error: Callable[..., None], *error_arg
     ``on_error(exc, *error_args)`` reports a failure of the backend while the body is read.
     Raises ``UpstreamError`` when the body fails before the answer starts.
     """
-    if limit <= 0 or body.is_buffered:
+    if body.is_buffered or body.length == 0:
         return body
+    if limit <= 0:
+        return _ReportedBody(body, on_error, error_args)
     length = body.length
-    if length == 0:
-        return body
     if body.__class__ is StreamBody and body.done:
         out = Body.from_bytes(body.take_all())
         out.trailers = body.trailers
@@ -58,6 +59,25 @@ def read_ahead(body: Body, limit: int, on_error: Callable[..., None], *error_arg
         out.trailers = trailers_of.trailers
         return out
     return _PumpedBody(body, limit, on_error, error_args)
+
+
+class _ReportedBody(Body):
+    """``inner`` relayed as it comes, a failure of the backend reported once on its way."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Body, on_error: Callable[..., None], error_args: tuple) -> None:
+        super().__init__(self._relay(on_error, error_args), inner.length, inner.close)
+        self._inner = inner
+
+    def _relay(self, on_error: Callable[..., None], error_args: tuple) -> Iterator[bytes]:
+        inner = self._inner
+        try:
+            yield from inner
+        except UpstreamError as exc:
+            on_error(exc, *error_args)
+            raise
+        self.trailers = inner.trailers
 
 
 class _PumpedBody(Body):
