@@ -44,6 +44,10 @@ def serve_http(conn: Any, ctx: Any, upgrade: Node, graph: Any) -> None:
     """Serve HTTP on ``ctx``'s stream until the connection ends (or parks)."""
     scheme = "https" if ctx.layer == "l4+" else "http"
     service = HttpService(conn, ctx, HttpEntry(conn.services, ctx.listener, upgrade, graph))
+    if ctx.udp is not None:             # QUIC: ``upgrade quic`` negotiated h3
+        from vane.net.quic.serve import serve_h3
+        serve_h3(service)
+        return
     if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
         serve_h2(service, scheme)
         return

@@ -1,0 +1,228 @@
+"""End to end, HTTP/3: a real vaned serving QUIC next to TLS on one port, and aioquic's client
+(in a subprocess: it runs on asyncio, the tests on gevent). Proxy both ways with 20 MiB
+checksummed, a respond rule, two names by SNI, Alt-Svc over HTTP/1.1 and HTTP/2, a reload
+during an in-flight request, QUIC connections in get_connections, and the compile error for
+an l4 UDP rule on an HTTP/3 port."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import gevent
+import httpx
+import pytest
+import trustme
+
+from tests.support.config import http_proxy, rule, write_config
+from tests.support.daemon import ROOT, VANE, Vaned, clean_environ
+from tests.support.http_backend import Backend, pattern
+from tests.support.net import free_port, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+MIB = 1 << 20
+
+
+class Env:
+    pass
+
+
+def respond(body: str) -> dict:
+    return {"respond": {"input": {"status": 200, "body": body}}}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("h3")
+    e = Env()
+    e.root = root
+    e.ca = trustme.CA()
+    e.ca_path = str(root / "ca.pem")
+    e.ca.cert_pem.write_to_path(e.ca_path)
+    (root / "certs").mkdir()
+    for host in ("a.test", "b.test"):
+        cert = e.ca.issue_cert(host)
+        cert.cert_chain_pems[0].write_to_path(str(root / "certs" / f"{host}.pem"))
+        cert.private_key_pem.write_to_path(str(root / "certs" / f"{host}.key"))
+    e.backend = Backend("origin")
+    e.port = free_port()
+    listen = [f"127.0.0.1:{e.port}"]
+
+    def site(name, host, flow):
+        r = rule(name, flow, listen=listen, match={"req.host": host})
+        r["tls"] = {"cert": f"certs/{host}.pem", "key": f"certs/{host}.key", "http3": True}
+        return r
+
+    e.rules = {"10-a.json": site("site-a", "a.test", http_proxy(e.backend.url)),
+               "20-b.json": site("site-b", "b.test", respond("b says {{req.version}} {{tls.sni}}\n"))}
+    write_config(root, e.rules, config={})
+    e.vaned = Vaned(root).wait_accepting(e.port)
+    e.vaned.wait_listening(e.port, "udp")
+    yield e
+    e.vaned.stop()
+    e.backend.stop()
+
+
+def h3(env, path: str, sni: str = "a.test", *args: str, timeout: float = 60.0) -> list[dict]:
+    """Run the HTTP/3 client; its JSON lines (one per request)."""
+    cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{env.port}{path}",
+           "--sni", sni, "--ca", env.ca_path, *args]
+    proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=timeout)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    return lines
+
+
+def test_respond_rule_over_http3_by_sni(env):
+    [res] = h3(env, "/x", "b.test", "--show")
+    assert res["status"] == 200, res
+    assert res["body"] == "b says 3 b.test\n"
+
+
+def test_proxy_get_through_http3_reaches_the_http1_backend(env):
+    [res] = h3(env, "/headers", "a.test", "--show")
+    assert res["status"] == 200, res
+    seen = json.loads(res["body"])
+    assert seen["path"] == "/headers"
+    assert dict(res["headers"])["x-backend"] == "origin"
+
+
+def test_two_names_get_their_own_certificates(env):
+    # the client verifies the chain against the CA and the name it asked for
+    [a] = h3(env, "/a", "a.test")
+    [b] = h3(env, "/b", "b.test", "--show")
+    assert a["status"] == 200 and b["status"] == 200
+    assert b["body"].endswith("b.test\n")
+
+
+def test_20_mib_download_intact(env):
+    n = 20 * MIB
+    [res] = h3(env, f"/data?n={n}&stream=1", "a.test")
+    assert res["status"] == 200, res
+    assert res["length"] == n
+    assert res["sha256"] == hashlib.sha256(pattern(n)).hexdigest()
+
+
+def test_20_mib_upload_intact(env):
+    n = 20 * MIB
+    [res] = h3(env, "/hash", "a.test", "--method", "POST", "--upload", str(n), "--show")
+    assert res["status"] == 200, res
+    info = json.loads(res["body"])
+    assert info["length"] == n
+    assert info["sha256"] == hashlib.sha256(pattern(n)).hexdigest()
+
+
+def test_several_requests_on_one_connection(env):
+    lines = h3(env, "/x", "b.test", "--repeat", "5")
+    assert [r["status"] for r in lines] == [200] * 5
+
+
+def test_unknown_name_gets_421(env):
+    [res] = h3(env, "/x", "a.test", "--show", "--authority", "nobody.test")
+    assert res["status"] == 421
+
+
+def test_alt_svc_over_http1_and_http2(env):
+    ctx = ssl.create_default_context(cafile=env.ca_path)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection(("127.0.0.1", env.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="b.test") as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    head = data.split(b"\r\n\r\n")[0].lower()
+    assert f'alt-svc: h3=":{env.port}"'.encode() in head
+    transport = httpx.HTTPTransport(verify=ctx_h2(env), http2=True, retries=0)
+    with httpx.Client(transport=transport, http2=True) as client:
+        r = client.get(f"https://127.0.0.1:{env.port}/x", headers={"host": "b.test"},
+                       extensions={"sni_hostname": "b.test"})
+    assert r.http_version == "HTTP/2"
+    assert r.headers["alt-svc"] == f'h3=":{env.port}"; ma=86400'
+
+
+def ctx_h2(env) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=env.ca_path)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def test_quic_connection_in_get_connections_and_reload_lets_it_finish(env):
+    cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{env.port}/sleep?s=2",
+           "--sni", "a.test", "--ca", env.ca_path, "--show"]
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        conns = wait_until(lambda: [c for c in env.vaned.mgmt("get_connections")["connections"]
+                                    if c["proto"] == "udp" and c["layer"] == "l7"], timeout=10)
+        assert conns[0]["listener"] == f"udp 127.0.0.1:{env.port}"
+        assert conns[0]["rule"] == "site-a"
+        changed = dict(env.rules)
+        changed["20-b.json"] = json.loads(json.dumps(changed["20-b.json"]).replace("b says", "b now says"))
+        write_config(env.root, changed, config={})
+        res = env.vaned.cli("reload")
+        assert res.returncode == 0, res.stdout + res.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    [res] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert res["status"] == 200, (res, err[-2000:])
+    assert res["body"] == "slept"
+    [after] = h3(env, "/x", "b.test", "--show")
+    assert after["body"].startswith("b now says 3")
+
+
+def test_l4_udp_rule_on_an_http3_port_is_a_compile_error(tmp_path):
+    port = free_port()
+    (tmp_path / "certs").mkdir()
+    ca = trustme.CA()
+    cert = ca.issue_cert("a.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    web = rule("web", respond("x"), listen=f"127.0.0.1:{port}")
+    web["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
+    dns = rule("dns", {"proxy": {"input": {"target": "127.0.0.1:53"}}}, listen=f"udp:127.0.0.1:{port}")
+    write_config(tmp_path, {"10-web.json": web, "20-dns.json": dns}, config={})
+    res = subprocess.run([*VANE, "compile", str(tmp_path)], env=clean_environ(), cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert "10-web.json" in res.stderr + res.stdout
+    assert "/tls/http3" in res.stderr + res.stdout
+    assert '"dns"' in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+
+
+def test_hostile_datagrams_do_not_disturb_the_listener(env):
+    """Garbage, a short Initial, an unknown version (answered by version negotiation):
+    none of them costs a connection, and HTTP/3 goes on."""
+    for junk in (b"\x00" * 50, b"\xc0\x00\x00\x00\x01\x08" + b"\x01" * 8 + b"\x00" * 21):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as j:
+            j.sendto(junk, ("127.0.0.1", env.port))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    # long header, version 0x1a2a3a4a (reserved for negotiation tests), padded to 1200 bytes
+    pkt = b"\xc0" + bytes.fromhex("1a2a3a4a") + b"\x08" + b"\x02" * 8 + b"\x08" + b"\x03" * 8
+    s.sendto(pkt + b"\x00" * (1200 - len(pkt)), ("127.0.0.1", env.port))
+    vn = None
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            data, _ = s.recvfrom(2048)
+        except (TimeoutError, socket.timeout):
+            break
+        if data[1:5] == b"\x00\x00\x00\x00":
+            vn = data
+            break
+    s.close()
+    assert vn is not None, "no version negotiation answer"
+    assert b"\x00\x00\x00\x01" in vn[5:]
+    [res] = h3(env, "/x", "b.test")
+    assert res["status"] == 200
+    gevent.sleep(0)
