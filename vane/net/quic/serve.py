@@ -7,6 +7,7 @@ from typing import Any
 import gevent
 
 from vane.net.http.message import Request, Response
+from vane.net.upstream.websocket import stream_tunnel
 
 from .h3server import H3Limits, H3Server
 
@@ -20,6 +21,8 @@ def serve_h3(service: Any) -> None:
         resp, rctx = service.handle(req, req.stream_id or 0)
         if rctx is None:                # reloaded away: the client retries on a new connection
             codec.goaway()
+        elif rctx.tunnel is not None:   # extended CONNECT (RFC 9220): the WebSocket rides on the stream
+            resp, rctx.tunnel = stream_tunnel(req, resp, rctx.tunnel), None
         return resp, rctx
 
     def finished(rctx: Any, resp: Response, sent: int, aborted: bool) -> None:
