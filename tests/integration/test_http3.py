@@ -46,7 +46,7 @@ def env(tmp_path_factory):
     e.ca_path = str(root / "ca.pem")
     e.ca.cert_pem.write_to_path(e.ca_path)
     (root / "certs").mkdir()
-    for host in ("a.test", "b.test"):
+    for host in ("a.test", "b.test", "ws.test"):
         cert = e.ca.issue_cert(host)
         cert.cert_chain_pems[0].write_to_path(str(root / "certs" / f"{host}.pem"))
         cert.private_key_pem.write_to_path(str(root / "certs" / f"{host}.key"))
@@ -60,9 +60,11 @@ def env(tmp_path_factory):
         return r
 
     e.rules = {"10-a.json": site("site-a", "a.test", http_proxy(e.backend.url)),
+               "15-ws.json": site("site-ws", "ws.test", http_proxy(e.backend.url)),
                "20-b.json": site("site-b", "b.test", respond("b says {{req.version}} {{tls.sni}}\n"))}
     write_config(root, e.rules, config={})
-    e.vaned = Vaned(root).wait_accepting(e.port)
+    e.flow_log = root / "flow.jsonl"
+    e.vaned = Vaned(root, {"VANE_FLOW_LOG_FILE": str(e.flow_log)}).wait_accepting(e.port)
     e.vaned.wait_listening(e.port, "udp")
     yield e
     e.vaned.stop()
@@ -226,3 +228,73 @@ def test_hostile_datagrams_do_not_disturb_the_listener(env):
     [res] = h3(env, "/x", "b.test")
     assert res["status"] == 200
     gevent.sleep(0)
+
+
+def test_websocket_over_http3_echoes_one_mib_and_keeps_the_close_code(env):
+    [res] = h3(env, "/ws", "ws.test", "--ws", str(MIB))
+    assert res["status"] == 200, res
+    assert dict(res["headers"])["x-backend"] == "origin"
+    assert res["echo_ok"] is True
+    assert res["close_code"] == 4001
+
+
+def test_flow_log_records_http3_requests(env):
+    [res] = h3(env, "/flowlog-probe", "b.test")
+    assert res["status"] == 200
+    entries = wait_until(lambda: [e for e in _flow(env) if e.get("path") == "/flowlog-probe"], timeout=5)
+    assert entries[0]["version"] == "3"
+    assert entries[0]["listener"] == f"udp 127.0.0.1:{env.port}"
+
+
+def _flow(env) -> list[dict]:
+    if not env.flow_log.exists():
+        return []
+    return [json.loads(line) for line in env.flow_log.read_text().splitlines() if line.startswith("{")]
+
+
+def test_drain_lets_an_http3_download_finish(tmp_path):
+    """SIGTERM while a 20 MiB HTTP/3 download is in flight: it completes intact, then vaned
+    exits 0."""
+    ca = trustme.CA()
+    ca_path = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+    (tmp_path / "certs").mkdir()
+    cert = ca.issue_cert("a.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    backend = Backend("slow")
+    port = free_port()
+    r = rule("a", http_proxy(backend.url), listen=f"127.0.0.1:{port}")
+    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
+    write_config(tmp_path, {"10-a.json": r}, config={})
+    vaned = Vaned(tmp_path).wait_accepting(port)
+    n = 20 * MIB
+    cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/sleep?s=1",
+           "--sni", "a.test", "--ca", ca_path, "--repeat", "1"]
+    big = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/data?n={n}&stream=1",
+           "--sni", "a.test", "--ca", ca_path]
+    try:
+        vaned.wait_listening(port, "udp")
+        slow = subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        download = subprocess.Popen(big, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: len([c for c in vaned.mgmt("get_connections")["connections"]
+                                if c["proto"] == "udp" and c["layer"] == "l7"]) == 2, timeout=10)
+        vaned.signal(15)
+        out_slow, _ = slow.communicate(timeout=30)
+        out_big, err_big = download.communicate(timeout=30)
+        assert vaned.wait(15) == 0
+    finally:
+        for proc in ("slow", "download"):
+            p = locals().get(proc)
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        if vaned.running():
+            vaned.kill()
+        backend.stop()
+    [res_slow] = [json.loads(line) for line in out_slow.splitlines() if line.startswith("{")]
+    assert res_slow["status"] == 200
+    [res] = [json.loads(line) for line in out_big.splitlines() if line.startswith("{")]
+    assert res.get("status") == 200, (res, err_big[-2000:])
+    assert res["length"] == n
+    assert res["sha256"] == hashlib.sha256(pattern(n)).hexdigest()

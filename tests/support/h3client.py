@@ -4,6 +4,9 @@ per request: status, headers, body length and sha256 (or the body itself with ``
 
 Options: ``--ca FILE`` (trust only it), ``--sni NAME``, ``--method M``, ``--upload N`` (N
 deterministic bytes as the body), ``--repeat K`` (K requests on one connection), ``--authority A``
+(the ``:authority``), ``--ws N``: a WebSocket by extended CONNECT (RFC 9220) to the URL's path,
+one binary message of N random bytes and a close with code 4001; prints the status, whether
+the echo came back intact and the close code the server sent back.
 ``--timeout S``.
 """
 
@@ -13,7 +16,9 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import ssl
+import struct
 import sys
 from urllib.parse import urlparse
 
@@ -70,6 +75,49 @@ class Client(QuicConnectionProtocol):
                     res["body"] = self.bodies[sid].decode("latin-1")
                 self.waiters[sid].set_result(res)
 
+    async def websocket(self, url: str, authority: str, size: int) -> dict:
+        u = urlparse(url)
+        sid = self._quic.get_next_available_stream_id()
+        loop = asyncio.get_running_loop()
+        self.results[sid] = {"length": 0}
+        self.hashes[sid] = hashlib.sha256()
+        self.bodies[sid] = bytearray()
+        self.show = True
+        self.waiters[sid] = loop.create_future()
+        self.h3.send_headers(sid, [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+                                   (b":authority", authority.encode()), (b":path", (u.path or "/").encode()),
+                                   (b"sec-websocket-version", b"13")])
+        self.transmit()
+        res = self.results[sid]
+        while "status" not in res:
+            await asyncio.sleep(0.01)
+        if res["status"] != 200:
+            return await self.waiters[sid]
+        message = os.urandom(size)
+        frame = _client_frame(0x2, message)
+        for off in range(0, len(frame), 65536):
+            self.h3.send_data(sid, frame[off:off + 65536], end_stream=False)
+            self.transmit()
+            await asyncio.sleep(0)
+        buf = self.bodies[sid]
+        got = None
+        while got is None:
+            got = _server_frame(buf)
+            if got is None:
+                await asyncio.sleep(0.01)
+        res["echo_ok"] = got == (0x2, message)
+        self.h3.send_data(sid, _client_frame(0x8, struct.pack("!H", 4001) + b"bye"), end_stream=False)
+        self.transmit()
+        got = None
+        while got is None:
+            got = _server_frame(buf)
+            if got is None:
+                await asyncio.sleep(0.01)
+        res["close_code"] = struct.unpack("!H", got[1][:2])[0] if got[0] == 0x8 else None
+        await self.waiters[sid]             # the backend closed: the stream ends
+        res.pop("body", None)
+        return res
+
     async def request(self, method: str, url: str, authority: str, body: bytes | None) -> dict:
         u = urlparse(url)
         sid = self._quic.get_next_available_stream_id()
@@ -92,6 +140,38 @@ class Client(QuicConnectionProtocol):
         return await self.waiters[sid]
 
 
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    mask = os.urandom(4)
+    key = (mask * (n // 4 + 1))[:n]
+    return head + mask + (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def _server_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    if len(buf) < 2:
+        return None
+    opcode, n, off = buf[0] & 0x0F, buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n, off = struct.unpack("!H", buf[2:4])[0], 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n, off = struct.unpack("!Q", buf[2:10])[0], 10
+    if len(buf) < off + n:
+        return None
+    payload = bytes(buf[off:off + n])
+    del buf[:off + n]
+    return opcode, payload
+
+
 async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("url")
@@ -103,6 +183,7 @@ async def main() -> int:
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--show", action="store_true")
     p.add_argument("--authority")
+    p.add_argument("--ws", type=int)
     a = p.parse_args()
     u = urlparse(a.url)
     config = QuicConfiguration(is_client=True, alpn_protocols=list(H3_ALPN), server_name=a.sni or u.hostname)
@@ -117,6 +198,10 @@ async def main() -> int:
         async with connect(u.hostname, u.port or 443, configuration=config, create_protocol=Client,
                            wait_connected=True) as client:
             client.show = a.show
+            if a.ws is not None:
+                res = await asyncio.wait_for(client.websocket(a.url, authority, a.ws), a.timeout)
+                print(json.dumps(res), flush=True)
+                return 0
             for _ in range(a.repeat):
                 res = await asyncio.wait_for(client.request(a.method, a.url, authority, body), a.timeout)
                 print(json.dumps(res), flush=True)

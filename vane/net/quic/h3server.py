@@ -318,7 +318,19 @@ class H3Server:
         else:
             h3.send_data(st.id, b"", end_stream=True)
         self.session.transmit()
+        self._acknowledged(st)
         return sent
+
+    def _acknowledged(self, st: _Stream) -> None:
+        """Wait until the client acknowledged the whole answer (a drain closes the connection
+        once no stream is open, and a close drops what is still unacknowledged)."""
+        session = self.session
+        deadline = time.monotonic() + self._limits.send_timeout
+        while session.backlog(st.id) > 0 and not session.closed and st.reset is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Gone
+            session.wait_progress(left)
 
     def _send(self, st: _Stream, chunk: bytes) -> None:
         session = self.session

@@ -132,6 +132,7 @@ class QuicSession:
         bidi = quic._local_max_streams_bidi
         bidi.value = bidi.sent = limits.max_streams
         session = cls(udp, sock, quic, limits)
+        udp.lingers = True      # a drain lets the connection finish on the listener's socket
         return session
 
     # -- driving ---------------------------------------------------------------------------------
