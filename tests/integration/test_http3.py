@@ -298,3 +298,31 @@ def test_drain_lets_an_http3_download_finish(tmp_path):
     assert res.get("status") == 200, (res, err_big[-2000:])
     assert res["length"] == n
     assert res["sha256"] == hashlib.sha256(pattern(n)).hexdigest()
+
+
+def test_http3_with_two_workers(tmp_path):
+    """Each worker reads its own SO_REUSEPORT socket; every connection is served whole by
+    the worker its client address hashes to."""
+    ca = trustme.CA()
+    ca_path = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+    (tmp_path / "certs").mkdir()
+    cert = ca.issue_cert("a.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    port = free_port()
+    r = rule("a", respond("hi {{req.version}}\n"), listen=f"127.0.0.1:{port}")
+    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
+    write_config(tmp_path, {"10-a.json": r}, config={})
+    vaned = Vaned(tmp_path, {"VANE_WORKERS": "2"}).wait_accepting(port)
+    try:
+        cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
+               "--sni", "a.test", "--ca", ca_path, "--show", "--repeat", "3"]
+        procs = [subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        vaned.stop()
+    for out in outs:
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert [r.get("body") for r in lines] == ["hi 3\n"] * 3, out
