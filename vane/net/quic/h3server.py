@@ -37,6 +37,8 @@ _BODY_TO_COME = Body.empty()
 
 
 class H3Limits:
+    """Per-connection HTTP/3 limits (from the security floor)."""
+
     __slots__ = ("max_header_count", "body_idle_timeout", "send_timeout")
 
     def __init__(self, max_header_count: int = 100, body_idle_timeout: float = 30.0,
@@ -51,6 +53,8 @@ class _Gone(Exception):
 
 
 class _Stream:
+    """A request stream: its body as received, its end or reset, and its waiter."""
+
     __slots__ = ("id", "chunks", "ended", "reset", "data_ev", "length", "received", "body", "discard")
 
     def __init__(self, stream_id: int) -> None:
@@ -149,7 +153,9 @@ class H3Server:
             return
         st = _Stream(sid)
         if self._draining or self.session.closed:
-            self.session.quic.reset_stream(sid, ErrorCode.H3_REQUEST_REJECTED)
+            quic = self.session.quic
+            quic.reset_stream(sid, ErrorCode.H3_REQUEST_REJECTED)
+            quic.stop_stream(sid, ErrorCode.H3_REQUEST_REJECTED)
             return
         try:
             request, length = request_head(ev.headers, "https", self._limits.max_header_count,
