@@ -326,3 +326,54 @@ def test_http3_with_two_workers(tmp_path):
     for out in outs:
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert [r.get("body") for r in lines] == ["hi 3\n"] * 3, out
+
+
+def _initial_datagrams(port: int) -> list[bytes]:
+    """A client's first flight (its Initial, padded), made by aioquic's sans-I/O core."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name="a.test")
+    client = QuicConnection(configuration=config)
+    client.connect(("127.0.0.1", port), now=time.monotonic())
+    return [data for data, _ in client.datagrams_to_send(now=time.monotonic())]
+
+
+def test_quic_handshakes_count_against_the_per_ip_limit(tmp_path):
+    """VANE_SEC_TLS_HANDSHAKES_PER_IP=1: of three Initials from one IP within a second, one
+    gets a handshake answer; the others get nothing (no amplification, no connection)."""
+    ca = trustme.CA()
+    (tmp_path / "certs").mkdir()
+    cert = ca.issue_cert("a.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    port = free_port()
+    r = rule("a", respond("hi"), listen=f"127.0.0.1:{port}")
+    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
+    write_config(tmp_path, {"10-a.json": r}, config={})
+    vaned = Vaned(tmp_path, {"VANE_SEC_TLS_HANDSHAKES_PER_IP": "1"}).wait_accepting(port)
+    socks = []
+    try:
+        vaned.wait_listening(port, "udp")
+        time.sleep(1.1)     # the readiness probe's TLS handshake leaves the one-second window
+        flights = [_initial_datagrams(port) for _ in range(3)]
+        for _ in flights:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            socks.append(s)
+        for s, flight in zip(socks, flights, strict=True):
+            for data in flight:
+                s.sendto(data, ("127.0.0.1", port))
+        answered = 0
+        for s in socks:
+            try:
+                s.recvfrom(4096)
+                answered += 1
+            except (TimeoutError, socket.timeout):
+                pass
+        assert answered == 1
+        assert vaned.wait_log("tls_handshakes_per_ip", timeout=5) >= 0
+    finally:
+        for s in socks:
+            s.close()
+        vaned.stop()

@@ -137,8 +137,9 @@ class QuicSession:
 
     # -- driving ---------------------------------------------------------------------------------
 
-    def handshake(self) -> bool:
-        """Run until the handshake completes (True) or fails or times out (False)."""
+    def handshake(self, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Run until the handshake completes (True) or fails, times out or ``stop()`` says
+        the daemon is draining (False)."""
         self._driver = getcurrent()
         done: list[bool] = []
 
@@ -155,8 +156,8 @@ class QuicSession:
         self._receive(self.udp.first, on_event)
         self.transmit()
         while not done and not self.closed:
-            if time.monotonic() >= deadline:
-                log.debug("quic: handshake with %s timed out", self.udp.client)
+            if time.monotonic() >= deadline or stop():
+                log.debug("quic: handshake with %s timed out or cut by a drain", self.udp.client)
                 self.quic.close(error_code=0x0, reason_phrase="handshake timeout")
                 self.transmit()
                 return False

@@ -73,7 +73,9 @@ class Upgrade(Terminator):
         limits = QuicLimits(handshake_timeout=s.sec_handshake_timeout, idle_timeout=s.sec_keepalive_timeout,
                             max_streams=s.sec_h2_max_streams)
         session = QuicSession.accept(ctx.udp, ctx.sock, self.quic, limits)
-        if session is None or not session.handshake():
+        services = self.env.services
+        draining = services.draining.is_set if services is not None else (lambda: False)
+        if session is None or not session.handshake(draining):
             ctx.trajectory.note_error("quic: no connection established")
             return FINISHED
         new = ctx.upgraded(session)
