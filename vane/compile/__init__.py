@@ -98,8 +98,10 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
         flow = builder.build(rule["flow"], rs.pointer + "/flow", "l4" if layer == "L4" else "l7")
         if flow is None or len(errors) > n_errors:
             continue
+        tls = rule.get("tls")
+        http3 = bool(tls) and tls.get("http3", sources.config.get("http3", False)) is True
         compiled.append(CompiledRule(rs, name, layer, conds, flow, list(addrs),
-                                     tls_paths(sources.config_dir, rule.get("tls")), rule.get("priority", 0)))
+                                     tls_paths(sources.config_dir, tls), rule.get("priority", 0), http3))
     errors.extend(trusted_proxies_errors(sources.config))
     upstreams = compile_upstreams(sources.config, compiled, limits, errors)
     listeners = Lowerer(registry, limits, errors).lower(compiled)

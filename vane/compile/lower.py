@@ -8,6 +8,11 @@ a ``deny`` (reset). The inserted nodes are the same ``match``/``upgrade``/``dete
 nodes an operator can write; they are marked synthetic and never enter scoped-key paths.
 
 Order on a listener: ``priority`` desc, then predicate count desc, then merge order.
+
+HTTP/3: every TCP address of a TLS rule with ``http3`` gets a UDP twin whose tree is an
+``upgrade quic`` (the same certificates) and the HTTP group of those rules; unmatched requests
+get 421. Their HTTP/1.1 and HTTP/2 answers advertise it (``Alt-Svc``, through a ``headers``
+node in front of the rule's flow). A UDP port cannot carry both HTTP/3 and ``l4`` rules.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class CompiledRule:
     addrs: list[ListenAddr]
     tls: tuple[str, str] | None     # absolute (cert, key)
     priority: int
+    http3: bool = False             # also served over QUIC on the same port (tls.http3)
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -66,6 +72,7 @@ class ListenerPlan:
     rules: list[str] = field(default_factory=list)
     certs: list[tuple[str, str]] = field(default_factory=list)
     proxy_protocol: Trusted | None = None   # accept_proxy_protocol: the sources that must send a header
+    quic: bool = False              # a UDP listener serving HTTP/3
 
 
 def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
@@ -103,7 +110,47 @@ class Lowerer:
             plan = self._listener(addr, sorted(by_addr[addr], key=lambda r: r.sort_key))
             if plan is not None:
                 plans[addr] = plan
+        for addr, h3 in sorted(self._quic_addrs(rules, by_addr).items()):
+            plans[addr] = self._quic_listener(addr, sorted(h3, key=lambda r: r.sort_key))
         return plans
+
+    def _quic_addrs(self, rules: list[CompiledRule],
+                    by_addr: dict[ListenAddr, list[CompiledRule]]) -> dict[ListenAddr, list[CompiledRule]]:
+        """The UDP twins of the TCP addresses of ``http3`` rules; a UDP rule on one of those
+        ports (the same address, or a wildcard and an address of its family) is an error."""
+        out: dict[ListenAddr, list[CompiledRule]] = {}
+        for rule in rules:
+            if not rule.http3 or rule.layer != "L7":
+                continue
+            for addr in rule.addrs:
+                if addr.transport == "tcp":
+                    out.setdefault(ListenAddr("udp", addr.ip, addr.port), []).append(rule)
+        for addr in list(out):
+            wild = "0.0.0.0" if addr.family == 4 else "::"
+            clash = [a for a in by_addr if a.transport == "udp" and a.port == addr.port and a.family == addr.family
+                     and (a.ip == addr.ip or wild in (a.ip, addr.ip))]
+            if clash:
+                other = by_addr[clash[0]][0]
+                rule = out.pop(addr)[0]
+                self._error(rule, "/tls/http3", f"HTTP/3 needs {addr} for QUIC, but rule \"{other.name}\" "
+                                                f"({other.source.file}) listens on {clash[0]}: one UDP port, "
+                                                f"one kind of rule")
+        return out
+
+    def _quic_listener(self, addr: ListenAddr, rules: list[CompiledRule]) -> ListenerPlan:
+        key = ("quic", tuple(r.name for r in rules))
+        certs = _certs(rules)
+        root = self._trees.get(key)
+        if root is None:
+            label = f"udp :{addr.port}"
+            root = self._synthetic(label, "/quic", "upgrade", "l4", {
+                "protocol": "quic", "certs": [{"cert": c, "key": k} for c, k in certs]})
+            up = self._synthetic(label, "/quic/upgrade-http", "upgrade", "l4+", {"protocol": "http"})
+            up.next = self._chain(label, "l7", rules,
+                                  self._synthetic(label, "/quic/unmatched", "deny", "l7", {"status": 421}), "/quic")
+            root.next = up
+            self._trees[key] = root
+        return ListenerPlan(addr, root, [r.name for r in rules], certs, quic=True)
 
     def _error(self, rule: CompiledRule, ptr: str, message: str) -> None:
         where = (rule.source.file, rule.source.pointer + ptr)
@@ -188,13 +235,23 @@ class Lowerer:
         """One ``route`` node trying ``rules`` in order; ``*`` goes to a catch-all rule or ``tail``."""
         routed = [r for r in rules if r.conds]
         catch_all = next((r for r in rules if not r.conds), None)
-        fallback = catch_all.flow if catch_all is not None else tail
+        fallback = self._entry(label, where, catch_all) if catch_all is not None else tail
         if not routed:
             return fallback
         inp = {"routes": [{"name": r.name, "match": r.source.rule["match"]} for r in routed]}
         node = self._synthetic(label, where, "route", layer, inp)
-        node.branches = {r.name: r.flow for r in routed}
+        node.branches = {r.name: self._entry(label, where, r) for r in routed}
         node.branches["*"] = node.default = fallback
+        return node
+
+    def _entry(self, label: str, where: str, rule: CompiledRule) -> Node:
+        """Where a matched rule starts: its flow, behind an ``Alt-Svc`` header on the TCP
+        listeners of an ``http3`` rule."""
+        if not rule.http3 or where != "/tls":
+            return rule.flow
+        node = self._synthetic(label, f"{where}/{rule.name}/alt-svc", "headers", "l7",
+                               {"response": {"add": {"alt-svc": 'h3=":{{listen.port}}"; ma=86400'}}})
+        node.branches = {"next": rule.flow}
         return node
 
     def _deny_l4(self, label: str) -> Node:

@@ -66,7 +66,8 @@ RULE_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["cert", "key"],
             "additionalProperties": False,
-            "properties": {"cert": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}},
+            "properties": {"cert": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1},
+                           "http3": {"type": "boolean"}},
         },
         "accept_proxy_protocol": {
             "type": "object",
@@ -182,6 +183,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "plugins": {"type": "object", "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"},
                     "additionalProperties": _PLUGIN_DECL},
         "defaults": {"type": "object", "additionalProperties": {"type": "object"}},
+        "http3": {"type": "boolean"},
         "upstream_pool": {
             "type": "object", "additionalProperties": False,
             "properties": {"max_idle_per_host": {"type": "integer", "minimum": 0},

@@ -31,6 +31,7 @@ from vane.net.http.message import Request, Response
 from vane.net.http.status import plain_response
 from vane.net.peek import H2_PREFACE
 from vane.net.tunnel import relay
+from vane.net.upstream.websocket import stream_tunnel
 from vane.observe.flowlog import LazyEntry
 
 from .l7context import L7Context
@@ -44,6 +45,10 @@ def serve_http(conn: Any, ctx: Any, upgrade: Node, graph: Any) -> None:
     """Serve HTTP on ``ctx``'s stream until the connection ends (or parks)."""
     scheme = "https" if ctx.layer == "l4+" else "http"
     service = HttpService(conn, ctx, HttpEntry(conn.services, ctx.listener, upgrade, graph))
+    if ctx.udp is not None:             # QUIC: ``upgrade quic`` negotiated h3
+        from vane.net.quic.serve import serve_h3
+        serve_h3(service)
+        return
     if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
         serve_h2(service, scheme)
         return
@@ -299,6 +304,8 @@ def serve_h2(service: HttpService, scheme: str) -> None:
         resp, rctx = service.handle(req, req.stream_id or 0)
         if rctx is None:                # reloaded away: the client retries on a new connection
             codec.goaway()
+        elif rctx.tunnel is not None:   # extended CONNECT: the WebSocket rides on the stream
+            resp, rctx.tunnel = stream_tunnel(req, resp, rctx.tunnel), None
         return resp, rctx
 
     def finished(rctx: Any, resp: Response, sent: int, aborted: bool) -> None:

@@ -108,8 +108,12 @@ class Listener:
         return self.sock
 
     def stop(self) -> None:
-        """Stop accepting now; connections already accepted are not touched."""
+        """Stop accepting now; connections already accepted are not touched. A UDP listener
+        with sessions that must outlive it (QUIC: ``UdpSession.lingers``) keeps its socket
+        for them, taking no new client, and closes it when the last one ends."""
         self.state = "stopped"
+        if self._lingering():
+            return
         for extra in self.group_socks[1:]:
             try:
                 extra.close()
@@ -266,9 +270,13 @@ class Listener:
             self.accepted += 1
             spawn(handler, self, conn, peer)
 
+    def _lingering(self) -> bool:
+        return self.addr.transport == "udp" and self.sock is not None \
+            and any(s.lingers and not s.closed for s in self.sessions.values())
+
     def _udp_loop(self) -> None:
         sessions = self.sessions
-        while self.state == "listening":
+        while self.state == "listening" or self._lingering():
             sock = self.sock
             if sock is None:
                 return
@@ -276,7 +284,9 @@ class Listener:
                 data, client = sock.recvfrom(MAX_DATAGRAM)
             except OSError as exc:
                 if self.state != "listening":
-                    return
+                    if self._lingering():
+                        continue
+                    break
                 if exc.errno in RESOURCE_ERRORS:
                     gevent.sleep(0.1)
                 continue
@@ -284,6 +294,8 @@ class Listener:
             if session is not None and not session.closed:
                 session.feed(data)
                 continue
+            if self.state != "listening":
+                continue        # stopped: only the lingering sessions are served
             if len(sessions) >= self.max_udp_sessions:
                 self.udp_dropped += 1
                 continue
@@ -298,6 +310,8 @@ class Listener:
             session.closed = True
             if self.sessions.get(session.client) is session:
                 del self.sessions[session.client]
+            if self.state == "stopped" and session.lingers and not self._lingering():
+                self.stop()     # the last session that kept the socket open
 
 
 # -- systemd socket activation ------------------------------------------------------------------

@@ -21,7 +21,7 @@ QUEUE_DATAGRAMS = 256
 
 
 class UdpSession:
-    __slots__ = ("client", "sock", "first", "queue", "last", "counters", "dropped", "closed")
+    __slots__ = ("client", "sock", "first", "queue", "last", "counters", "dropped", "closed", "lingers")
 
     def __init__(self, client: tuple, sock: Any, first: bytes, counters: Counters | None = None) -> None:
         self.client = client          # the client's address
@@ -32,6 +32,7 @@ class UdpSession:
         self.counters = counters if counters is not None else Counters()
         self.dropped = 0
         self.closed = False
+        self.lingers = False          # keeps the listener's socket open after it stops (QUIC)
 
     def feed(self, data: bytes) -> None:
         """Called by the listener for every later datagram of this client."""

@@ -100,7 +100,7 @@ BUILTINS: tuple[PluginSpec, ...] = (
     _spec("deny", Kind.TERMINATOR, LAYERS_ALL, (), "deny:Deny",
           _obj({"status": _STATUS, "body": _STR, "headers": _STR_MAP}), blocking=False),
     _spec("upgrade", Kind.TERMINATOR, LAYERS_L4, (), "upgrade:Upgrade",
-          _obj({"protocol": {"enum": ["tls", "http"]},
+          _obj({"protocol": {"enum": ["tls", "http", "quic"]},
                 "certs": {"type": "array", "minItems": 1,
                           "items": _obj({"cert": _STR, "key": _STR}, ("cert", "key"))},
                 "alpn": {"type": "array", "items": {"enum": ["h2", "http/1.1"]}}},

@@ -42,6 +42,7 @@ NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, 
 # settings
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, \
     MAX_HEADER_LIST_SIZE = range(1, 7)
+ENABLE_CONNECT_PROTOCOL = 8     # RFC 8441: extended CONNECT (WebSocket over HTTP/2)
 
 DEFAULT_WINDOW = 65535
 MAX_WINDOW = (1 << 31) - 1
@@ -153,7 +154,7 @@ class ServerProtocol:
         settings = ((MAX_CONCURRENT_STREAMS, self._max_concurrent),
                     (MAX_HEADER_LIST_SIZE, self._max_header_list_size),
                     (INITIAL_WINDOW_SIZE, self._local_initial), (ENABLE_PUSH, 0),
-                    (MAX_FRAME_SIZE, self.max_inbound_frame))
+                    (MAX_FRAME_SIZE, self.max_inbound_frame), (ENABLE_CONNECT_PROTOCOL, 1))
         out = self._out
         out += _pack_head((6 * len(settings) << 8) | SETTINGS, 0, 0)
         for code, value in settings:

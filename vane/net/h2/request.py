@@ -12,7 +12,12 @@ or starting or ending with whitespace; a connection-specific field (``connection
 ``trailers``; an unknown, repeated or late pseudo-header; a missing ``:method``, ``:scheme`` or
 ``:path`` (``:authority`` for CONNECT); a ``:path`` that is neither origin-form nor ``*`` for
 OPTIONS; ``host`` and ``:authority`` naming different authorities; a ``content-length`` that
-is not digits or disagrees with another one.
+is not digits or disagrees with another one; ``:protocol`` outside a CONNECT.
+
+Extended CONNECT (RFC 8441, RFC 9220): a CONNECT with ``:protocol`` ``websocket`` and its
+``:scheme``, ``:path`` and ``:authority`` becomes the WebSocket request the flows see from
+HTTP/1.1: method ``GET``, ``upgrade`` ``websocket``; its body is the client's side of the
+tunnel. Another ``:protocol`` is answered 501.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from vane.net.http.target import check_query, is_token, normalize_authority, nor
 
 __all__ = ["request_head", "check_trailers"]
 
-_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
 _SPECIAL = _CONNECTION_SPECIFIC | {b"te", b"host", b"content-length", b"cookie"}
@@ -57,7 +62,7 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
     """The ``Request`` (with ``body``, else an empty one) and the announced content length of
     a received header block; raises ``HttpError``."""
     check_field_count(len(headers), max_fields)
-    method = path = scheme = authority = host = length = None
+    method = path = scheme = authority = host = length = protocol = None
     items: HeaderList = []
     cookies: list[bytes] | None = None
     regular = False
@@ -79,6 +84,10 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
                 if authority is not None:
                     raise HttpError(400, "repeated :authority")
                 authority = value
+            elif name == b":protocol":
+                if protocol is not None:
+                    raise HttpError(400, "repeated :protocol")
+                protocol = value
             else:
                 if scheme is not None:
                     raise HttpError(400, "repeated :scheme")
@@ -125,6 +134,12 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
     if authority is not None and host is not None and normalize_authority(authority) != normalize_authority(host):
         raise HttpError(400, ":authority and host name different authorities")
     raw_authority = authority if authority is not None else host
+    if protocol is not None:
+        if text_method != "CONNECT" or path is None or scheme is None or authority is None:
+            raise HttpError(400, ":protocol outside an extended CONNECT")
+        if protocol != b"websocket":
+            raise HttpError(501, "extended CONNECT for an unsupported protocol")
+        text_method = "GET"
     if text_method == "CONNECT":
         if path is not None or scheme is not None or raw_authority is None:
             raise HttpError(400, "malformed CONNECT request")
@@ -149,6 +164,8 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
         items = [(k, joined if k == b"cookie" else v) for k, v in items]
     text_scheme = (_SCHEMES.get(scheme) or scheme.decode("latin-1")) if scheme else default_scheme
     request = Request(text_method, target, query, "2", Headers(items), body, text_scheme, auth)
+    if protocol is not None:
+        request.upgrade = "websocket"
     return request, length
 
 

@@ -4,7 +4,9 @@
 dir; contexts built when the graph is linked,
 taken from the daemon-scoped cache so session tickets survive reloads); the next layer is
 ``l4+`` with the negotiated ``tls.*`` keys. ``http``: serve HTTP/1.1 or HTTP/2 on the stream;
-every request walks ``next`` with its own L7 context.
+every request walks ``next`` with its own L7 context. ``quic``: accept a QUIC connection on a
+UDP session with the node's certificates (chosen by SNI); the next layer is ``l4+``, ALPN
+``h3``, and its ``upgrade http`` serves HTTP/3.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ class Upgrade(Terminator):
         raw = node.input.raw
         self.protocol = raw["protocol"]
         self.tls = None
+        self.quic = None
+        if self.protocol == "quic":
+            from vane.net.quic.certs import QuicCerts
+            services = env.services
+            self.quic = QuicCerts([(c["cert"], c["key"]) for c in raw["certs"]],
+                                  cache=services.tls_cache if services is not None else None)
         if self.protocol == "tls":
             from vane.net.tls.server import ServerTLS
             services = env.services
@@ -40,6 +48,8 @@ class Upgrade(Terminator):
             return ServeHttp(ctx, self.node, self.env.graph)
         services = self.env.services
         floor = services.floor if services is not None else None
+        if self.quic is not None:
+            return self._quic(ctx, floor)
         if floor is not None and not floor.allow_handshake(ctx.kv.get("conn.ip")):
             reset(ctx.sock)
             return FINISHED
@@ -55,4 +65,26 @@ class Upgrade(Terminator):
         kv.set("tls.cipher", stream.cipher or "")
         kv.set("tls.alpn", stream.alpn or "")
         kv.set("tls.sni", stream.sni or "")
+        return UpgradeOutcome(new)
+
+    def _quic(self, ctx, floor):
+        """A UDP session: never reset ``ctx.sock``, the listener's own socket."""
+        from vane.net.quic.session import QuicLimits, QuicSession
+        if floor is not None and not floor.allow_handshake(ctx.kv.get("conn.ip")):
+            return FINISHED
+        s = self.env.settings
+        limits = QuicLimits(handshake_timeout=s.sec_handshake_timeout, idle_timeout=s.sec_keepalive_timeout,
+                            max_streams=s.sec_h2_max_streams)
+        session = QuicSession.accept(ctx.udp, ctx.sock, self.quic, limits)
+        services = self.env.services
+        draining = services.draining.is_set if services is not None else (lambda: False)
+        if session is None or not session.handshake(draining):
+            ctx.trajectory.note_error("quic: no connection established")
+            return FINISHED
+        new = ctx.upgraded(session)
+        kv = new.kv
+        kv.set("tls.version", "TLSv1.3")
+        kv.set("tls.cipher", "")
+        kv.set("tls.alpn", session.alpn or "")
+        kv.set("tls.sni", (session.sni or "").lower())
         return UpgradeOutcome(new)

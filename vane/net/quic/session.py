@@ -1,0 +1,270 @@
+"""One QUIC connection over a UDP session, driven by its greenlet (no asyncio loop).
+
+The listener keys sessions by client address and feeds each one's datagrams to its queue
+(bounded; excess is dropped, as UDP allows). ``QuicSession`` owns the aioquic
+``QuicConnection`` of that session: the driver greenlet (``handshake``, then ``run``) hands it
+the datagrams, fires its timer and sends what it has to send; greenlets writing stream data
+call ``transmit`` themselves and ``wait_progress`` for acknowledgements when their stream has
+too much unacknowledged data in flight. Inbound flow control is credited as the application
+consumes a stream's data (``held``), not as it arrives, so a slow consumer slows the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from aioquic.buffer import Buffer, BufferReadError
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.packet import (
+    QuicFrameType,
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from gevent import getcurrent
+from gevent.event import Event
+from gevent.queue import Empty, Full
+
+from .certs import QuicCerts
+
+__all__ = ["QuicLimits", "QuicSession"]
+
+log = logging.getLogger("vane.quic")
+logging.getLogger("quic").setLevel(logging.WARNING)   # aioquic logs every connection at INFO
+
+SEND_BACKLOG = 512 * 1024   # unacknowledged bytes a stream may have in flight before its writer waits
+_TICK = 1.0
+
+
+class QuicLimits:
+    """Per-connection QUIC limits, from the security floor."""
+
+    __slots__ = ("handshake_timeout", "idle_timeout", "max_streams", "stream_window", "connection_window")
+
+    def __init__(self, handshake_timeout: float = 10.0, idle_timeout: float = 60.0, max_streams: int = 100,
+                 stream_window: int = 256 * 1024, connection_window: int = 4 * 1024 * 1024) -> None:
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_streams = max_streams
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+
+    def configuration(self) -> QuicConfiguration:
+        from aioquic.h3.connection import H3_ALPN
+        return QuicConfiguration(is_client=False, alpn_protocols=list(H3_ALPN), idle_timeout=self.idle_timeout,
+                                 max_stream_data=self.stream_window, max_data=self.connection_window)
+
+
+class _ServerConnection(QuicConnection):
+    """aioquic's connection with the certificate chosen by SNI and consumption-based credit."""
+
+    def __init__(self, *, certs: QuicCerts, window: int, held: Callable[[int], int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._certs = certs
+        self._window = window
+        self._held = held
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        self._certs.configure(self.tls)
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        if stream.max_stream_data_local:
+            want = stream.receiver.highest_offset - self._held(stream.stream_id) + self._window
+            if want - stream.max_stream_data_local >= self._window // 4:
+                stream.max_stream_data_local = want
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(QuicFrameType.MAX_STREAM_DATA, capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                                      handler=self._on_max_stream_data_delivery, handler_args=(stream,))
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
+class QuicSession:
+    """Owns one QUIC connection: datagrams in and out, its timer, and the greenlets waiting on it."""
+
+    def __init__(self, udp: Any, sock: Any, quic: _ServerConnection, limits: QuicLimits) -> None:
+        self.udp = udp
+        self.sock = sock
+        self.quic = quic
+        self.limits = limits
+        self.held: dict[int, int] = {}      # stream id -> bytes received but not consumed yet
+        self.closed = False
+        self.sni: str | None = None
+        self.alpn: str | None = None
+        self._early: list[Any] = []         # events that came with the end of the handshake
+        self._driver: Any = None
+        self._deadline = 0.0
+        self._waiters: list[Event] = []
+
+    @classmethod
+    def accept(cls, udp: Any, sock: Any, certs: QuicCerts, limits: QuicLimits) -> "QuicSession | None":
+        """A session for ``udp`` if its first datagram opens a QUIC connection; None otherwise
+        (after a version negotiation packet, when the client offered a version we do not speak)."""
+        config = limits.configuration()
+        default = certs.for_name(None)      # replaced by the SNI's at ClientHello
+        config.certificate, config.certificate_chain, config.private_key = default.certificate, default.chain, default.key
+        try:
+            header = pull_quic_header(Buffer(data=udp.first), host_cid_length=config.connection_id_length)
+        except (ValueError, BufferReadError):
+            return None
+        if header.version is not None and header.version not in config.supported_versions:
+            if header.packet_type == QuicPacketType.INITIAL or len(udp.first) >= 1200:
+                sock.sendto(encode_quic_version_negotiation(source_cid=header.destination_cid,
+                                                            destination_cid=header.source_cid,
+                                                            supported_versions=config.supported_versions),
+                            udp.client)
+            return None
+        if header.packet_type != QuicPacketType.INITIAL or len(udp.first) < 1200:
+            return None     # not the start of a connection (a migrated client, a stray packet)
+        session: QuicSession
+
+        def held(stream_id: int) -> int:
+            return session.held.get(stream_id, 0)
+
+        quic = _ServerConnection(configuration=config, original_destination_connection_id=header.destination_cid,
+                                 certs=certs, window=limits.stream_window, held=held)
+        bidi = quic._local_max_streams_bidi
+        bidi.value = bidi.sent = limits.max_streams
+        session = cls(udp, sock, quic, limits)
+        udp.lingers = True      # a drain lets the connection finish on the listener's socket
+        return session
+
+    # -- driving ---------------------------------------------------------------------------------
+
+    def handshake(self, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Run until the handshake completes (True) or fails, times out or ``stop()`` says
+        the daemon is draining (False)."""
+        self._driver = getcurrent()
+        done: list[bool] = []
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, events.HandshakeCompleted):
+                self.alpn = event.alpn_protocol
+                self.sni = getattr(self.quic.tls, "sni", None)
+                done.append(True)
+            elif not isinstance(event, (events.ProtocolNegotiated, events.ConnectionIdIssued,
+                                        events.ConnectionIdRetired)):
+                self._early.append(event)
+
+        deadline = time.monotonic() + self.limits.handshake_timeout
+        self._receive(self.udp.first, on_event)
+        self.transmit()
+        while not done and not self.closed:
+            if time.monotonic() >= deadline or stop():
+                log.debug("quic: handshake with %s timed out or cut by a drain", self.udp.client)
+                self.quic.close(error_code=0x0, reason_phrase="handshake timeout")
+                self.transmit()
+                return False
+            self._step(on_event, deadline)
+        return bool(done) and not self.closed
+
+    def run(self, on_event: Callable[[Any], None], stop: Callable[[], bool]) -> None:
+        """Drive the connection until it is terminated, or ``stop()`` says it is done."""
+        self._driver = getcurrent()
+        early, self._early = self._early, []
+        for event in early:
+            on_event(event)
+        self.transmit()
+        while not self.closed and not stop():
+            self._step(on_event, None)
+
+    def _step(self, on_event: Callable[[Any], None], deadline: float | None) -> None:
+        now = time.monotonic()
+        timer = self.quic.get_timer()
+        until = now + _TICK if timer is None else min(timer, now + _TICK)
+        if deadline is not None:
+            until = min(until, deadline)
+        self._deadline = until
+        try:
+            data = self.udp.queue.get(timeout=max(until - now, 0.0))
+        except Empty:
+            data = b""
+        if data is None or self.udp.closed:      # the listener stopped
+            self._terminate()
+            return
+        if data:
+            self._receive(data, on_event)
+            while True:                         # what else already arrived, in one go
+                try:
+                    more = self.udp.queue.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    self._terminate()
+                    return
+                if more:
+                    self._receive(more, on_event)
+        timer = self.quic.get_timer()
+        if timer is not None and time.monotonic() >= timer:
+            self.quic.handle_timer(time.monotonic())
+            self._events(on_event)
+        self.transmit()
+        self._notify()
+
+    def _receive(self, data: bytes, on_event: Callable[[Any], None]) -> None:
+        self.udp.counters.up += len(data)
+        self.quic.receive_datagram(data, self.udp.client, time.monotonic())
+        self._events(on_event)
+
+    def _events(self, on_event: Callable[[Any], None]) -> None:
+        quic = self.quic
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, events.ConnectionTerminated):
+                self.closed = True
+            on_event(event)
+
+    def _terminate(self) -> None:
+        self.closed = True
+        self._notify()
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for ev in waiters:
+            ev.set()
+
+    # -- for stream writers ----------------------------------------------------------------------
+
+    def transmit(self) -> None:
+        """Send what the connection has to send; wake the driver if its timer moved earlier."""
+        sock = self.sock
+        counters = self.udp.counters
+        for data, addr in self.quic.datagrams_to_send(time.monotonic()):
+            try:
+                sock.sendto(data, addr)
+            except OSError:
+                continue        # a full socket buffer is a lost packet: QUIC recovers
+            counters.down += len(data)
+        if getcurrent() is not self._driver:
+            timer = self.quic.get_timer()
+            if timer is not None and timer < self._deadline:
+                try:
+                    self.udp.queue.put_nowait(b"")
+                except Full:
+                    pass        # the driver has datagrams to handle: it wakes anyway
+
+    def backlog(self, stream_id: int) -> int:
+        """Bytes written to the stream and not acknowledged yet."""
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
+
+    def wait_progress(self, timeout: float) -> bool:
+        """Wait until the driver handled datagrams or a timer (False after ``timeout``)."""
+        if self.closed:
+            return True
+        ev = Event()
+        self._waiters.append(ev)
+        return ev.wait(timeout)
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        if not self.closed:
+            self.quic.close(error_code=code, reason_phrase=reason)
+            self.transmit()
