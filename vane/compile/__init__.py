@@ -13,6 +13,7 @@ import json
 import os
 from typing import Mapping
 
+from vane.acme.plan import AcmePlan, acme_names, acme_settings
 from vane.config.errors import CompileFailed, ConfigError, pointer
 from vane.config.load import Sources, load_dir, load_single_rule_file
 from vane.config.settings import Settings
@@ -98,13 +99,23 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
         flow = builder.build(rule["flow"], rs.pointer + "/flow", "l4" if layer == "L4" else "l7")
         if flow is None or len(errors) > n_errors:
             continue
+        acme = None
+        if (rule.get("tls") or {}).get("acme"):
+            acme = acme_names(rule, rs.file, rs.pointer, errors)
+            if acme is None:
+                continue
         compiled.append(CompiledRule(rs, name, layer, conds, flow, list(addrs),
-                                     tls_paths(sources.config_dir, rule.get("tls")), rule.get("priority", 0)))
+                                     None if acme else tls_paths(sources.config_dir, rule.get("tls")),
+                                     rule.get("priority", 0), acme))
     upstreams = compile_upstreams(sources.config, compiled, limits, errors)
-    listeners = Lowerer(registry, limits, errors).lower(compiled)
+    name_sets = list(dict.fromkeys(r.acme for r in compiled if r.acme))
+    plan = AcmePlan(acme_settings(sources.config, sources.config_dir), name_sets) if name_sets else None
+    listeners = Lowerer(registry, limits, errors, plan).lower(compiled)
     if errors:
         raise CompileFailed(sorted(errors, key=lambda e: e.file))
-    return FlowGraph(graph_hash(sources), listeners, sources, registry, upstreams)
+    graph = FlowGraph(graph_hash(sources), listeners, sources, registry, upstreams)
+    graph.acme = plan
+    return graph
 
 
 def compile_dir(config_dir: str, environ: Mapping[str, str] | None = None,

@@ -27,6 +27,7 @@ from vane.plugins.registry import Registry
 from .listen import ListenAddr
 
 L4_PREDICATE_PREFIXES = ("conn.", "listen.", "tls.", "peek.")
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 @dataclass
@@ -49,6 +50,11 @@ class CompiledRule:
     addrs: list[ListenAddr]
     tls: tuple[str, str] | None     # absolute (cert, key)
     priority: int
+    acme: tuple[str, ...] | None = None  # the host names of an ACME certificate
+
+    @property
+    def terminates_tls(self) -> bool:
+        return self.tls is not None or self.acme is not None
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -65,6 +71,7 @@ class ListenerPlan:
     root: Node
     rules: list[str] = field(default_factory=list)
     certs: list[tuple[str, str]] = field(default_factory=list)
+    acme: list[tuple[str, ...]] = field(default_factory=list)  # ACME name sets served here
 
 
 def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
@@ -84,8 +91,10 @@ def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
 class Lowerer:
     """Builds every listener's tree from compiled rules."""
 
-    def __init__(self, registry: Registry, limits: Limits, errors: list[ConfigError]) -> None:
+    def __init__(self, registry: Registry, limits: Limits, errors: list[ConfigError], acme: Any = None) -> None:
         self.registry = registry
+        # HTTP-01 is answered on every cleartext HTTP listener, before any rule
+        self.http01 = acme is not None and "http-01" in acme.settings.challenges
         self.limits = limits
         self.errors = errors
         self._trees: dict[tuple, Node] = {}
@@ -135,10 +144,11 @@ class Lowerer:
         certs = _certs(http)
         if root is None:
             label = f"{addr.transport} :{addr.port}"
-            tail = self._http_group(label, http, certs) if http else self._deny_l4(label)
+            tail = self._http_group(label, http) if http else self._deny_l4(label)
             root = self._chain(label, "l4", l4, tail, "/l4")
             self._trees[key] = root
-        return ListenerPlan(addr, root, [r.name for r in l4 + http], certs)
+        acme = list(dict.fromkeys(r.acme for r in http if r.acme))
+        return ListenerPlan(addr, root, [r.name for r in l4 + http], certs, acme)
 
     def _check_udp(self, addr: ListenAddr, l4: list[CompiledRule]) -> None:
         for rule in l4:
@@ -159,8 +169,8 @@ class Lowerer:
                                             f"have identical predicates on listener {addr}")
             else:
                 seen[pk] = rule
-        groups = [l4, [r for r in ordered if r.layer == "L7" and r.tls],
-                  [r for r in ordered if r.layer == "L7" and not r.tls]]
+        groups = [l4, [r for r in ordered if r.layer == "L7" and r.terminates_tls],
+                  [r for r in ordered if r.layer == "L7" and not r.terminates_tls]]
         catch_l4 = next((r for r in l4 if not r.conds), None)
         for group in groups:
             catch = catch_l4 if group is not l4 else None
@@ -207,16 +217,26 @@ class Lowerer:
     def _upgrade_http(self, label: str, where: str, layer: str, rules: list[CompiledRule]) -> Node:
         up = self._synthetic(label, f"{where}/upgrade-http", "upgrade", layer, {"protocol": "http"})
         up.next = self._chain(label, "l7", rules, self._http_fallback(label, where), where)
+        if self.http01 and layer == "l4":
+            up.next = self._http01(label, where, up.next)
         return up
 
-    def _http_group(self, label: str, http: list[CompiledRule], certs: list[tuple[str, str]]) -> Node:
-        tls_rules = [r for r in http if r.tls]
-        clear_rules = [r for r in http if not r.tls]
+    def _http01(self, label: str, where: str, rest: Node) -> Node:
+        """ACME HTTP-01 answers before any rule: the CA fetches them over cleartext HTTP."""
+        route = self._synthetic(label, f"{where}/acme", "route", "l7", {"routes": [
+            {"name": "acme-challenge", "match": {"req.path": {"prefix": ACME_CHALLENGE_PATH}}}]})
+        answer = self._synthetic(label, f"{where}/acme/challenge", "acme_challenge", "l7", {})
+        route.branches = {"acme-challenge": answer, "*": rest}
+        route.default = rest
+        return route
+
+    def _http_group(self, label: str, http: list[CompiledRule]) -> Node:
+        tls_rules = [r for r in http if r.terminates_tls]
+        clear_rules = [r for r in http if not r.terminates_tls]
         tls_node = None
         if tls_rules:
             tls_node = self._synthetic(label, "/tls", "upgrade", "l4", {
-                "protocol": "tls", "certs": [{"cert": c, "key": k} for c, k in certs],
-                "alpn": ["h2", "http/1.1"]})
+                "protocol": "tls", "certs": _cert_items(tls_rules), "alpn": ["h2", "http/1.1"]})
             tls_node.next = self._upgrade_http(label, "/tls", "l4+", tls_rules)
         if not clear_rules:
             return tls_node
@@ -232,6 +252,17 @@ class Lowerer:
 def _certs(http: list[CompiledRule]) -> list[tuple[str, str]]:
     """The distinct (cert, key) pairs of the rules, in rule order."""
     return list(dict.fromkeys(rule.tls for rule in http if rule.tls))
+
+
+def _cert_items(rules: list[CompiledRule]) -> list[dict[str, Any]]:
+    """The ``upgrade tls`` node's ``certs``: files and ACME name sets, distinct, in rule order."""
+    items: dict[tuple, dict[str, Any]] = {}
+    for rule in rules:
+        if rule.tls:
+            items.setdefault(("file",) + rule.tls, {"cert": rule.tls[0], "key": rule.tls[1]})
+        elif rule.acme:
+            items.setdefault(("acme",) + rule.acme, {"acme": list(rule.acme)})
+    return list(items.values())
 
 
 def tls_paths(config_dir: str, tls: dict | None) -> tuple[str, str] | None:

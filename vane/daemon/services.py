@@ -49,6 +49,8 @@ class Services:
         self.conns = conns
         self.floor = Floor(settings, conns, metrics)
         self._tls_cache = None
+        self._acme: Any = None
+        self._acme_challenges: Any = None
         self.parking = Parking()
         self.draining = Event()
         self._pool = None
@@ -79,6 +81,23 @@ class Services:
         return self._tls_cache
 
     @property
+    def acme_challenges(self) -> Any:
+        """The pending ACME challenges this process answers (HTTP-01 tokens, TLS-ALPN-01 certificates)."""
+        if self._acme_challenges is None:
+            from vane.acme.challenges import ChallengeBoard
+            self._acme_challenges = ChallengeBoard()
+        return self._acme_challenges
+
+    @property
+    def acme(self) -> Any:
+        """The ACME certificates (``vane.acme.manager``), created on first use; their state
+        lives under ``VANE_STATE_DIR``."""
+        if self._acme is None:
+            from vane.acme.manager import AcmeManager
+            self._acme = AcmeManager(self.settings.state_dir or ".", self.tls_cache, self.acme_challenges)
+        return self._acme
+
+    @property
     def pool(self) -> Any:
         """The upstream connection pool, created on first use."""
         if self._pool is None:
@@ -107,6 +126,8 @@ class Services:
         """The process is ending: close upstream and store connections."""
         if self._pool is not None:
             self._pool.close()
+        if self._acme is not None:
+            self._acme.stop()
         self.upstreams.close()
         for store in self._ratelimit_stores.values():
             store.close()
