@@ -35,11 +35,13 @@ class Pebble:
     """One pebble and its DNS server, owned by the test; ``close`` stops both."""
 
     def __init__(self, base: Path, http_port: int, tls_port: int, validity_secs: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, api_port: int | None = None) -> None:
         require_pebble()
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.api_port, self.mgmt_port, dns_port, dns_mgmt = free_ports(4)
+        if api_port is not None:
+            self.api_port = api_port
         ca = trustme.CA()
         issued = ca.issue_cert("localhost", "127.0.0.1")
         cert, key, self.ca_bundle = base / "pebble.pem", base / "pebble.key", base / "pebble-ca.pem"

@@ -70,8 +70,13 @@ class AcmeStore:
         self.root = os.path.join(state_dir, "acme")
 
     def _dir(self, *parts: str) -> str:
-        path = os.path.join(self.root, *parts)
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        path = self.root
+        for part in ("",) + parts:  # each level 0700 (makedirs gives intermediate ones the umask's mode)
+            path = os.path.join(path, part) if part else path
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
         return path
 
     # -- the account ---------------------------------------------------------------------------
