@@ -53,7 +53,8 @@ def wait_issued(d, names=NAMES, timeout: float = 60.0) -> dict[str, dict]:
         got = certs_by_name(d)
         return got if all(got.get(n, {}).get("state") == "valid" for n in names) else None
     got = wait_until(done, timeout=timeout, interval=0.2)
-    assert got, (certs_by_name(d), d.stderr[-3000:])
+    if not got:
+        pytest.fail(f"not issued: {json.dumps(certs_by_name(d), indent=1)}\n{d.stderr[-3000:]}")
     return got
 
 
@@ -224,3 +225,15 @@ def test_unknown_http01_token_is_404_and_other_paths_reach_the_rules(lab):
     assert r.status_code == 404
     r = httpx.get(f"http://127.0.0.1:{http_port}/.well-known/other")
     assert r.status_code == 200 and r.text == "plain\n"
+
+
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_with_workers_the_master_issues_and_every_worker_serves(lab, challenge):
+    pebble, root, http_port, tls_port = start(lab, challenges=(challenge,))
+    d = lab.vaned(acme_rules(http_port, tls_port), env={"VANE_WORKERS": "2", "VANE_SEC_TLS_HANDSHAKES_PER_IP": "1000"})
+    got = wait_issued(d)
+    for _ in range(12):  # new connections land on both workers
+        for name in NAMES:
+            assert served_serial(tls_port, name, root) == got[name]["serial"]
+    assert d.count(r"ACME certificate for a\.test issued") == 1
+    assert d.count("ACME account registered") == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from typing import Any
+from typing import Any, Callable
 
 import josepy as jose
 from acme import challenges
@@ -66,11 +66,21 @@ def alpn_challenge_cert(name: str, key_authorization: str) -> tuple[x509.Certifi
 
 
 class ChallengeBoard:
-    """The pending challenges of this process's orders: HTTP-01 tokens and TLS-ALPN-01 certificates."""
+    """The pending challenges of this process's orders: HTTP-01 tokens and TLS-ALPN-01 certificates.
+
+    ``on_change(kind, key, key_authorization or None)``, when set, is called after each change
+    and returns once the other serving processes have it too (the master tells its workers),
+    so the CA is asked to validate only when every process can answer."""
 
     def __init__(self) -> None:
         self._http: dict[str, str] = {}
         self._alpn: dict[str, tuple[x509.Certificate, Any]] = {}
+        self._pending: dict[tuple[str, str], str] = {}
+        self.on_change: Callable[[str, str, str | None], None] | None = None
+
+    def pending(self) -> list[tuple[str, str, str]]:
+        """(kind, token or name, key authorization) of every answer up now (for a new worker)."""
+        return [(kind, key, authz) for (kind, key), authz in self._pending.items()]
 
     def http01(self, token: str) -> str | None:
         return self._http.get(token)
@@ -79,15 +89,25 @@ class ChallengeBoard:
         return self._alpn.get(name)
 
     def put_http01(self, token: str, key_authorization: str) -> None:
-        if len(self._http) < MAX_PENDING:
-            self._http[token] = key_authorization
+        self.apply("http-01", token, key_authorization)
 
     def put_tls_alpn01(self, name: str, key_authorization: str) -> None:
-        if len(self._alpn) < MAX_PENDING:
-            self._alpn[name] = alpn_challenge_cert(name, key_authorization)
+        self.apply("tls-alpn-01", name, key_authorization)
 
     def remove(self, token: str | None = None, name: str | None = None) -> None:
         if token is not None:
-            self._http.pop(token, None)
+            self.apply("http-01", token, None)
         if name is not None:
-            self._alpn.pop(name, None)
+            self.apply("tls-alpn-01", name, None)
+
+    def apply(self, kind: str, key: str, key_authorization: str | None) -> None:
+        """Add (``key_authorization``) or remove (None) the answer for a token or a name."""
+        table: dict[str, Any] = self._http if kind == "http-01" else self._alpn
+        if key_authorization is None:
+            table.pop(key, None)
+            self._pending.pop((kind, key), None)
+        elif len(table) < MAX_PENDING:
+            table[key] = key_authorization if kind == "http-01" else alpn_challenge_cert(key, key_authorization)
+            self._pending[(kind, key)] = key_authorization
+        if self.on_change is not None:
+            self.on_change(kind, key, key_authorization)

@@ -118,6 +118,13 @@ class AcmeManager:
         self._describe(state)
         return True
 
+    def refresh_all(self) -> int:
+        """``refresh`` every name set; how many changed."""
+        return sum(1 for names in list(self._states) if self.refresh(names))
+
+    def stored_sets(self) -> list[tuple[str, ...]]:
+        return [names for names, state in self._states.items() if state.stored is not None]
+
     def _stored(self, names: tuple[str, ...]) -> StoredCert | None:
         stored = self.store.load(names)
         return stored if stored is not None and stored.not_after > self.clock() else None

@@ -76,6 +76,7 @@ class Worker:
             "upstream_groups": services.upstreams.snapshot, "set_upstream": self.set_upstream,
             "flush_metrics": self.flush_metrics, "forward": self.forward,
             "set_flow_log": self.set_flow_log, "drain": self.drain, "close_now": self.close_now,
+            "acme_challenge": self.acme_challenge, "acme_refresh": self.acme_refresh,
         }, on_close=self._master_gone, name=f"worker {index}")
 
     def run(self) -> int:
@@ -152,6 +153,16 @@ class Worker:
 
     def set_upstream(self, group: str, backend: str, action: str) -> dict:
         return self.services.upstreams.set_state(group, backend, action)
+
+    def acme_challenge(self, kind: str, key: str, key_authorization: str | None) -> dict:
+        """The master's ACME order put up (or took down) a challenge answer: answer it here too."""
+        self.services.acme_challenges.apply(kind, key, key_authorization)
+        return {}
+
+    def acme_refresh(self, names: list[str] | None = None) -> dict:
+        """The master stored a certificate: serve it from the state dir (all of them with None)."""
+        acme = self.services.acme
+        return {"refreshed": acme.refresh_all() if names is None else int(acme.refresh(tuple(names)))}
 
     def recent_flow(self, n: int) -> list[dict]:
         return self.services.flow_log.recent(n)
