@@ -36,8 +36,9 @@ def acme_rules(http_port: int, tls_port: int) -> dict:
     return rules
 
 
-def write_config(lab, pebble: Pebble | None, challenges: list[str], directory: str | None = None, **extra) -> None:
-    acme = {"email": "ops@example.com", "challenges": challenges,
+def write_config(lab, pebble: Pebble | None, challenges: list[str], http_port: int, directory: str | None = None,
+                 **extra) -> None:
+    acme = {"email": "ops@example.com", "challenges": challenges, "http_port": http_port,
             "directory": directory or pebble.directory, **extra}
     if pebble is not None:
         acme["ca_bundle"] = str(pebble.ca_bundle)
@@ -74,7 +75,7 @@ def test_two_names_issued_and_served(lab, challenge):
     lab.on_close(pebble.close)
     root = lab.base / "root.pem"
     root.write_text(pebble.root_pem())
-    write_config(lab, pebble, [challenge])
+    write_config(lab, pebble, [challenge], http_port)
     started = time.monotonic()
     d = lab.vaned(acme_rules(http_port, tls_port))
     got = wait_issued(d)
@@ -100,7 +101,7 @@ def start(lab, challenges=("http-01",), validity_secs=None, **acme):
     lab.on_close(pebble.close)
     root = lab.base / "root.pem"
     root.write_text(pebble.root_pem())
-    write_config(lab, pebble, list(challenges), **acme)
+    write_config(lab, pebble, list(challenges), http_port, **acme)
     return pebble, root, http_port, tls_port
 
 
@@ -173,7 +174,7 @@ def wait_error(d, name: str, pattern: str, timeout: float = 30.0) -> dict:
 def test_ca_unreachable_serves_the_fallback_and_retries_after_a_reload(lab):
     http_port, tls_port, api_port = free_ports(3)
     directory = f"https://localhost:{api_port}/dir"
-    write_config(lab, None, ["http-01"], directory=directory)
+    write_config(lab, None, ["http-01"], http_port, directory=directory)
     d = lab.vaned(acme_rules(http_port, tls_port))
     got = wait_error(d, "a.test", "cannot reach the CA")
     assert got["state"] == "error" and got["fallback"] is True and got["next_attempt"]
@@ -185,7 +186,7 @@ def test_ca_unreachable_serves_the_fallback_and_retries_after_a_reload(lab):
     # the CA comes up; a config change (here: trusting its API certificate) retries at once
     pebble = Pebble(lab.base / "pebble", http_port, tls_port, api_port=api_port)
     lab.on_close(pebble.close)
-    write_config(lab, pebble, ["http-01"])
+    write_config(lab, pebble, ["http-01"], http_port)
     assert d.cli("reload").returncode == 0
     got = wait_issued(d)
     assert not fallback_served(tls_port, "a.test")
@@ -195,7 +196,7 @@ def test_failed_challenge_keeps_the_fallback_and_reports_it(lab):
     http_port, tls_port, elsewhere = free_ports(3)
     pebble = Pebble(lab.base / "pebble", elsewhere, tls_port)  # validates HTTP-01 where nobody listens
     lab.on_close(pebble.close)
-    write_config(lab, pebble, ["http-01"])
+    write_config(lab, pebble, ["http-01"], http_port)
     d = lab.vaned(acme_rules(http_port, tls_port))
     got = wait_error(d, "a.test", "validation failed")
     assert got["fallback"] is True and got["failures"] >= 1
@@ -237,3 +238,14 @@ def test_with_workers_the_master_issues_and_every_worker_serves(lab, challenge):
             assert served_serial(tls_port, name, root) == got[name]["serial"]
     assert d.count(r"ACME certificate for a\.test issued") == 1
     assert d.count("ACME account registered") == 1
+
+
+def test_without_a_rule_on_the_http01_port_vaned_listens_there_for_acme_only(lab):
+    pebble, root, http_port, tls_port = start(lab)
+    rules = acme_rules(http_port, tls_port)
+    del rules["00-plain.json"]
+    d = lab.vaned(rules)
+    wait_issued(d)
+    r = httpx.get(f"http://127.0.0.1:{http_port}/some/page?x=1", headers={"host": "a.test"})
+    assert r.status_code == 308 and r.headers["location"] == "https://a.test/some/page?x=1"
+    assert httpx.get(f"http://127.0.0.1:{http_port}/.well-known/acme-challenge/nope").status_code == 404

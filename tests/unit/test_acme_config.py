@@ -119,3 +119,18 @@ def test_renewal_time():
     assert renewal_time(0, 90 * day, None) == 60 * day             # a third of the lifetime left
     assert renewal_time(0, 90 * day, 10) == 80 * day
     assert renewal_time(0, 6 * day, 30) == 3 * day                 # never before half the lifetime
+
+
+def test_http01_port_gets_a_listener_of_its_own_when_no_rule_listens_there(tmp_path):
+    write_config(tmp_path, {"a.json": acme_rule()}, {"acme": {"http_port": 8080}})
+    graph = compile_dir(str(tmp_path), environ={"VANE_BIND_IPV6": "0"})
+    own = [p for a, p in graph.listeners.items() if a.port == 8080]
+    assert own and all(p.rules == [] for p in own)
+    route = own[0].root.next
+    assert route.branches["acme-challenge"].plugin == "acme_challenge"
+    assert route.default.plugin == "redirect" and route.default.input.raw["status"] == 308
+    # a rule of the operator's on that port: its listener, with the answers before its rules
+    write_config(tmp_path, {"a.json": acme_rule(), "p.json": rule("plain", RESPOND, listen=":8080")},
+                 {"acme": {"http_port": 8080}})
+    graph = compile_dir(str(tmp_path), environ={})
+    assert all(p.rules == ["plain"] for a, p in graph.listeners.items() if a.port == 8080)

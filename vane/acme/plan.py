@@ -38,11 +38,12 @@ class AcmeSettings:
     challenges: tuple[str, ...] = DEFAULT_CHALLENGES
     renew_before_days: float | None = None  # None: a third of the certificate's lifetime
     eab: tuple[str, str] | None = None      # (kid, hmac_key)
+    http_port: int = 80                     # where the CA fetches HTTP-01 answers
 
     def to_json(self) -> dict[str, Any]:
         return {"directory": self.directory, "email": self.email, "ca_bundle": self.ca_bundle,
                 "challenges": list(self.challenges), "renew_before_days": self.renew_before_days,
-                "eab": {"kid": self.eab[0]} if self.eab else None}
+                "eab": {"kid": self.eab[0]} if self.eab else None, "http_port": self.http_port}
 
 
 @dataclass
@@ -65,6 +66,7 @@ def acme_settings(config: dict[str, Any], config_dir: str) -> AcmeSettings:
         challenges=tuple(raw.get("challenges") or DEFAULT_CHALLENGES),
         renew_before_days=raw.get("renew_before_days"),
         eab=(eab["kid"], eab["hmac_key"]) if eab else None,
+        http_port=raw.get("http_port", 80),
     )
 
 

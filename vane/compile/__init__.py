@@ -110,7 +110,10 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
     upstreams = compile_upstreams(sources.config, compiled, limits, errors)
     name_sets = list(dict.fromkeys(r.acme for r in compiled if r.acme))
     plan = AcmePlan(acme_settings(sources.config, sources.config_dir), name_sets) if name_sets else None
-    listeners = Lowerer(registry, limits, errors, plan).lower(compiled)
+    http01_addrs: list[ListenAddr] = []
+    if plan is not None and "http-01" in plan.settings.challenges:
+        http01_addrs = parse_listen(f":{plan.settings.http_port}", settings.bind_ipv4, settings.bind_ipv6)
+    listeners = Lowerer(registry, limits, errors, plan).lower(compiled, http01_addrs)
     if errors:
         raise CompileFailed(sorted(errors, key=lambda e: e.file))
     graph = FlowGraph(graph_hash(sources), listeners, sources, registry, upstreams)

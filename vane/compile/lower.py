@@ -100,7 +100,10 @@ class Lowerer:
         self._trees: dict[tuple, Node] = {}
         self._reported: set[tuple[str, str]] = set()
 
-    def lower(self, rules: list[CompiledRule]) -> dict[ListenAddr, ListenerPlan]:
+    def lower(self, rules: list[CompiledRule], http01_addrs: list[ListenAddr] | None = None
+              ) -> dict[ListenAddr, ListenerPlan]:
+        """Every listener's plan; ``http01_addrs`` (ACME's HTTP-01 port) get a listener of their
+        own, answering challenges and redirecting the rest to https, when no rule listens there."""
         by_addr: dict[ListenAddr, list[CompiledRule]] = {}
         for rule in rules:
             for addr in rule.addrs:  # distinct per rule (compile_sources drops repeats)
@@ -111,7 +114,23 @@ class Lowerer:
             plan = self._listener(addr, sorted(by_addr[addr], key=lambda r: r.sort_key))
             if plan is not None:
                 plans[addr] = plan
+        taken = {(a.transport, a.port) for a in by_addr}
+        for addr in http01_addrs or ():
+            if (addr.transport, addr.port) not in taken:
+                plans[addr] = ListenerPlan(addr, self._http01_only(f"tcp :{addr.port}"))
         return plans
+
+    def _http01_only(self, label: str) -> Node:
+        """A port-80 listener of ACME's own: HTTP-01 answers, and a redirect to https for the rest."""
+        key = ("acme-http01", label)
+        root = self._trees.get(key)
+        if root is None:
+            redirect = self._synthetic(label, "/acme/redirect", "redirect", "l7", {
+                "location": "https://{{req.host}}{{req.uri}}", "status": 308})
+            root = self._synthetic(label, "/http/upgrade-http", "upgrade", "l4", {"protocol": "http"})
+            root.next = self._http01(label, "/http", redirect)
+            self._trees[key] = root
+        return root
 
     def _error(self, rule: CompiledRule, ptr: str, message: str) -> None:
         where = (rule.source.file, rule.source.pointer + ptr)

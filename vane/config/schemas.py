@@ -185,6 +185,7 @@ ACME_SCHEMA: dict[str, Any] = {
         "challenges": {"type": "array", "minItems": 1, "uniqueItems": True,
                        "items": {"enum": list(ACME_CHALLENGES)}},
         "renew_before_days": {"type": "number", "exclusiveMinimum": 0, "maximum": 3650},
+        "http_port": {"type": "integer", "minimum": 1, "maximum": 65535},
         "eab": {"type": "object", "required": ["kid", "hmac_key"], "additionalProperties": False,
                 "properties": {"kid": {"type": "string", "minLength": 1},
                                "hmac_key": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9_\-=]+$",
