@@ -32,6 +32,7 @@ log = logging.getLogger("vane.acme")
 
 NETWORK_TIMEOUT = 30      # per request to the CA
 ORDER_DEADLINE = 180.0    # validation and finalization of one order
+ARI_RETRY = 6 * 3600.0    # RFC 9773's default between renewal-information checks
 
 
 class IssueError(Exception):
@@ -126,6 +127,18 @@ class Issuer:
                 self.store.save_account(self.settings.directory, {})
                 self._client = None
             raise IssueError(_describe(exc), retry) from None
+
+    def suggested_renewal(self, cert_pem: bytes) -> tuple[float | None, float]:
+        """ACME Renewal Information (RFC 9773): (when the CA wants the renewal, or None when it
+        offers no ARI or cannot say now; when to ask again)."""
+        later = time.time() + ARI_RETRY
+        try:
+            acme, _ = self._account()
+            when, ask_again = acme.renewal_time(cert_pem)  # (None, later) when the CA offers no ARI
+        except Exception as exc:  # noqa: BLE001 - ARI only advises: the configured renewal point stands
+            log.info("ACME renewal information unavailable: %s", _describe(exc))
+            return None, later
+        return (when.timestamp() if when else None), max(time.time() + 60, ask_again.timestamp())
 
     def _answer(self, acme: client.ClientV2, net: _Network, authzr: messages.AuthorizationResource
                 ) -> tuple[str | None, str | None]:

@@ -21,7 +21,7 @@ from gevent.event import Event
 from vane.net.tls.certs import CertSlot, ContextCache, TLSConfigError, context_from_pem
 
 from .challenges import ChallengeBoard, self_signed
-from .issuer import IssueError, Issuer
+from .issuer import ARI_RETRY, IssueError, Issuer
 from .plan import AcmePlan, AcmeSettings
 from .store import AcmeStore, StoredCert
 
@@ -66,6 +66,8 @@ class _CertState:
         self.last_attempt: float | None = None
         self.next_check = 0.0
         self.issued = 0
+        self.ari_at: float | None = None  # the CA's suggested renewal time (ARI)
+        self.ari_next = 0.0               # when to ask it again
 
 
 class AcmeManager:
@@ -156,9 +158,14 @@ class AcmeManager:
             self._issuer = Issuer(plan.settings, self.store, self.board)
             for state in self._states.values():
                 state.failures, state.next_check = 0, 0.0
+        before = set(self._wanted)
         self._wanted = [n for n in plan.name_sets if n in self._states]
         for names in self._wanted:
-            self._describe(self._states[names])
+            state = self._states[names]
+            if state.stored is None and names not in before:
+                log.info("serving a self-signed certificate for %s until its ACME certificate is issued",
+                         ", ".join(names))
+            self._describe(state)
         if self._loop is None:
             self._loop = gevent.spawn(self._run)
         self._wake.set()
@@ -192,8 +199,13 @@ class AcmeManager:
         stored, now = state.stored, self.clock()
         if stored is not None and stored.meta.get("directory") == settings.directory:
             renew_at = renewal_time(stored.not_before, stored.not_after, settings.renew_before_days)
+            if now < renew_at and now >= state.ari_next:  # the CA may want it sooner (RFC 9773)
+                pem = stored.leaf.public_bytes(serialization.Encoding.PEM)
+                state.ari_at, state.ari_next = self._issuer.suggested_renewal(pem)
+            if state.ari_at is not None:
+                renew_at = min(renew_at, state.ari_at)
             if now < renew_at:
-                state.next_check = renew_at
+                state.next_check = min(renew_at, state.ari_next)
                 self._describe(state)
                 return
         self._issue(state, renewing=stored is not None)
@@ -218,9 +230,12 @@ class AcmeManager:
                         else "serving a self-signed fallback", delay)
             return
         state.stored, state.failures, state.last_error = stored, 0, None
+        state.ari_at, state.ari_next = None, 0.0
         state.issued += 1
         state.slot.swap(entry)
-        state.next_check = renewal_time(stored.not_before, stored.not_after, self.settings.renew_before_days)
+        state.ari_next = self.clock() + ARI_RETRY
+        state.next_check = min(state.ari_next, renewal_time(stored.not_before, stored.not_after,
+                                                            self.settings.renew_before_days))
         self._describe(state)
         log.info("ACME certificate for %s %s: serial %s, not after %s, in %.1fs", label,
                  "renewed" if renewing else "issued", stored.serial, _iso(stored.not_after),
@@ -241,8 +256,8 @@ class AcmeManager:
             "directory": self.settings.directory if self.settings else None,
         }
         if state.stored is not None and self.settings is not None:
-            status["next_renewal"] = _iso(renewal_time(state.stored.not_before, state.stored.not_after,
-                                                       self.settings.renew_before_days))
+            renew_at = renewal_time(state.stored.not_before, state.stored.not_after, self.settings.renew_before_days)
+            status["next_renewal"] = _iso(min(renew_at, state.ari_at) if state.ari_at else renew_at)
         state.slot.status = status
 
     def snapshot(self) -> list[dict[str, Any]]:

@@ -108,9 +108,10 @@ def _alpn_select(conn: SSL.Connection, offered: list[bytes]) -> bytes | object:
     as usual.
     """
     owner = conn.get_app_data()
-    if ACME_TLS_ALPN in offered and owner is not None and owner.challenges is not None:
+    challenges = getattr(owner, "challenges", None)
+    if ACME_TLS_ALPN in offered and challenges is not None:
         name = conn.get_servername()
-        pair = owner.challenges.tls_alpn01(name.decode("ascii", "replace").lower().rstrip(".")) if name else None
+        pair = challenges.tls_alpn01(name.decode("ascii", "replace").lower().rstrip(".")) if name else None
         if pair is not None:
             conn.use_certificate(pair[0])
             conn.use_privatekey(pair[1])
