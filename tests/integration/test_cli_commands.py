@@ -75,6 +75,16 @@ def test_shutdown(sock, daemon, capsys):
     assert code == 0 and "draining" in out and daemon.shutdown_called
 
 
+CERT_HEADER = "names\tsource\tstate\tissuer\tserial\tnot after\tnext renewal\tlast error\tlisteners"
+
+
+def test_get_certs_shows_an_acme_fallback_and_its_error(sock, capsys):
+    code, out, _ = vane(capsys, "--socket", sock, "get", "certs")
+    assert code == 0 and out.splitlines()[2] == (
+        "shop.example.com\tacme (fallback)\terror\tCN=shop.example.com\t3c4d\t2026-12-08T10:00:00+00:00\t-"
+        "\tcannot reach the CA: connection refused\ttcp 0.0.0.0:443,tcp [::]:443")
+
+
 @pytest.mark.parametrize("target,header,first", [
     ("listeners", "address\ttransport\tstate\tconns\tattempts\tlast error",
      "tcp 0.0.0.0:8080\ttcp\tlistening\t2\t1\t-"),
@@ -83,9 +93,9 @@ def test_shutdown(sock, daemon, capsys):
      "\t1200\t53000\t12s"),
     ("plugins", "name\tdriver\tbranches\tbreaker", "auth\twasm\tsuccess,failure\tclosed"),
     ("upstreams", "upstream\tactive\tidle\tmax active\tmax idle", "http://127.0.0.1:3000\t2\t3\t256\t32"),
-    ("certs", "path\tsubject\tsans\tnot after\tlisteners",
-     "certs/blog.pem\tCN=blog.example.com\tblog.example.com,www.blog.example.com\t2027-01-01T00:00:00Z"
-     "\ttcp 0.0.0.0:443,tcp [::]:443"),
+    ("certs", CERT_HEADER,
+     "blog.example.com,www.blog.example.com\tfile certs/blog.pem\tvalid\tCN=Example CA\t1a2b"
+     "\t2027-01-01T00:00:00Z\t-\t-\ttcp 0.0.0.0:443,tcp [::]:443"),
 ])
 def test_get_tables_plain_and_json(sock, capsys, target, header, first):
     code, out, _ = vane(capsys, "--socket", sock, "get", target)

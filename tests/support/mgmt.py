@@ -68,7 +68,13 @@ GROUPS = [
 ]
 CERTS = [
     {"path": "certs/blog.pem", "subject": "CN=blog.example.com", "sans": ["blog.example.com", "www.blog.example.com"],
+     "issuer": "CN=Example CA", "serial": "1a2b", "source": "file",
      "not_after": "2027-01-01T00:00:00Z", "listeners": ["tcp 0.0.0.0:443", "tcp [::]:443"]},
+    {"path": "(self-signed fallback)", "subject": "CN=shop.example.com", "sans": ["shop.example.com"],
+     "issuer": "CN=shop.example.com", "serial": "3c4d", "source": "acme", "fallback": True, "state": "error",
+     "names": ["shop.example.com"], "last_error": "cannot reach the CA: connection refused",
+     "next_attempt": "2026-12-01T10:01:00+00:00",
+     "not_after": "2026-12-08T10:00:00+00:00", "listeners": ["tcp 0.0.0.0:443", "tcp [::]:443"]},
 ]
 
 

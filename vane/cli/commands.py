@@ -283,6 +283,13 @@ def _breaker(b: Any) -> str:
     return text
 
 
+def _cert_source(r: dict) -> str:
+    """``file <path>`` or ``acme`` (``acme (fallback)`` while the self-signed stand-in serves)."""
+    if r.get("source") == "acme":
+        return "acme (fallback)" if r.get("fallback") else "acme"
+    return f"file {r.get('path')}"
+
+
 _TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict], list]]] = {
     "listeners": (("address", "transport", "state", "conns", "attempts", "last error"),
                   lambda r: [r.get("address"), r.get("transport"), r.get("state"), r.get("connections"),
@@ -296,8 +303,10 @@ _TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict], list]]] = {
     "upstreams": (("upstream", "active", "idle", "max active", "max idle"),
                   lambda r: [r.get("upstream"), r.get("active"), r.get("idle"), r.get("max_active"),
                              r.get("max_idle")]),
-    "certs": (("path", "subject", "sans", "not after", "listeners"),
-              lambda r: [r.get("path"), r.get("subject"), r.get("sans"), r.get("not_after"), r.get("listeners")]),
+    "certs": (("names", "source", "state", "issuer", "serial", "not after", "next renewal", "last error",
+               "listeners"),
+              lambda r: [r.get("sans"), _cert_source(r), r.get("state", "valid"), r.get("issuer"), r.get("serial"),
+                         r.get("not_after"), r.get("next_renewal"), r.get("last_error"), r.get("listeners")]),
 }
 
 

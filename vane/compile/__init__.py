@@ -13,6 +13,7 @@ import json
 import os
 from typing import Mapping
 
+from vane.acme.plan import AcmePlan, acme_names, acme_settings
 from vane.config.errors import CompileFailed, ConfigError, pointer
 from vane.config.load import Sources, load_dir, load_single_rule_file
 from vane.config.settings import Settings
@@ -98,16 +99,34 @@ def compile_sources(sources: Sources, settings: Settings | None = None) -> FlowG
         flow = builder.build(rule["flow"], rs.pointer + "/flow", "l4" if layer == "L4" else "l7")
         if flow is None or len(errors) > n_errors:
             continue
-        tls = rule.get("tls")
+        tls = rule.get("tls") or {}
         http3 = bool(tls) and tls.get("http3", sources.config.get("http3", False)) is True
+        acme = None
+        if tls.get("acme"):
+            acme = acme_names(rule, rs.file, rs.pointer, errors)
+            if acme is None:
+                continue
+            http3 = False           # a config.json "http3" default leaves ACME rules out
+            if tls.get("http3") is True:
+                errors.append(ConfigError(rs.file, rs.pointer + "/tls", '"http3" needs certificate files ("cert" '
+                                          'and "key"): HTTP/3 does not serve ACME certificates yet'))
+                continue
         compiled.append(CompiledRule(rs, name, layer, conds, flow, list(addrs),
-                                     tls_paths(sources.config_dir, tls), rule.get("priority", 0), http3))
+                                     None if acme else tls_paths(sources.config_dir, tls or None),
+                                     rule.get("priority", 0), http3, acme))
     errors.extend(trusted_proxies_errors(sources.config))
     upstreams = compile_upstreams(sources.config, compiled, limits, errors)
-    listeners = Lowerer(registry, limits, errors).lower(compiled)
+    name_sets = list(dict.fromkeys(r.acme for r in compiled if r.acme))
+    plan = AcmePlan(acme_settings(sources.config, sources.config_dir), name_sets) if name_sets else None
+    http01_addrs: list[ListenAddr] = []
+    if plan is not None and "http-01" in plan.settings.challenges:
+        http01_addrs = parse_listen(f":{plan.settings.http_port}", settings.bind_ipv4, settings.bind_ipv6)
+    listeners = Lowerer(registry, limits, errors, plan).lower(compiled, http01_addrs)
     if errors:
         raise CompileFailed(sorted(errors, key=lambda e: e.file))
-    return FlowGraph(graph_hash(sources), listeners, sources, registry, upstreams)
+    graph = FlowGraph(graph_hash(sources), listeners, sources, registry, upstreams)
+    graph.acme = plan
+    return graph
 
 
 def compile_dir(config_dir: str, environ: Mapping[str, str] | None = None,

@@ -32,6 +32,7 @@ class FlowGraph:
         self.registry = registry
         self.upstreams = upstreams if upstreams is not None else UpstreamTable()  # groups, by name and node
         self.linked = False
+        self.acme: Any = None  # an AcmePlan when rules ask for ACME certificates
         # (listener label, id of an ``upgrade http`` node) -> the L7 tree after it: where a
         # keep-alive connection opened on another graph finds its requests' tree in this one
         self.http_roots: dict[tuple[str, str], Node] = {}

@@ -184,13 +184,13 @@ def mixed_tls_errors(addr: ListenAddr, http: list[Any], error: Callable[[Any, st
     requests (it takes only cleartext HTTP on this port)."""
     with_tls: dict[str, Any] = {}
     for rule in http:
-        if rule.tls:
+        if rule.terminates_tls:
             for host in _hosts(rule):
                 with_tls.setdefault(host, rule)
     if not with_tls:
         return
     for rule in http:
-        if rule.tls:
+        if rule.terminates_tls:
             continue
         for host in sorted(_hosts(rule)):
             other = with_tls.get(host)

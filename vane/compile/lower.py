@@ -32,6 +32,7 @@ from vane.plugins.registry import Registry
 from .listen import ListenAddr, Trusted, listener_proxy_protocol, mixed_tls_errors
 
 L4_PREDICATE_PREFIXES = ("conn.", "listen.", "tls.", "peek.")
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 @dataclass
@@ -55,6 +56,11 @@ class CompiledRule:
     tls: tuple[str, str] | None     # absolute (cert, key)
     priority: int
     http3: bool = False             # also served over QUIC on the same port (tls.http3)
+    acme: tuple[str, ...] | None = None  # the host names of an ACME certificate
+
+    @property
+    def terminates_tls(self) -> bool:
+        return self.tls is not None or self.acme is not None
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -73,6 +79,7 @@ class ListenerPlan:
     certs: list[tuple[str, str]] = field(default_factory=list)
     proxy_protocol: Trusted | None = None   # accept_proxy_protocol: the sources that must send a header
     quic: bool = False              # a UDP listener serving HTTP/3
+    acme: list[tuple[str, ...]] = field(default_factory=list)  # ACME name sets served here
 
 
 def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
@@ -92,14 +99,19 @@ def rule_conditions(rs: RuleSource, errors: list[ConfigError]) -> list[Cond]:
 class Lowerer:
     """Builds every listener's tree from compiled rules."""
 
-    def __init__(self, registry: Registry, limits: Limits, errors: list[ConfigError]) -> None:
+    def __init__(self, registry: Registry, limits: Limits, errors: list[ConfigError], acme: Any = None) -> None:
         self.registry = registry
+        # HTTP-01 is answered on every cleartext HTTP listener, before any rule
+        self.http01 = acme is not None and "http-01" in acme.settings.challenges
         self.limits = limits
         self.errors = errors
         self._trees: dict[tuple, Node] = {}
         self._reported: set[tuple[str, str]] = set()
 
-    def lower(self, rules: list[CompiledRule]) -> dict[ListenAddr, ListenerPlan]:
+    def lower(self, rules: list[CompiledRule], http01_addrs: list[ListenAddr] | None = None
+              ) -> dict[ListenAddr, ListenerPlan]:
+        """Every listener's plan; ``http01_addrs`` (ACME's HTTP-01 port) get a listener of their
+        own, answering challenges and redirecting the rest to https, when no rule listens there."""
         by_addr: dict[ListenAddr, list[CompiledRule]] = {}
         for rule in rules:
             for addr in rule.addrs:  # distinct per rule (compile_sources drops repeats)
@@ -112,6 +124,10 @@ class Lowerer:
                 plans[addr] = plan
         for addr, h3 in sorted(self._quic_addrs(rules, by_addr).items()):
             plans[addr] = self._quic_listener(addr, sorted(h3, key=lambda r: r.sort_key))
+        taken = {(a.transport, a.port) for a in by_addr}
+        for addr in http01_addrs or ():
+            if (addr.transport, addr.port) not in taken:
+                plans[addr] = ListenerPlan(addr, self._http01_only(f"tcp :{addr.port}"))
         return plans
 
     def _quic_addrs(self, rules: list[CompiledRule],
@@ -152,6 +168,18 @@ class Lowerer:
             self._trees[key] = root
         return ListenerPlan(addr, root, [r.name for r in rules], certs, quic=True)
 
+    def _http01_only(self, label: str) -> Node:
+        """A port-80 listener of ACME's own: HTTP-01 answers, and a redirect to https for the rest."""
+        key = ("acme-http01", label)
+        root = self._trees.get(key)
+        if root is None:
+            redirect = self._synthetic(label, "/acme/redirect", "redirect", "l7", {
+                "location": "https://{{req.host}}{{req.uri}}", "status": 308})
+            root = self._synthetic(label, "/http/upgrade-http", "upgrade", "l4", {"protocol": "http"})
+            root.next = self._http01(label, "/http", redirect)
+            self._trees[key] = root
+        return root
+
     def _error(self, rule: CompiledRule, ptr: str, message: str) -> None:
         where = (rule.source.file, rule.source.pointer + ptr)
         if where not in self._reported:  # one report per rule, not one per listener family
@@ -185,10 +213,11 @@ class Lowerer:
         certs = _certs(http)
         if root is None:
             label = f"{addr.transport} :{addr.port}"
-            tail = self._http_group(label, http, certs) if http else self._deny_l4(label)
+            tail = self._http_group(label, http) if http else self._deny_l4(label)
             root = self._chain(label, "l4", l4, tail, "/l4")
             self._trees[key] = root
-        return ListenerPlan(addr, root, [r.name for r in l4 + http], certs, proxy_protocol)
+        acme = list(dict.fromkeys(r.acme for r in http if r.acme))
+        return ListenerPlan(addr, root, [r.name for r in l4 + http], certs, proxy_protocol, acme=acme)
 
     def _check_udp(self, addr: ListenAddr, l4: list[CompiledRule]) -> None:
         for rule in l4:
@@ -209,8 +238,8 @@ class Lowerer:
                                             f"have identical predicates on listener {addr}")
             else:
                 seen[pk] = rule
-        groups = [l4, [r for r in ordered if r.layer == "L7" and r.tls],
-                  [r for r in ordered if r.layer == "L7" and not r.tls]]
+        groups = [l4, [r for r in ordered if r.layer == "L7" and r.terminates_tls],
+                  [r for r in ordered if r.layer == "L7" and not r.terminates_tls]]
         catch_l4 = next((r for r in l4 if not r.conds), None)
         for group in groups:
             catch = catch_l4 if group is not l4 else None
@@ -267,16 +296,26 @@ class Lowerer:
     def _upgrade_http(self, label: str, where: str, layer: str, rules: list[CompiledRule]) -> Node:
         up = self._synthetic(label, f"{where}/upgrade-http", "upgrade", layer, {"protocol": "http"})
         up.next = self._chain(label, "l7", rules, self._http_fallback(label, where), where)
+        if self.http01 and layer == "l4":
+            up.next = self._http01(label, where, up.next)
         return up
 
-    def _http_group(self, label: str, http: list[CompiledRule], certs: list[tuple[str, str]]) -> Node:
-        tls_rules = [r for r in http if r.tls]
-        clear_rules = [r for r in http if not r.tls]
+    def _http01(self, label: str, where: str, rest: Node) -> Node:
+        """ACME HTTP-01 answers before any rule: the CA fetches them over cleartext HTTP."""
+        route = self._synthetic(label, f"{where}/acme", "route", "l7", {"routes": [
+            {"name": "acme-challenge", "match": {"req.path": {"prefix": ACME_CHALLENGE_PATH}}}]})
+        answer = self._synthetic(label, f"{where}/acme/challenge", "acme_challenge", "l7", {})
+        route.branches = {"acme-challenge": answer, "*": rest}
+        route.default = rest
+        return route
+
+    def _http_group(self, label: str, http: list[CompiledRule]) -> Node:
+        tls_rules = [r for r in http if r.terminates_tls]
+        clear_rules = [r for r in http if not r.terminates_tls]
         tls_node = None
         if tls_rules:
             tls_node = self._synthetic(label, "/tls", "upgrade", "l4", {
-                "protocol": "tls", "certs": [{"cert": c, "key": k} for c, k in certs],
-                "alpn": ["h2", "http/1.1"]})
+                "protocol": "tls", "certs": _cert_items(tls_rules), "alpn": ["h2", "http/1.1"]})
             tls_node.next = self._upgrade_http(label, "/tls", "l4+", tls_rules)
         if not clear_rules:
             return tls_node
@@ -292,6 +331,17 @@ class Lowerer:
 def _certs(http: list[CompiledRule]) -> list[tuple[str, str]]:
     """The distinct (cert, key) pairs of the rules, in rule order."""
     return list(dict.fromkeys(rule.tls for rule in http if rule.tls))
+
+
+def _cert_items(rules: list[CompiledRule]) -> list[dict[str, Any]]:
+    """The ``upgrade tls`` node's ``certs``: files and ACME name sets, distinct, in rule order."""
+    items: dict[tuple, dict[str, Any]] = {}
+    for rule in rules:
+        if rule.tls:
+            items.setdefault(("file",) + rule.tls, {"cert": rule.tls[0], "key": rule.tls[1]})
+        elif rule.acme:
+            items.setdefault(("acme",) + rule.acme, {"acme": list(rule.acme)})
+    return list(items.values())
 
 
 def tls_paths(config_dir: str, tls: dict | None) -> tuple[str, str] | None:

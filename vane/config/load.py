@@ -277,9 +277,9 @@ def _digest_referenced(sources: Sources) -> dict[str, str]:
     limits: dict[str, int] = {}
     for rs in sources.rules:
         tls = rs.rule.get("tls")
-        if tls:
-            limits.setdefault(tls["cert"], MAX_CERT_BYTES)
-            limits.setdefault(tls["key"], MAX_CERT_BYTES)
+        for part in ("cert", "key"):  # an ACME rule names no file
+            if tls and part in tls:
+                limits.setdefault(tls[part], MAX_CERT_BYTES)
     for decl in (sources.config.get("plugins") or {}).values():
         if "wasm" in decl:
             limits.setdefault(decl["wasm"], MAX_WASM_BYTES)

@@ -64,10 +64,11 @@ RULE_SCHEMA: dict[str, Any] = {
         },
         "tls": {
             "type": "object",
-            "required": ["cert", "key"],
             "additionalProperties": False,
             "properties": {"cert": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1},
-                           "http3": {"type": "boolean"}},
+                           "http3": {"type": "boolean"}, "acme": {"const": True}},
+            # files, or an automatic certificate (the compiler refuses both at once)
+            "if": {"required": ["acme"]}, "else": {"required": ["cert", "key"]},
         },
         "accept_proxy_protocol": {
             "type": "object",
@@ -175,6 +176,30 @@ GROUP_SCHEMA: dict[str, Any] = {
     "properties": {"backends": backend_list(_ADDRESS), **GROUP_OPTIONS},
 }
 
+# -- automatic certificates (config.json ``acme``; rules' ``"tls": {"acme": true}``) -------------------
+
+ACME_CHALLENGES = ("http-01", "tls-alpn-01")
+
+ACME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "email": {"type": "string", "pattern": r"^[^@\s]+@[^@\s]+$",
+                  "$comment": "expected an e-mail address (name@domain)"},
+        "directory": {"type": "string", "pattern": r"^(production|staging|https://\S+)$",
+                      "$comment": 'expected "production", "staging" or an https:// directory URL'},
+        "ca_bundle": {"type": "string", "minLength": 1},
+        "challenges": {"type": "array", "minItems": 1, "uniqueItems": True,
+                       "items": {"enum": list(ACME_CHALLENGES)}},
+        "renew_before_days": {"type": "number", "exclusiveMinimum": 0, "maximum": 3650},
+        "http_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "eab": {"type": "object", "required": ["kid", "hmac_key"], "additionalProperties": False,
+                "properties": {"kid": {"type": "string", "minLength": 1},
+                               "hmac_key": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9_\-=]+$",
+                                            "$comment": "expected the base64url HMAC key the CA gave"}}},
+    },
+}
+
 CONFIG_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -194,6 +219,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
                            "response_buffer": {"type": "integer", "minimum": 0}},
         },
         "trusted_proxies": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "acme": ACME_SCHEMA,
         "upstreams": {"type": "object", "maxProperties": MAX_GROUPS, "propertyNames": {
             "pattern": GROUP_NAME, "$comment": "a group name is letters, digits, '_', '.' and '-', up to 128"},
                       "additionalProperties": GROUP_SCHEMA},

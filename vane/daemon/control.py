@@ -197,6 +197,7 @@ class Control:
                 log.warning("reload failed, the running configuration stays: %s", err)
             raise
         self.graph = graph
+        self._acme(graph)
         self.last_reload = {"time": now, "result": "reloaded", "error": None}
         self.services.metrics.reload("reloaded")
         log.info("reloaded: graph %s (+%d -%d listeners)", graph.hash[:12], len(added), len(removed))
@@ -218,6 +219,11 @@ class Control:
 
     def _unchanged(self) -> None:
         """A reload found the serving graph: listeners that gave up may bind again."""
+
+    def _acme(self, graph: FlowGraph) -> None:
+        """The graph now serving: issue and renew the ACME certificates it names (in the background)."""
+        if graph.acme is not None or self.services._acme is not None:
+            self.services.acme.want(graph.acme)
 
     def _not_bound(self) -> list[dict]:
         return []

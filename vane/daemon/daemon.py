@@ -64,6 +64,7 @@ class Daemon(Control):
             log.warning("socket passed by systemd for %s %s:%s matches no listen address", *key)
         self._start_management()
         self._start_watching()
+        self._acme(graph)
         if self.server.listeners:
             gevent.spawn(self._boot_health)
         gc.freeze()  # what boot built lives as long as the process: keep it out of every collection

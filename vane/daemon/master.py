@@ -199,6 +199,7 @@ class Master(Control):
             gevent.spawn(self._start_worker, slot)
         if not gevent.wait([slot.ready for slot in self.slots], timeout=READY_TIMEOUT):
             log.warning("not every worker started within %ss", READY_TIMEOUT)
+        self._acme(graph)  # the master alone talks to the CA, once workers can answer challenges
         if self.listeners:
             gevent.spawn(self._boot_health)
         sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}")
@@ -243,6 +244,11 @@ class Master(Control):
                 if "errors" in answer:
                     raise CompileFailed([ConfigError(**e) for e in answer["errors"]])
                 slot.peer.call("commit", CALL_TIMEOUT, hash=answer["hash"])
+            if self.services._acme is not None:  # certificates issued since boot, challenges up now
+                if self.services.acme.stored_sets():
+                    slot.peer.call("acme_refresh", CALL_TIMEOUT)
+                for kind, key, authz in self.services.acme_challenges.pending():
+                    slot.peer.call("acme_challenge", CALL_TIMEOUT, kind=kind, key=key, key_authorization=authz)
             for lst in list(self.listeners.values()):
                 if lst.state == "listening":
                     self._send_socket(slot, lst)
@@ -405,6 +411,24 @@ class Master(Control):
 
     def _unchanged(self) -> None:
         self._retry_failed()
+
+    def _acme(self, graph: FlowGraph) -> None:
+        """The master alone talks to the CA; challenge answers and new certificates reach every
+        worker before the CA is asked to validate, and after the certificate is stored."""
+        if graph.acme is not None and self.services.acme.on_issued is None:
+            self.services.acme_challenges.on_change = self._acme_challenge
+            self.services.acme.on_issued = lambda names: self.ask_all("acme_refresh", names=list(names))
+        super()._acme(graph)
+
+    def _acme_challenge(self, kind: str, key: str, key_authorization: str | None) -> None:
+        """Every worker that is up (also one still being brought to the serving graph) gets it."""
+        slots = [s for s in self.slots if s.peer is not None and not s.peer.closed and s.ready.is_set()]
+        jobs = [gevent.spawn(self._tell, s, "acme_challenge", kind=kind, key=key, key_authorization=key_authorization)
+                for s in slots]
+        gevent.joinall(jobs, timeout=CALL_TIMEOUT + 1.0)
+        for slot, job in zip(slots, jobs, strict=True):
+            if not job.successful() or isinstance(job.value, BaseException):
+                log.warning("worker %d did not take an ACME challenge answer: %s", slot.index, job.value)
 
     def _not_bound(self, settle: float = 1.0) -> list[dict]:
         for lst in self.listeners.values():

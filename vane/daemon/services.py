@@ -52,6 +52,8 @@ class Services:
         self.access_log = accesslog.from_settings(settings, off_hub)   # None when off; opened at boot
         self.floor = Floor(settings, conns, metrics)
         self._tls_cache = None
+        self._acme: Any = None
+        self._acme_challenges: Any = None
         self.parking = Parking()
         self.draining = Event()
         self._pool = None
@@ -84,6 +86,23 @@ class Services:
         return self._tls_cache
 
     @property
+    def acme_challenges(self) -> Any:
+        """The pending ACME challenges this process answers (HTTP-01 tokens, TLS-ALPN-01 certificates)."""
+        if self._acme_challenges is None:
+            from vane.acme.challenges import ChallengeBoard
+            self._acme_challenges = ChallengeBoard()
+        return self._acme_challenges
+
+    @property
+    def acme(self) -> Any:
+        """The ACME certificates (``vane.acme.manager``), created on first use; their state
+        lives under ``VANE_STATE_DIR``."""
+        if self._acme is None:
+            from vane.acme.manager import AcmeManager
+            self._acme = AcmeManager(self.settings.state_dir or ".", self.tls_cache, self.acme_challenges)
+        return self._acme
+
+    @property
     def pool(self) -> Any:
         """The upstream connection pool, created on first use."""
         if self._pool is None:
@@ -114,6 +133,8 @@ class Services:
             self._pool.close()
         if self.access_log is not None:
             self.access_log.close()
+        if self._acme is not None:
+            self._acme.stop()
         self.upstreams.close()
         for store in self._ratelimit_stores.values():
             store.close()

@@ -77,6 +77,7 @@ class Worker:
             "flush_metrics": self.flush_metrics, "forward": self.forward,
             "set_flow_log": self.set_flow_log, "drain": self.drain, "close_now": self.close_now,
             "reopen_logs": self.reopen_logs,
+            "acme_challenge": self.acme_challenge, "acme_refresh": self.acme_refresh,
         }, on_close=self._master_gone, name=f"worker {index}")
 
     def run(self) -> int:
@@ -188,6 +189,16 @@ class Worker:
             self.reopen_logs()
         except OSError as exc:
             log.error("cannot reopen the access log: %s; it goes on in the old file", exc)
+
+    def acme_challenge(self, kind: str, key: str, key_authorization: str | None) -> dict:
+        """The master's ACME order put up (or took down) a challenge answer: answer it here too."""
+        self.services.acme_challenges.apply(kind, key, key_authorization)
+        return {}
+
+    def acme_refresh(self, names: list[str] | None = None) -> dict:
+        """The master stored a certificate: serve it from the state dir (all of them with None)."""
+        acme = self.services.acme
+        return {"refreshed": acme.refresh_all() if names is None else int(acme.refresh(tuple(names)))}
 
     def recent_flow(self, n: int) -> list[dict]:
         return self.services.flow_log.recent(n)

@@ -23,7 +23,10 @@ from OpenSSL import SSL
 
 from vane.config.files import MAX_CERT_BYTES, read_regular
 
-__all__ = ["CIPHERS_TLS12", "CertContext", "ContextCache", "TLSConfigError"]
+__all__ = ["ACME_TLS_ALPN", "CIPHERS_TLS12", "CertContext", "CertSlot", "ContextCache", "TLSConfigError",
+           "context_from_pem"]
+
+ACME_TLS_ALPN = b"acme-tls/1"  # RFC 8737: the TLS-ALPN-01 validation protocol
 
 # TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are all of that kind).
 CIPHERS_TLS12 = (
@@ -92,12 +95,27 @@ def _describe(cert: x509.Certificate, cert_path: str, key_path: str, names: list
         "not_after": cert.not_valid_after_utc.isoformat(),
         "serial": format(cert.serial_number, "x"),
         "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        "source": "file",
     }
 
 
 def _alpn_select(conn: SSL.Connection, offered: list[bytes]) -> bytes | object:
-    """Pick the first of the server's protocols that the client offered."""
+    """Pick the first of the server's protocols that the client offered.
+
+    A client offering ``acme-tls/1`` for a name with a pending TLS-ALPN-01 challenge is the CA
+    validating it: it gets the challenge certificate (in TLS 1.3 the certificate is chosen
+    after ALPN) and that protocol; any other client, or a name without a challenge, goes on
+    as usual.
+    """
     owner = conn.get_app_data()
+    challenges = getattr(owner, "challenges", None)
+    if ACME_TLS_ALPN in offered and challenges is not None:
+        name = conn.get_servername()
+        pair = challenges.tls_alpn01(name.decode("ascii", "replace").lower().rstrip(".")) if name else None
+        if pair is not None:
+            conn.use_certificate(pair[0])
+            conn.use_privatekey(pair[1])
+            return ACME_TLS_ALPN
     for proto in owner.alpn_wire if owner is not None else ():
         if proto in offered:
             return proto
@@ -148,6 +166,39 @@ def _build_context(cert_pem: bytes, key_pem: bytes, cert_path: str, key_path: st
     exact = frozenset(n for n in names if not n.startswith("*."))
     wildcards = frozenset(n[2:] for n in names if n.startswith("*."))
     return CertContext(ctx, exact, wildcards, _describe(chain[0], cert_path, key_path, names))
+
+
+def context_from_pem(cert_pem: bytes, key_pem: bytes, cert_path: str, key_path: str) -> CertContext:
+    """A context from PEM bytes already in memory (``cert_path``/``key_path`` only describe them)."""
+    return _build_context(cert_pem, key_pem, cert_path, key_path)
+
+
+class CertSlot:
+    """A certificate that changes while listeners serve it (an ACME certificate and, until it is
+    issued, its self-signed fallback). Owns the current ``CertContext`` and the names it is for;
+    every new handshake reads the current one, established connections keep theirs, so
+    ``swap`` replaces a certificate without a reload and without touching a connection."""
+
+    __slots__ = ("names", "entry", "status")
+
+    def __init__(self, names: tuple[str, ...], entry: CertContext) -> None:
+        self.names = frozenset(names)
+        self.entry = entry
+        self.status: dict[str, Any] = {}  # what the slot's owner says about it (source, error, ...)
+
+    @property
+    def context(self) -> SSL.Context:
+        return self.entry.context
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {**self.entry.info, **self.status}
+
+    def matches(self, name: str) -> bool:
+        return name in self.names
+
+    def swap(self, entry: CertContext) -> None:
+        self.entry = entry
 
 
 class ContextCache:

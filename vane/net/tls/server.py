@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from OpenSSL import SSL
 
-from vane.net.tls.certs import CertContext, ContextCache
+from vane.net.tls.certs import CertContext, CertSlot, ContextCache
 from vane.net.tls.stream import (
     READ_EVENT,
     WRITE_EVENT,
@@ -27,32 +27,38 @@ __all__ = ["ServerTLS"]
 
 
 class ServerTLS:
-    """TLS termination for one listener: the certificates of its rules, the first the default."""
+    """TLS termination for one listener: the certificates of its rules, the first the default.
 
-    def __init__(self, certs: Sequence[tuple[str, str]], alpn: Sequence[str] = ("h2", "http/1.1"),
-                 cache: ContextCache | None = None, handshake_timeout: float = 10.0) -> None:
+    ``certs`` are (cert, key) file pairs or ``CertSlot``s (certificates swapped while serving);
+    ``challenges``, when given, answers ACME TLS-ALPN-01 validations (``tls_alpn01(name)``
+    returns the challenge certificate and key, or None)."""
+
+    def __init__(self, certs: Sequence[tuple[str, str] | CertSlot], alpn: Sequence[str] = ("h2", "http/1.1"),
+                 cache: ContextCache | None = None, handshake_timeout: float = 10.0,
+                 challenges: Any = None) -> None:
         if not certs:
             raise ValueError("ServerTLS needs at least one certificate")
         cache = cache if cache is not None else ContextCache()
-        self._certs: list[CertContext] = [cache.load(c, k) for c, k in certs]
+        self._certs: list[CertContext | CertSlot] = [
+            c if isinstance(c, CertSlot) else cache.load(c[0], c[1]) for c in certs]
         self.alpn = tuple(alpn)
         self.alpn_wire = tuple(p.encode("ascii") for p in alpn)
         self.handshake_timeout = handshake_timeout
-        self._default = self._certs[0].context
-        self._by_name: dict[str, SSL.Context] = {}
+        self.challenges = challenges
+        self._by_name: dict[str, CertContext | CertSlot] = {}
 
     def context_for(self, name: str) -> SSL.Context:
         """The context whose certificate serves ``name`` (lower-case); the default otherwise."""
-        ctx = self._by_name.get(name)
-        if ctx is None:
-            ctx = self._default
-            for entry in self._certs:
-                if entry.matches(name):
-                    ctx = entry.context
+        entry = self._by_name.get(name)
+        if entry is None:
+            entry = self._certs[0]
+            for candidate in self._certs:
+                if candidate.matches(name):
+                    entry = candidate
                     break
             if len(self._by_name) < 1024:  # SNI values are client-chosen: bound the memo
-                self._by_name[name] = ctx
-        return ctx
+                self._by_name[name] = entry
+        return entry.context  # a slot's current certificate, read at every handshake
 
     def certs_info(self) -> list[dict[str, Any]]:
         """Subject, SANs, validity and path of each certificate, default first."""
@@ -63,7 +69,7 @@ class ServerTLS:
 
         Raises ``TLSHandshakeTimeout`` or ``TLSHandshakeError`` after closing the socket.
         """
-        conn = SSL.Connection(self._default, sock)
+        conn = SSL.Connection(self._certs[0].context, sock)
         conn.set_app_data(self)
         conn.set_accept_state()
         stream = TLSStream(sock, conn)

@@ -22,6 +22,15 @@ from vane.net.sockets import reset
 log = logging.getLogger("vane.tls")
 
 
+def _acme_slot(services, names: tuple[str, ...]):
+    """The live slot of an ACME certificate; offline (`vane compile`) a throwaway fallback."""
+    if services is not None:
+        return services.acme.slot(names)
+    from vane.acme.manager import AcmeManager
+    from vane.net.tls.certs import CertSlot
+    return CertSlot(names, AcmeManager._fallback(names))
+
+
 class Upgrade(Terminator):
     def __init__(self, node, env: LinkEnv) -> None:
         super().__init__(node, env)
@@ -38,10 +47,12 @@ class Upgrade(Terminator):
             from vane.net.tls.server import ServerTLS
             services = env.services
             here = env.config_dir or "."      # relative paths resolve against the config dir
-            certs = [(resolve_path(here, c["cert"]), resolve_path(here, c["key"])) for c in raw["certs"]]
+            certs = [(resolve_path(here, c["cert"]), resolve_path(here, c["key"])) if "cert" in c
+                     else _acme_slot(services, tuple(c["acme"])) for c in raw["certs"]]
             self.tls = ServerTLS(certs, tuple(raw.get("alpn") or ("h2", "http/1.1")),
                                  cache=services.tls_cache if services is not None else None,
-                                 handshake_timeout=env.settings.sec_handshake_timeout)
+                                 handshake_timeout=env.settings.sec_handshake_timeout,
+                                 challenges=services.acme_challenges if services is not None else None)
 
     def terminate(self, ctx, args):
         if self.protocol == "http":
@@ -58,6 +69,9 @@ class Upgrade(Terminator):
         except OSError as exc:
             ctx.trajectory.note_error(f"tls: {exc}")
             log.info("TLS handshake failed: %s", exc, extra=ctx.log_extra())
+            return FINISHED
+        if stream.alpn == "acme-tls/1":  # a CA's TLS-ALPN-01 validation: the handshake was the answer
+            stream.close()
             return FINISHED
         new = ctx.upgraded(stream)
         kv = new.kv
