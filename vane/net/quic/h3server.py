@@ -21,10 +21,10 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
 from gevent.event import Event
 
-from vane.net.h2.common import response_header_block, trailer_block
+from vane.net.h2.common import response_header_block
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.message import Body, HeaderList, Request, Response
+from vane.net.http.message import Body, HeaderList, Request, Response, trailer_fields
 from vane.net.http.status import plain_response
 
 from .session import SEND_BACKLOG, QuicSession
@@ -322,7 +322,7 @@ class H3Server:
         self._check(st)
         trailers: HeaderList | None = body.trailers
         if trailers:
-            h3.send_headers(st.id, trailer_block(trailers), end_stream=True)
+            h3.send_headers(st.id, trailer_fields(trailers), end_stream=True)
         else:
             h3.send_data(st.id, b"", end_stream=True)
         self.session.transmit()
