@@ -30,6 +30,8 @@ RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 BACKLOG = 1024
 ACCEPT_LOG_INTERVAL = 10.0  # seconds between two "accept failed" lines of one listener
 GATE_HOLD = 5               # milliseconds a crowded worker leaves a new connection to the others
+GATE_STALLS = 20            # holds in a row after which the others count as not accepting
+GATE_PAUSE = 1.0            # seconds it then accepts without waiting
 
 Handler = Callable[["Listener", Any, tuple], None]
 
@@ -43,7 +45,9 @@ class Listener:
     (``socket_for``). Workers that share one TCP socket are all woken for each connection and
     the first to call ``accept`` wins, which favours whichever is idle at that instant; with
     ``crowded`` a worker that holds clearly more connections than another waits up to
-    ``GATE_HOLD`` ms before its next accept, so that the others take it. A UDP listener bound for ``group`` workers opens one socket per worker
+    ``GATE_HOLD`` ms before its next accept, so that the others take it; after ``GATE_STALLS``
+    holds in a row that ran out (a worker that is starting, stuck or gone) it accepts without
+    waiting for ``GATE_PAUSE`` seconds. A UDP listener bound for ``group`` workers opens one socket per worker
     with ``SO_REUSEPORT``: the kernel then sends every datagram of one client address to the
     same socket, hence to the same worker."""
 
@@ -238,6 +242,7 @@ class Listener:
         backoff = 0.0
         logged_at, suppressed = -ACCEPT_LOG_INTERVAL, 0
         crowded = self.crowded
+        ungated_until, stalls = 0.0, 0
         while self.state == "listening":
             sock = self.sock
             if sock is None:
@@ -245,9 +250,15 @@ class Listener:
             if crowded is not None:
                 gevent.sleep(0)         # the last connection's handler counts itself first
                 held = 0
-                while held < GATE_HOLD and crowded():
+                while held < GATE_HOLD and crowded() and time.monotonic() >= ungated_until:
                     gevent.sleep(0.001)
                     held += 1
+                if held < GATE_HOLD:
+                    stalls = 0
+                else:                   # the others took nothing meanwhile
+                    stalls += 1
+                    if stalls >= GATE_STALLS:   # a worker starting, stuck or gone: stop waiting a while
+                        ungated_until, stalls = time.monotonic() + GATE_PAUSE, 0
             try:
                 conn, peer = sock.accept()
             except OSError as exc:
