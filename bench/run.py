@@ -33,8 +33,9 @@ from vbench.procs import Procs, ensure_tools, loadavg, raise_nofile, rss_kib  # 
 from vbench.profile import Profiler, summary  # noqa: E402
 from vbench.servers import BENCH_DIR, MIB, Lab  # noqa: E402
 
-SECTIONS = ("small", "mib", "h2", "upload", "tls", "rss", "l4", "accesslog", "workers")
+SECTIONS = ("small", "mib", "h2", "h3", "upload", "tls", "rss", "l4", "accesslog", "workers")
 UPLOAD_MIB = 20
+H3_REQUESTS = 2000       # sequential HTTP/3 requests on one connection (a pure-Python client)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 CLIENTS = os.path.join(BENCH_DIR, "clients")
 WRK_LUA = os.path.join(BENCH_DIR, "configs", "wrk-report.lua")
@@ -56,6 +57,7 @@ CELLS = {
            ("haproxy", "haproxy", "HAPROXY_H2_PORT", True, None),
            ("vaned", "vaned", "VANED_H2_PORT", True, "bench-h2"),
            ("vaned_respond", "vaned", "VANED_H2_RESPOND_PORT", False, "bench-h2-respond")],
+    "h3": [("vaned_respond", "vaned", "VANED_H2_RESPOND_PORT", False, "bench-h2-respond")],
     "upload": [("nginx", "nginx", "NGINX_H2_PORT", True, None),
                ("vaned", "vaned", "VANED_H2_PORT", True, "bench-h2")],
     "tls": [("nginx", "nginx", "NGINX_TLS_PORT", False, None),
@@ -72,8 +74,8 @@ CELLS = {
                ("vaned", "vaned", "VANED_L4_PORT", True, "bench-l4")],
 }
 TOOLS_FOR = {"small": ["wrk"], "mib": ["wrk"], "l4mib": ["wrk"], "l4conn": ["wrk"], "accesslog": ["wrk"],
-             "h2": ["h2load", "openssl"], "upload": ["openssl"], "tls": ["openssl"], "rss": [], "workers": ["wrk"]}
-MAIN_METRIC = {"small": "rps", "accesslog": "rps", "mib": "mib_s", "h2": "rps", "upload": "seconds", "tls": "per_s",
+             "h2": ["h2load", "openssl"], "h3": ["openssl"], "upload": ["openssl"], "tls": ["openssl"], "rss": [], "workers": ["wrk"]}
+MAIN_METRIC = {"small": "rps", "accesslog": "rps", "mib": "mib_s", "h2": "rps", "h3": "rps", "upload": "seconds", "tls": "per_s",
                "l4mib": "mib_s",
                "l4conn": "rps"}
 
@@ -132,7 +134,7 @@ class Runner:
         for tool in TOOLS_FOR[section]:
             if tool in self.tool_reasons:
                 return self.tool_reasons[tool]
-        if section in ("h2", "upload", "tls") and not self.lab.tls:
+        if section in ("h2", "h3", "upload", "tls") and not self.lab.tls:
             return f"no TLS certificate ({self.lab.tls_reason})"
         if server in self.lab.down:
             return self.lab.down[server]
@@ -164,6 +166,8 @@ class Runner:
         if section == "h2":
             loads.h2load(self.procs, tools["h2load"], port, 0, clients=1, streams=1, requests=20)
             return loads.h2load(self.procs, tools["h2load"], port, a.duration, server_pgid=pgid, warmup=a.warmup)
+        if section == "h3":
+            return loads.h3_requests(self.procs, port, H3_REQUESTS, self.lab.values["CERT"], server_pgid=pgid)
         if section == "upload":
             loads.h2_upload(self.procs, os.path.join(CLIENTS, "h2_upload.py"), port, 1, 1)
             return loads.h2_upload(self.procs, os.path.join(CLIENTS, "h2_upload.py"), port, UPLOAD_MIB,
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().astimezone()
     nofile = raise_nofile()
     sections = set(args.sections)
-    cell_sections = [s for s in ("small", "mib", "h2", "upload", "tls") if s in sections]
+    cell_sections = [s for s in ("small", "mib", "h2", "h3", "upload", "tls") if s in sections]
     if "l4" in sections:
         cell_sections += ["l4mib", "l4conn"]
     if "accesslog" in sections:
@@ -396,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if "nginx" in tool_reasons:
             lab.down["backend"] = lab.down["nginx"] = tool_reasons["nginx"]
         lab.make_files()
-        if sections & {"h2", "upload", "tls"}:
+        if sections & {"h2", "h3", "upload", "tls"}:
             lab.make_cert()
         say(f"vane bench: {', '.join(args.sections)}; {args.duration} s per measurement"
             f"{f' x{args.repeat}' if args.repeat > 1 else ''}; temp dir {tmp}")

@@ -120,6 +120,37 @@ def _socket_errors(s: dict) -> str:
 
 # ---- h2load ------------------------------------------------------------------------------------
 
+def h3_requests(procs: Procs, port: int, count: int, ca: str, server_pgid: int | None = None) -> dict:
+    """``count`` sequential HTTP/3 requests on one QUIC connection with aioquic's client
+    (tests/support/h3client.py, a subprocess): req/s with the cost of one single-request run
+    (interpreter start, connection, handshake) taken off, and the server's CPU per request."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo}
+    base = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/", "--sni", HOST,
+            "--ca", ca, "--timeout", "60"]
+
+    def run(n: int) -> tuple[list[dict], float]:
+        t0 = time.monotonic()
+        rc, out, err = procs.run("h3client", [*base, "--repeat", str(n)], timeout=120, env=env)
+        elapsed = time.monotonic() - t0
+        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        if rc != 0 or not lines or "status" not in lines[0]:
+            why = (lines[0].get("error") if lines else None) or _last_line(err or out)
+            raise Unavailable(f"HTTP/3 client failed (rc {rc}): {why}")
+        return lines, elapsed
+
+    _, one = run(1)
+    la = loadavg()
+    cpu = CpuMeter(server_pgid)
+    lines, elapsed = run(count)
+    used = cpu.used()
+    ok = sum(1 for x in lines if x.get("status") == 200)
+    if ok < count * (1 - MAX_ERROR_SHARE):
+        raise Unavailable(f"{count - ok} of {count} HTTP/3 requests failed")
+    return {"rps": round((count - 1) / max(elapsed - one, 1e-3), 1), "requests": count, "succeeded": ok,
+            "seconds": round(elapsed, 3), "cpu_us_per_req": _per(used, ok), "loadavg": la}
+
+
 def h2load(procs: Procs, exe: str, port: int, seconds: int, clients: int = 16, streams: int = 10,
            server_pgid: int | None = None, warmup: int = 1, requests: int | None = None) -> dict:
     url = f"https://127.0.0.1:{port}/"

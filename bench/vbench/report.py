@@ -18,6 +18,8 @@ ROWS = (
     ("h2", "rps", "HTTP/2 over TLS (h2load)  req/s", "nginx", "higher"),
     ("h2", "mean_ms", "  mean request time ms", "nginx", "lower"),
     ("h2", "cpu_us_per_req", "  server CPU µs per request", "nginx", "lower"),
+    ("h3", "rps", "HTTP/3 respond, one connection, sequential (aioquic client)  req/s", None, "higher"),
+    ("h3", "cpu_us_per_req", "  server CPU µs per request", None, "lower"),
     ("upload", "seconds", "HTTP/2 20 MiB upload, Nagle-on client  s", "nginx", "lower"),
     ("upload", "mib_s", "  MiB/s", "nginx", "higher"),
     ("tls", "per_s", "TLS new connections/s (full handshake)", "nginx", "higher"),
