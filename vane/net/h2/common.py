@@ -20,9 +20,10 @@ from gevent.event import Event
 
 from vane.net.h2 import workers
 from vane.net.h2.protocol import goaway_frame
+from vane.net.http.errors import HttpError
 from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers, connection_tokens
 
-__all__ = ["GoawayFilter", "H2Output", "StreamGone", "goaway_frame", "response_header_block",
+__all__ = ["GoawayFilter", "H2Output", "StreamGone", "await_body", "goaway_frame", "response_header_block",
            "take_chunk", "write_data"]
 
 RECV_SIZE = 65536
@@ -201,6 +202,23 @@ class GoawayFilter:
         if pos > seg:
             out.append(mv[seg:pos])
         return b"".join(out), found
+
+
+def await_body(st: Any, closed: bool, timeout: float) -> bool:
+    """For a request stream's body reader (HTTP/2 and HTTP/3) with no chunk at hand: False
+    once the body ended, else wait up to ``timeout`` for ``st.data_ev`` (data, end or reset)
+    and return True. A reset stream or a closed connection is 400; silence is 408."""
+    if st.ended:
+        return False
+    if st.reset is not None or closed:
+        raise HttpError(400, "the client reset the stream")
+    if st.data_ev is None:
+        st.data_ev = Event()
+    else:
+        st.data_ev.clear()
+    if not st.data_ev.wait(timeout):
+        raise HttpError(408, "request body timed out")
+    return True
 
 
 def response_header_block(status: int, headers: Headers) -> HeaderList:

@@ -26,6 +26,7 @@ from vane.net.h2.common import (
     RECV_SIZE,
     H2Output,
     StreamGone,
+    await_body,
     response_header_block,
 )
 from vane.net.h2.protocol import (
@@ -431,17 +432,8 @@ class H2ServerConnection:
                     proto.acknowledge(st, len(chunk))
                     out.flush_soon()
                 yield chunk
-                continue
-            if st.ended:
+            elif not await_body(st, self._closed, timeout):
                 return
-            if st.reset is not None or self._closed:
-                raise HttpError(400, "the client reset the stream")
-            if st.data_ev is None:
-                st.data_ev = Event()
-            else:
-                st.data_ev.clear()
-            if not st.data_ev.wait(timeout):
-                raise HttpError(408, "request body timed out")
 
     def _send_continue(self, st: _ServerStream) -> None:
         """The flow reads the body the client holds back for ``Expect: 100-continue``: ask

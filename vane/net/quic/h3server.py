@@ -21,7 +21,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
 from gevent.event import Event
 
-from vane.net.h2.common import response_header_block
+from vane.net.h2.common import await_body, response_header_block
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
 from vane.net.http.message import Body, HeaderList, Request, Response, trailer_fields
@@ -240,17 +240,8 @@ class H3Server:
                 if not session.closed:
                     session.transmit()      # a raised MAX_STREAM_DATA goes out
                 yield chunk
-                continue
-            if st.ended:
+            elif not await_body(st, session.closed, timeout):
                 return
-            if st.reset is not None or session.closed:
-                raise HttpError(400, "the client reset the stream")
-            if st.data_ev is None:
-                st.data_ev = Event()
-            else:
-                st.data_ev.clear()
-            if not st.data_ev.wait(timeout):
-                raise HttpError(408, "request body timed out")
 
     def _discard(self, st: _Stream) -> None:
         st.discard = True
