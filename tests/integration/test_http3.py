@@ -377,3 +377,27 @@ def test_quic_handshakes_count_against_the_per_ip_limit(tmp_path):
         for s in socks:
             s.close()
         vaned.stop()
+
+
+def test_header_section_past_the_limit_gets_431_and_the_connection_goes_on(env):
+    """VANE_SEC_MAX_HEADER_BYTES (64 KiB) holds over HTTP/3 as over HTTP/1.1 and HTTP/2: a field
+    of 90 KiB (about 56 KiB on the wire once Huffman-coded) is refused once decoded, one of
+    300 KiB while its HEADERS frame is still arriving; the next request on the same connection
+    is served."""
+    for size in (90 * 1024, 300 * 1024):
+        lines = h3(env, "/x", "b.test", "--header-bytes", str(size), "--repeat", "2")
+        assert len(lines) == 2, (size, lines)
+        first, second = lines
+        assert first["status"] == 431, first
+        assert second["status"] == 431, second
+    [ok] = h3(env, "/x", "b.test", "--header-bytes", str(30 * 1024))
+    assert ok["status"] == 200, ok
+
+
+def test_qpack_dynamic_table_is_off(env):
+    """SETTINGS_QPACK_MAX_TABLE_CAPACITY (0x01) is 0: a client cannot make a small HEADERS frame
+    expand into a large header section by referring to the dynamic table again and again."""
+    res = h3(env, "/x", "b.test", "--settings")
+    settings = res[-1]["settings"]
+    assert settings.get("1", 0) == 0, settings
+    assert settings.get("7", 0) == 0, settings

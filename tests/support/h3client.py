@@ -6,7 +6,9 @@ Options: ``--ca FILE`` (trust only it), ``--sni NAME``, ``--method M``, ``--uplo
 deterministic bytes as the body), ``--repeat K`` (K requests on one connection), ``--authority A``
 (the ``:authority``), ``--ws N``: a WebSocket by extended CONNECT (RFC 9220) to the URL's path,
 one binary message of N random bytes and a close with code 4001; prints the status, whether
-the echo came back intact and the close code the server sent back.
+the echo came back intact and the close code the server sent back. ``--header-bytes N``: extra
+request fields ``x-big-<i>`` of N letters in all (at most 60,000 a field). ``--settings``: print the server's HTTP/3
+SETTINGS (``{"settings": {id: value}}``) after the requests.
 ``--timeout S``.
 """
 
@@ -118,13 +120,15 @@ class Client(QuicConnectionProtocol):
         res.pop("body", None)
         return res
 
-    async def request(self, method: str, url: str, authority: str, body: bytes | None) -> dict:
+    async def request(self, method: str, url: str, authority: str, body: bytes | None,
+                      extra: list[tuple[bytes, bytes]] = ()) -> dict:
         u = urlparse(url)
         sid = self._quic.get_next_available_stream_id()
         headers = [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", authority.encode()),
                    (b":path", (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b""))]
         if body is not None:
             headers.append((b"content-length", str(len(body)).encode()))
+        headers += extra
         self.results[sid] = {"length": 0}
         self.hashes[sid] = hashlib.sha256()
         self.bodies[sid] = bytearray()
@@ -184,6 +188,8 @@ async def main() -> int:
     p.add_argument("--show", action="store_true")
     p.add_argument("--authority")
     p.add_argument("--ws", type=int)
+    p.add_argument("--header-bytes", type=int)
+    p.add_argument("--settings", action="store_true")
     a = p.parse_args()
     u = urlparse(a.url)
     config = QuicConfiguration(is_client=True, alpn_protocols=list(H3_ALPN), server_name=a.sni or u.hostname)
@@ -202,9 +208,14 @@ async def main() -> int:
                 res = await asyncio.wait_for(client.websocket(a.url, authority, a.ws), a.timeout)
                 print(json.dumps(res), flush=True)
                 return 0
+            extra = [(b"x-big-%d" % i, b"a" * min(60000, a.header_bytes - off))
+                     for i, off in enumerate(range(0, a.header_bytes or 0, 60000))]
             for _ in range(a.repeat):
-                res = await asyncio.wait_for(client.request(a.method, a.url, authority, body), a.timeout)
+                res = await asyncio.wait_for(client.request(a.method, a.url, authority, body, extra), a.timeout)
                 print(json.dumps(res), flush=True)
+            if a.settings:
+                got = client.h3._received_settings or {}
+                print(json.dumps({"settings": {str(int(k)): v for k, v in got.items()}}), flush=True)
     except Exception as exc:  # noqa: BLE001 - reported to the test as JSON
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1

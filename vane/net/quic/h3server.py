@@ -4,7 +4,12 @@ The driver greenlet runs the session and turns each request stream's HEADERS int
 ``Request`` (the HTTP/2 rules of ``vane.net.h2.request``, ``version`` ``3``); each request
 runs ``handler(request)`` in a greenlet of its own, whose ``Response`` goes back on the
 stream under QUIC flow control. The request body is a bounded per-stream buffer credited back
-to the client as the handler consumes it. Drain: new streams are refused
+to the client as the handler consumes it.
+
+Header sections are bounded like HTTP/1.1's and HTTP/2's (``max_header_bytes``, 431): once
+decoded, and while a HEADERS frame is still arriving (aioquic would buffer a frame of any size
+whole), by counting what a stream carried besides DATA payload. The QPACK dynamic table is off
+(capacity 0), so a small frame cannot decode into a large section. Drain: new streams are refused
 (``H3_REQUEST_REJECTED``), open ones finish, then the connection closes with ``H3_NO_ERROR``.
 """
 
@@ -16,6 +21,7 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 import gevent
+import pylsqpack
 from aioquic.h3.connection import ErrorCode, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
@@ -36,17 +42,44 @@ log = logging.getLogger("vane.net.h3")
 _BODY_TO_COME = Body.empty()
 
 
+# Besides DATA payload a request stream carries its HEADERS, maybe trailers, and a few bytes of
+# framing per frame: past this much more than ``max_header_bytes`` (per DATA frame seen, plus
+# a few bytes of field-line prefix per allowed field) it is refused.
+_FRAME_OVERHEAD = 16
+_NEVER_CREDIT = 1 << 62     # ``held`` of a refused stream: its flow-control credit is never raised
+
+
 class H3Limits:
     """Per-connection HTTP/3 limits (from the security floor)."""
 
-    __slots__ = ("max_header_count", "body_idle_timeout", "send_timeout", "max_uri_bytes")
+    __slots__ = ("max_header_count", "body_idle_timeout", "send_timeout", "max_uri_bytes", "max_header_bytes")
 
     def __init__(self, max_header_count: int = 100, body_idle_timeout: float = 30.0,
-                 send_timeout: float = 10.0, max_uri_bytes: int = 8192) -> None:
+                 send_timeout: float = 10.0, max_uri_bytes: int = 8192, max_header_bytes: int = 65536) -> None:
         self.max_header_count = max_header_count
         self.body_idle_timeout = body_idle_timeout
         self.send_timeout = send_timeout
         self.max_uri_bytes = max_uri_bytes
+        self.max_header_bytes = max_header_bytes
+
+
+class _H3Connection(H3Connection):
+    """aioquic's HTTP/3 layer with the QPACK dynamic table off (SETTINGS capacity 0): every
+    field line is a literal or a static-table entry, so decoding is bounded by the frame."""
+
+    def _init_connection(self) -> None:
+        self._max_table_capacity = 0
+        self._blocked_streams = 0
+        self._decoder = pylsqpack.Decoder(0, 0)
+        super()._init_connection()
+
+
+def _section_size(headers: HeaderList) -> int:
+    """A decoded header section's size as HTTP/1.1 counts it: names, values, ": " and CRLF."""
+    size = 4 * len(headers)
+    for k, v in headers:
+        size += len(k) + len(v)
+    return size
 
 
 class _Gone(Exception):
@@ -82,11 +115,16 @@ class H3Server:
     def __init__(self, session: QuicSession, handler: Callable[[Request], Any],
                  finished: Callable[[Any, Response, int, bool], None], limits: H3Limits = H3Limits()) -> None:
         self.session = session
-        self.h3 = H3Connection(session.quic)
+        self.h3 = _H3Connection(session.quic)
         self._handler = handler
         self._finished = finished
         self._limits = limits
         self._streams: dict[int, _Stream] = {}
+        # request stream id -> bytes it carried that were not DATA payload, minus the allowance
+        # of the DATA frames seen (open streams only: bounded by the QUIC stream limit)
+        self._framing: dict[int, int] = {}
+        self._framing_limit = limits.max_header_bytes + _FRAME_OVERHEAD * (limits.max_header_count + 4)
+        self._refused: set[int] = set()         # streams whose further data is dropped unread
         self._draining = False
         self._greenlets: set[Any] = set()
         self.requests = 0
@@ -125,22 +163,42 @@ class H3Server:
     # -- events (in the driver) ------------------------------------------------------------------
 
     def _on_event(self, event: Any) -> None:
-        if isinstance(event, events.StreamReset):
+        cls = event.__class__
+        sid = -1
+        if cls is events.StreamDataReceived and event.stream_id % 4 == 0:
+            sid = event.stream_id
+            if sid in self._refused:
+                if event.end_stream:
+                    self._forget(sid)
+                return
+            self._framing[sid] = self._framing.get(sid, 0) + len(event.data)
+        elif cls is events.StreamReset:
             st = self._streams.get(event.stream_id)
             if st is not None:
                 st.reset = event.error_code
                 st.wake()
+            self._forget(event.stream_id)
         for h3_event in self.h3.handle_event(event):
             if isinstance(h3_event, HeadersReceived):
                 self._on_headers(h3_event)
             elif isinstance(h3_event, DataReceived):
                 self._on_data(h3_event)
+        if sid >= 0:
+            framing = self._framing.get(sid)
+            if framing is not None:
+                if framing > self._framing_limit:
+                    self._refuse(sid)       # aioquic holds at most this one event's data of it
+                elif event.end_stream and sid not in self._streams:
+                    self._framing.pop(sid, None)
 
     def _on_headers(self, ev: HeadersReceived) -> None:
         sid = ev.stream_id
         st = self._streams.get(sid)
+        too_large = _section_size(ev.headers) > self._limits.max_header_bytes
         if st is not None:                      # trailers
             try:
+                if too_large:
+                    raise HttpError(431, "trailer section too large")
                 check_trailers(ev.headers, self._limits.max_header_count)
             except HttpError:
                 self._abort(st, ErrorCode.H3_MESSAGE_ERROR)
@@ -159,6 +217,8 @@ class H3Server:
             quic.stop_stream(sid, ErrorCode.H3_REQUEST_REJECTED)
             return
         try:
+            if too_large:
+                raise HttpError(431, "header section too large")
             request, length = request_head(ev.headers, "https", self._limits.max_header_count,
                                            Body.empty() if ev.stream_ended else _BODY_TO_COME,
                                            self._limits.max_uri_bytes)
@@ -180,7 +240,12 @@ class H3Server:
         g.link(self._greenlets.discard)
 
     def _on_data(self, ev: DataReceived) -> None:
-        st = self._streams.get(ev.stream_id)
+        sid = ev.stream_id
+        framing = self._framing.get(sid)
+        if framing is not None:
+            # the allowance of many DATA frames does not add up past one more header section
+            self._framing[sid] = max(framing - len(ev.data) - _FRAME_OVERHEAD, -self._limits.max_header_bytes)
+        st = self._streams.get(sid)
         if st is None:
             return
         if ev.data and not st.discard:
@@ -208,6 +273,29 @@ class H3Server:
         self.h3.send_headers(sid, [(b":status", b"%d" % exc.status), (b"content-type", b"text/plain; charset=utf-8"),
                                    (b"content-length", b"%d" % len(data))])
         self.h3.send_data(sid, data, True)
+        self._framing.pop(sid, None)
+
+    def _refuse(self, sid: int) -> None:
+        """A stream carrying more than a header section may: 431 when its request has not
+        started (else reset it), ask the client to stop, and drop what it still sends."""
+        st = self._streams.get(sid)
+        self._framing.pop(sid, None)
+        self._refused.add(sid)
+        self.session.held[sid] = _NEVER_CREDIT
+        if st is not None:
+            self._abort(st, ErrorCode.H3_EXCESSIVE_LOAD)
+            return
+        try:
+            self._reject(sid, HttpError(431, "header section too large"))
+            self.session.quic.stop_stream(sid, ErrorCode.H3_NO_ERROR)
+        except Exception:  # noqa: BLE001 - the stream is already gone on one side
+            pass
+
+    def _forget(self, sid: int) -> None:
+        self._framing.pop(sid, None)
+        if sid in self._refused:
+            self._refused.discard(sid)
+            self.session.held.pop(sid, None)
 
     def _abort(self, st: _Stream, code: int) -> None:
         if st.reset is None:
@@ -281,7 +369,9 @@ class H3Server:
                 except Exception:  # noqa: BLE001
                     pass
             self._streams.pop(st.id, None)
-            self.session.held.pop(st.id, None)
+            self._framing.pop(st.id, None)
+            if st.id not in self._refused:
+                self.session.held.pop(st.id, None)
             if not self.session.closed:
                 self.session.transmit()
             if self._draining and not self._streams:

@@ -30,7 +30,7 @@ def serve_h3(service: Any) -> None:
             service.finished(rctx, resp, sent, aborted)
 
     limits = H3Limits(settings.sec_max_header_count, settings.sec_body_idle_timeout, settings.sec_send_timeout,
-                      settings.sec_max_uri_bytes)
+                      settings.sec_max_uri_bytes, settings.sec_max_header_bytes)
     codec = H3Server(service.ctx.stream, handle, finished, limits)
     draining = service.services.draining
     watcher = gevent.spawn(_goaway_on_drain, draining, codec)
