@@ -8,6 +8,7 @@ import json
 import socket
 import ssl
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -183,6 +184,9 @@ def test_ca_unreachable_serves_the_fallback_and_retries_after_a_reload(lab):
     r = d.cli("get", "certs")
     assert r.returncode == 0 and "cannot reach the CA" in r.stdout, r
     assert "Traceback" not in d.stderr
+    text = d.mgmt("get_metrics")
+    text = text["text"] if isinstance(text, dict) else text
+    assert _sample(text, "vane_cert_not_after_timestamp_seconds", '{names="a.test",source="fallback"}')
     # the CA comes up; a config change (here: trusting its API certificate) retries at once
     pebble = Pebble(lab.base / "pebble", http_port, tls_port, api_port=api_port)
     lab.on_close(pebble.close)
@@ -238,6 +242,22 @@ def test_with_workers_the_master_issues_and_every_worker_serves(lab, challenge):
             assert served_serial(tls_port, name, root) == got[name]["serial"]
     assert d.count(r"ACME certificate for a\.test issued") == 1
     assert d.count("ACME account registered") == 1
+    # the master's metrics show when each certificate expires and when it is renewed
+    text = d.mgmt("get_metrics")
+    text = text["text"] if isinstance(text, dict) else text
+    for name in NAMES:
+        labels = f'{{names="{name}",source="acme"}}'
+        expires = datetime.fromisoformat(got[name]["not_after"]).timestamp()
+        renews = datetime.fromisoformat(got[name]["next_renewal"]).timestamp()
+        assert _sample(text, "vane_cert_not_after_timestamp_seconds", labels) == expires
+        assert _sample(text, "vane_cert_next_renewal_timestamp_seconds", labels) == renews
+
+
+def _sample(text: str, name: str, labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + labels + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def test_without_a_rule_on_the_http01_port_vaned_listens_there_for_acme_only(lab):

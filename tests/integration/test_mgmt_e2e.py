@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -115,6 +116,19 @@ def test_metrics_parse_and_json(env):
     assert {"vane_requests", "vane_connections", "vane_request_duration_seconds"} <= names
     js = unix_call(env, "get_metrics", {"format": "json"})["result"]
     assert any(f["name"] == "vane_requests" for f in js["families"])
+
+
+def test_certificate_expiry_is_a_metric(env):
+    """Each served certificate's not-after time, labelled by its names and source, as
+    ``get certs`` shows it: what an expiry alert is written against."""
+    text = unix_call(env, "get_metrics")["result"]
+    text = text["text"] if isinstance(text, dict) else text
+    [family] = [f for f in text_string_to_metric_families(text) if f.name == "vane_cert_not_after_timestamp_seconds"]
+    certs = unix_call(env, "get_certs")["result"]["certs"]
+    want = {(",".join(c["sans"]), c["source"]): datetime.fromisoformat(c["not_after"]).timestamp() for c in certs}
+    got = {(s.labels["names"], s.labels["source"]): s.value for s in family.samples}
+    assert want and got == want
+    assert any("secure.test" in names.split(",") for names, _ in got)
 
 
 def test_http_transport_needs_the_token(env):

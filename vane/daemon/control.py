@@ -282,6 +282,10 @@ class Control:
                  "target": spec.options.get(spec.driver), "breaker": breakers.get(spec.name, {"state": "unused"})}
                 for spec in self.graph.registry.externals()]
 
+    def cert_rows(self) -> list[dict]:
+        """``get_certs``, or none before the first graph is linked (the metrics collector)."""
+        return self.get_certs() if self.graph is not None else []
+
     def get_certs(self) -> list[dict]:
         graph = self.graph
         out = []

@@ -24,6 +24,7 @@ from vane.compile import FlowGraph
 from vane.config.settings import Settings
 from vane.flow.connection import ConnTable
 from vane.net.listeners import activated_sockets, socket_key
+from vane.observe.certmetrics import CertMetrics
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub
 from vane.observe.metrics import Metrics
@@ -52,6 +53,7 @@ class Daemon(Control):
     def __init__(self, config_dir: str, settings: Settings, log_hub: Hub | None = None) -> None:
         super().__init__(config_dir, settings, log_hub)
         self.services = Services(settings, Metrics(), FlowLog(file_path=settings.flow_log_file), ConnTable())
+        self.services.metrics.expose(CertMetrics(self.cert_rows))
         self.conns = self.services.conns
         self.server = Server(self.services)
 

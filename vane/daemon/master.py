@@ -38,6 +38,7 @@ from vane.config.settings import Settings
 from vane.flow.connection import ConnTable
 from vane.net.listeners import Listener
 from vane.net.upstream.registry import upstream_families
+from vane.observe.certmetrics import CertMetrics
 from vane.observe.flowlog import FlowLog
 from vane.observe.hub import Hub, Subscription
 from vane.observe.metrics import Metrics, enable_multiprocess, mark_process_dead
@@ -170,6 +171,7 @@ class Master(Control):
         self.services.shared_limits = self.limits
         self.services.metrics.aggregate(self.metrics_dir)
         self.services.metrics.expose(_UpstreamMetrics(self))
+        self.services.metrics.expose(CertMetrics(self.cert_rows))
         self.slots = [WorkerSlot(i) for i in range(settings.workers)]
         self.listeners: dict[Any, Listener] = {}
         self.spawner: Spawner | None = None
