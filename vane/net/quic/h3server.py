@@ -173,11 +173,14 @@ class H3Server:
                 return
             self._framing[sid] = self._framing.get(sid, 0) + len(event.data)
         elif cls is events.StreamReset:
+            if event.stream_id in self._refused:   # answered already: aioquic must not reset it
+                self._forget(event.stream_id)
+                return
             st = self._streams.get(event.stream_id)
             if st is not None:
                 st.reset = event.error_code
                 st.wake()
-            self._forget(event.stream_id)
+            self._framing.pop(event.stream_id, None)
         for h3_event in self.h3.handle_event(event):
             if isinstance(h3_event, HeadersReceived):
                 self._on_headers(h3_event)
@@ -284,12 +287,15 @@ class H3Server:
         self.session.held[sid] = _NEVER_CREDIT
         if st is not None:
             self._abort(st, ErrorCode.H3_EXCESSIVE_LOAD)
-            return
-        try:
-            self._reject(sid, HttpError(431, "header section too large"))
-            self.session.quic.stop_stream(sid, ErrorCode.H3_NO_ERROR)
-        except Exception:  # noqa: BLE001 - the stream is already gone on one side
-            pass
+        else:
+            try:
+                self._reject(sid, HttpError(431, "header section too large"))
+                self.session.quic.stop_stream(sid, ErrorCode.H3_NO_ERROR)
+            except Exception:  # noqa: BLE001 - the stream is already gone on one side
+                pass
+        # aioquic's record of the stream holds the partial frame and, since its further data
+        # never reaches aioquic, would never see the stream end: free it now
+        self.h3._stream.pop(sid, None)
 
     def _forget(self, sid: int) -> None:
         self._framing.pop(sid, None)
