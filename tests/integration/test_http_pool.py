@@ -8,9 +8,10 @@ import pytest
 import trustme
 from gevent.server import StreamServer
 
-from tests.support.http_backend import Backend
-from tests.support.net import free_port
+from tests.support.http_backend import Backend, pattern
+from tests.support.net import free_port, wait_until
 from tests.support.tls import backend_tls_context
+from vane.config.settings import Settings
 from vane.engine.trajectory import Trajectory
 from vane.net.http.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from vane.net.http.message import Body, Headers, Request
@@ -177,6 +178,26 @@ def test_h2c_upstream_shares_one_connection(pool):
         resp, out, _ = fetch(pool, opts, "/hash", method="PUT", body=b"x" * 300000)
         assert json.loads(out)["length"] == 300000
     finally:
+        b.stop()
+
+
+def test_h2_upstream_stream_window_lets_a_download_run_ahead_of_a_slow_client():
+    """An HTTP/2 upstream may send VANE_SEC_H2_STREAM_WINDOW (1 MiB) of an answer before the
+    client reads any of it, not the protocol's default 64 KiB, and no more than that."""
+    b = Backend("h2", h2=True)
+    pool = UpstreamPool(Settings.from_env({}))
+    try:
+        opts = Options({"upstream": b.url, "version": "h2"}, None)
+        ctx = make_ctx("/data?n=8388608&stream=1")
+        resp, _conn = exchange(pool, ctx.request, opts, upstream_headers(ctx.request, "127.0.0.1", opts), "127.0.0.1")
+        assert resp.status == 200
+        wait_until(lambda: b.streamed >= 1 << 20, timeout=5)
+        gevent.sleep(0.3)                       # nothing is read: the backend must stop
+        assert (1 << 20) <= b.streamed <= (1 << 20) + 4 * 65536, b.streamed
+        data = b"".join(resp.body)
+        assert len(data) == 8388608 and data == pattern(8388608)
+    finally:
+        pool.close()
         b.stop()
 
 

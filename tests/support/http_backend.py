@@ -97,6 +97,7 @@ class Backend:
         self.h2 = h2
         self.connections = 0
         self.requests = 0
+        self.streamed = 0       # bytes the streamed /data answers handed to the server so far
         self.seen: list[dict] = []
         self.errors: list[BaseException] = []
         self._open: set[socket.socket] = set()
@@ -261,7 +262,7 @@ class Backend:
             n = int(query.get("n", ["0"])[0])
             data = pattern(n)
             if chunked or query.get("stream", ["0"])[0] == "1":
-                return 200, common, (data[i:i + 65536] for i in range(0, n, 65536)), chunked
+                return 200, common, self._counted(data[i:i + 65536] for i in range(0, n, 65536)), chunked
             return 200, common, data, False
         if path == "/sleep":
             gevent.sleep(float(query.get("s", ["1"])[0]))
@@ -277,6 +278,11 @@ class Backend:
             return 200, common + [("connection", "x-secret, keep-alive"), ("x-secret", "1"), ("keep-alive", "timeout=5"),
                                   ("proxy-authenticate", "Basic"), ("x-kept", "yes")], b"hop", chunked
         return 200, common + [("content-type", "text/plain")], f"{self.name} {path}".encode(), chunked
+
+    def _counted(self, chunks: Any) -> Any:
+        for chunk in chunks:
+            self.streamed += len(chunk)
+            yield chunk
 
     # -- WebSocket echo --------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ class UpstreamPool:
         self.max_per_client = max(2, self.max_active // 4)
         self.response_buffer = int(DEFAULTS["response_buffer"])
         self.max_header_bytes = getattr(settings, "sec_max_header_bytes", 65536) if settings else 65536
+        # what one HTTP/2 upstream stream may have in flight towards vaned (and so buffer while
+        # the client reads slowly): the same window vaned gives its own HTTP/2 clients
+        self.h2_stream_window = getattr(settings, "sec_h2_stream_window", 1 << 20) if settings else 1 << 20
         self._eps: dict[str, Endpoint] = {}
         self._reaper: Any = None
         self._closed = False
@@ -338,7 +341,7 @@ class UpstreamPool:
     def _add_h2(self, ep: Endpoint, stream: Any) -> Any:
         from vane.net.h2.client import H2ClientConnection
         try:
-            conn = H2ClientConnection(stream, max_streams=H2_STREAMS_PER_CONN,
+            conn = H2ClientConnection(stream, max_streams=H2_STREAMS_PER_CONN, stream_buffer=self.h2_stream_window,
                                       max_header_list_size=self.max_header_bytes)
         except OSError as exc:
             stream.close()
