@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import struct
+import time
 
 import h2.config
 import h2.connection
@@ -228,3 +229,38 @@ def test_unknown_protocol_is_501_on_its_stream(env):
                 sent = True
             s.sendall(conn.data_to_send())
     assert status == 501
+
+
+def test_a_quiet_websocket_outlives_the_request_body_timeout(tmp_path):
+    """The client's side of the tunnel is a request body, but a WebSocket quiet for longer
+    than VANE_SEC_BODY_IDLE_TIMEOUT_SECS is idle, not a stalled upload: it lasts the tunnel's
+    idle time (the proxy's ``read_timeout``)."""
+    e = Env()
+    ca = trustme.CA()
+    e.ca_path = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(e.ca_path)
+    (tmp_path / "certs").mkdir()
+    cert = ca.issue_cert("ws.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "ws.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "ws.key"))
+    backend = Backend("ws-origin")
+    e.port = free_port()
+    r = rule("ws", http_proxy(backend.url), listen=f"127.0.0.1:{e.port}")
+    r["tls"] = {"cert": "certs/ws.pem", "key": "certs/ws.key"}
+    write_config(tmp_path, {"10-ws.json": r}, config={})
+    vaned = Vaned(tmp_path, {"VANE_SEC_BODY_IDLE_TIMEOUT_SECS": "0.5"}).wait_accepting(e.port)
+    try:
+        ws = H2WebSocket(e)
+        try:
+            assert ws.status == 200
+            ws.send(ws_frame(0x1, b"before"))
+            assert ws.frame() == (0x1, b"before")
+            time.sleep(2.0)                     # four body timeouts without a byte
+            ws.send(ws_frame(0x1, b"after"))
+            assert ws.frame() == (0x1, b"after")
+            assert not ws.ended and ws.reset is None
+        finally:
+            ws.close()
+    finally:
+        vaned.stop()
+        backend.stop()

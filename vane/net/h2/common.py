@@ -206,12 +206,16 @@ class GoawayFilter:
 
 def await_body(st: Any, closed: bool, timeout: float) -> bool:
     """For a request stream's body reader (HTTP/2 and HTTP/3) with no chunk at hand: False
-    once the body ended, else wait up to ``timeout`` for ``st.data_ev`` (data, end or reset)
-    and return True. A reset stream or a closed connection is 400; silence is 408."""
+    once the body ended, else wait up to ``timeout`` (or the body's own ``idle_timeout``) for
+    ``st.data_ev`` (data, end or reset) and return True. A reset stream or a closed connection
+    is 400; silence is 408."""
     if st.ended:
         return False
     if st.reset is not None or closed:
         raise HttpError(400, "the client reset the stream")
+    body = st.body
+    if body is not None and body.idle_timeout is not None:
+        timeout = body.idle_timeout
     if st.data_ev is None:
         st.data_ev = Event()
     else:

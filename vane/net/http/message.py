@@ -100,7 +100,7 @@ class Body:
     stops early.
     """
 
-    __slots__ = ("_chunks", "length", "trailers", "_buffered", "_close")
+    __slots__ = ("_chunks", "length", "trailers", "_buffered", "_close", "idle_timeout")
 
     def __init__(self, chunks: Iterable[bytes] = (), length: int | None = None,
                  close: Callable[[], None] | None = None) -> None:
@@ -109,6 +109,9 @@ class Body:
         self.trailers: HeaderList | None = None
         self._buffered: bytes | None = None
         self._close = close
+        # how long a streamed request body may stay silent, when not the codec's own limit
+        # (a WebSocket carried on an HTTP/2 or HTTP/3 stream: the tunnel's idle time)
+        self.idle_timeout: float | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Body":

@@ -74,6 +74,7 @@ def stream_tunnel(req: Request, resp: Response, tunnel: tuple[Any, bytes, float]
         upstream.settimeout(idle)
     except (AttributeError, OSError):
         pass
+    req.body.idle_timeout = idle        # a quiet client is the tunnel's idle time, not a stalled upload
 
     def client_to_backend() -> None:
         try:
