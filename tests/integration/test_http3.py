@@ -401,3 +401,14 @@ def test_qpack_dynamic_table_is_off(env):
     settings = res[-1]["settings"]
     assert settings.get("1", 0) == 0, settings
     assert settings.get("7", 0) == 0, settings
+
+
+def test_expect_100_continue_over_http3(env):
+    """A client that holds its body back for ``Expect: 100-continue`` gets the 100 when the
+    flow reads the body, then its upload goes through whole."""
+    [res] = h3(env, "/hash", "a.test", "--method", "PUT", "--upload", str(MIB), "--expect", "--show",
+               "--timeout", "10", timeout=30.0)
+    assert res.get("interim") == [100], res
+    assert res["status"] == 200, res
+    got = json.loads(res["body"])
+    assert got["length"] == MIB and got["sha256"] == hashlib.sha256(pattern(MIB)).hexdigest()

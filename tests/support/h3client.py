@@ -8,7 +8,9 @@ deterministic bytes as the body), ``--repeat K`` (K requests on one connection),
 one binary message of N random bytes and a close with code 4001; prints the status, whether
 the echo came back intact and the close code the server sent back. ``--header-bytes N``: extra
 request fields ``x-big-<i>`` of N letters in all (at most 60,000 a field). ``--settings``: print the server's HTTP/3
-SETTINGS (``{"settings": {id: value}}``) after the requests.
+SETTINGS (``{"settings": {id: value}}``) after the requests. ``--expect``: with ``--upload``,
+send ``Expect: 100-continue`` and the body only once a 100 came (``interim`` lists the 1xx
+statuses seen).
 ``--timeout S``.
 """
 
@@ -61,6 +63,10 @@ class Client(QuicConnectionProtocol):
             if res is None:
                 continue
             if isinstance(ev, HeadersReceived):
+                status = int(dict(ev.headers).get(b":status", b"0"))
+                if "status" not in res and 100 <= status < 200:
+                    res.setdefault("interim", []).append(status)
+                    continue
                 if "status" in res:
                     res["trailers"] = [[k.decode(), v.decode()] for k, v in ev.headers]
                 else:
@@ -121,7 +127,7 @@ class Client(QuicConnectionProtocol):
         return res
 
     async def request(self, method: str, url: str, authority: str, body: bytes | None,
-                      extra: list[tuple[bytes, bytes]] = ()) -> dict:
+                      extra: list[tuple[bytes, bytes]] = (), expect: bool = False) -> dict:
         u = urlparse(url)
         sid = self._quic.get_next_available_stream_id()
         headers = [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", authority.encode()),
@@ -129,11 +135,19 @@ class Client(QuicConnectionProtocol):
         if body is not None:
             headers.append((b"content-length", str(len(body)).encode()))
         headers += extra
+        if expect and body:
+            headers.append((b"expect", b"100-continue"))
         self.results[sid] = {"length": 0}
         self.hashes[sid] = hashlib.sha256()
         self.bodies[sid] = bytearray()
         self.waiters[sid] = asyncio.get_running_loop().create_future()
         self.h3.send_headers(sid, headers, end_stream=not body)
+        if expect and body:         # the body only after the server's 100 (Continue)
+            self.transmit()
+            while not self.results[sid].get("interim") and "status" not in self.results[sid]:
+                await asyncio.sleep(0.01)
+            if "status" in self.results[sid]:
+                return await self.waiters[sid]
         if body:
             view = memoryview(body)
             for off in range(0, len(body), 65536):
@@ -190,6 +204,7 @@ async def main() -> int:
     p.add_argument("--ws", type=int)
     p.add_argument("--header-bytes", type=int)
     p.add_argument("--settings", action="store_true")
+    p.add_argument("--expect", action="store_true")
     a = p.parse_args()
     u = urlparse(a.url)
     config = QuicConfiguration(is_client=True, alpn_protocols=list(H3_ALPN), server_name=a.sni or u.hostname)
@@ -211,7 +226,8 @@ async def main() -> int:
             extra = [(b"x-big-%d" % i, b"a" * min(60000, a.header_bytes - off))
                      for i, off in enumerate(range(0, a.header_bytes or 0, 60000))]
             for _ in range(a.repeat):
-                res = await asyncio.wait_for(client.request(a.method, a.url, authority, body, extra), a.timeout)
+                res = await asyncio.wait_for(client.request(a.method, a.url, authority, body, extra, a.expect),
+                                             a.timeout)
                 print(json.dumps(res), flush=True)
             if a.settings:
                 got = client.h3._received_settings or {}

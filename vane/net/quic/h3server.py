@@ -30,7 +30,7 @@ from gevent.event import Event
 from vane.net.h2.common import await_body, response_header_block
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
-from vane.net.http.message import Body, HeaderList, Request, Response, trailer_fields
+from vane.net.http.message import Body, HeaderList, Request, Response, expects_continue, trailer_fields
 from vane.net.http.status import plain_response
 
 from .session import SEND_BACKLOG, QuicSession
@@ -89,7 +89,8 @@ class _Gone(Exception):
 class _Stream:
     """A request stream: its body as received, its end or reset, and its waiter."""
 
-    __slots__ = ("id", "chunks", "ended", "reset", "data_ev", "length", "received", "body", "discard")
+    __slots__ = ("id", "chunks", "ended", "reset", "data_ev", "length", "received", "body", "discard",
+                 "continue_due", "answered")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -101,6 +102,8 @@ class _Stream:
         self.received = 0
         self.body: Body | None = None
         self.discard = False
+        self.continue_due = False       # the client waits for 100 (Continue) before its body
+        self.answered = False           # the response's HEADERS went out
 
     def wake(self) -> None:
         if self.data_ev is not None:
@@ -234,6 +237,7 @@ class H3Server:
         if ev.stream_ended:
             st.ended = True
         else:
+            st.continue_due = expects_continue(request.headers.getb(b"expect"))
             request.body = Body(self._body_chunks(st), length, close=lambda: self._discard(st))
         st.body = request.body
         self._streams[sid] = st
@@ -327,6 +331,8 @@ class H3Server:
     def _body_chunks(self, st: _Stream) -> Iterator[bytes]:
         timeout = self._limits.body_idle_timeout
         session = self.session
+        if st.continue_due:
+            self._send_continue(st)
         while True:
             if st.chunks:
                 chunk = st.chunks.popleft()
@@ -336,6 +342,15 @@ class H3Server:
                 yield chunk
             elif not await_body(st, session.closed, timeout):
                 return
+
+    def _send_continue(self, st: _Stream) -> None:
+        """The flow reads the body the client holds back for ``Expect: 100-continue``: ask
+        for it (RFC 9110 §10.1.1; an interim response, RFC 9114 §4.1), unless some came anyway."""
+        st.continue_due = False
+        if st.chunks or st.ended or st.reset is not None or st.answered or self.session.closed:
+            return
+        self.h3.send_headers(st.id, [(b":status", b"100")])
+        self.session.transmit()
 
     def _discard(self, st: _Stream) -> None:
         st.discard = True
@@ -396,6 +411,7 @@ class H3Server:
             headers.append((b"content-length", b"%d" % body.length))
         self._check(st)
         h3 = self.h3
+        st.answered = True
         if no_body:
             body.close()
             h3.send_headers(st.id, headers, end_stream=True)
