@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from vbench import loads, report  # noqa: E402
 from vbench.loads import Unavailable  # noqa: E402
-from vbench.procs import Procs, ensure_tools, loadavg, raise_nofile, rss_kib  # noqa: E402
+from vbench.procs import Procs, cpu_times, ensure_tools, loadavg, raise_nofile, rss_kib  # noqa: E402
 from vbench.profile import Profiler, summary  # noqa: E402
 from vbench.servers import BENCH_DIR, MIB, Lab  # noqa: E402
 
@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     started = datetime.datetime.now().astimezone()
+    cpu_at_start = cpu_times()
     nofile = raise_nofile()
     sections = set(args.sections)
     cell_sections = [s for s in ("small", "mib", "h2", "h3", "upload", "tls") if s in sections]
@@ -446,9 +447,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, notes = report.build_table(runner.results, table_sections, args.rss_conns)
     targets = [t for t in report.evaluate_targets(runner.results, args.rss_conns) if t["section"] in table_sections]
     load_seen = [x for x in runner.loads if x == x] + [loadavg()]
+    total, stolen = (b - a for a, b in zip(cpu_at_start, cpu_times(), strict=True))
+    steal_pct = round(100.0 * stolen / total, 1) if total > 0 else None
     caveat = (f"1-min load average {min(load_seen):.2f}–{max(load_seen):.2f} on {os.cpu_count()} CPUs during "
               "the run (1.0 per CPU = fully busy). Client, proxy and backend share these CPUs with "
               "whatever else runs: read the ratios within one run, not the absolute figures.")
+    if steal_pct:
+        caveat += (f" The hypervisor took {steal_pct} % of the CPU time (steal): every server ran slower, "
+                   "the busiest (CPU-bound) most.")
     remarks = []
     rss = (runner.results.get("rss") or {}).get("vaned") or {}
     if rss.get("rule"):
@@ -491,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: v for k, v in vars(args).items() if k != "only"},
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                     "loadavg_min": min(load_seen), "loadavg_max": max(load_seen),
-                    "loadavg_median": statistics.median(load_seen), "nofile": nofile},
+                    "loadavg_median": statistics.median(load_seen), "steal_pct": steal_pct, "nofile": nofile},
         "versions": versions,
         "results": runner.results,
         "table": rows,
