@@ -201,6 +201,27 @@ def test_h2_upstream_stream_window_lets_a_download_run_ahead_of_a_slow_client():
         b.stop()
 
 
+@pytest.mark.parametrize("h2", [False, True], ids=["h1", "h2"])
+@pytest.mark.parametrize("te, sent", [("trailers", "trailers"), ("trailers, deflate;q=0.5", "trailers"),
+                                      ("gzip", None), (None, None)])
+def test_te_trailers_reaches_the_backend_and_nothing_else_of_te(pool, h2, te, sent):
+    """``TE`` is hop-by-hop, but a client that takes trailers (gRPC requires it) says so to the
+    backend too: ``te: trailers`` alone, with ``Connection: te`` over HTTP/1.1 (RFC 9110
+    §10.1.4); any other TE stays behind."""
+    b = Backend("te", h2=h2)
+    try:
+        opts = Options({"upstream": b.url, **({"version": "h2"} if h2 else {})}, None)
+        headers = [("te", te)] if te else []
+        resp, out, _ = fetch(pool, opts, "/headers", headers=headers)
+        assert resp.status == 200
+        seen = json.loads(out)["headers"]
+        assert [v for k, v in seen if k == "te"] == ([sent] if sent else [])
+        connection = [v for k, v in seen if k == "connection"]
+        assert connection == (["te"] if sent and not h2 else [])
+    finally:
+        b.stop()
+
+
 @pytest.fixture(scope="module")
 def ca():
     return trustme.CA()

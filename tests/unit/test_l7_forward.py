@@ -30,11 +30,18 @@ def opts(**extra):
 
 def test_hop_by_hop_and_connection_tokens_are_stripped():
     ctx = ctx_for([("host", "app.example"), ("connection", "keep-alive, X-Private"), ("keep-alive", "300"),
-                   ("x-private", "secret"), ("te", "trailers"), ("upgrade", "h2c"), ("proxy-authorization", "x"),
+                   ("x-private", "secret"), ("te", "gzip"), ("upgrade", "h2c"), ("proxy-authorization", "x"),
                    ("transfer-encoding", "chunked"), ("accept", "*/*")])
     out = headers_for(ctx, opts(forwarded=False))
     assert names(out) == ["host", "accept", "via"]
     assert out.get("via") == "1.1 vane"
+
+
+def test_te_trailers_is_the_one_te_passed_on():
+    ctx = ctx_for([("host", "app.example"), ("connection", "te"), ("te", "gzip, trailers;q=1"), ("accept", "*/*")])
+    out = headers_for(ctx, opts(forwarded=False))
+    assert names(out) == ["host", "accept", "te", "via"]
+    assert out.get("te") == "trailers"
 
 
 def test_untrusted_forwarding_headers_are_replaced():

@@ -31,7 +31,14 @@ from vane.net.h1.framing import (
 )
 from vane.net.http.errors import ClientDisconnected, HttpError
 from vane.net.http.limits import check_field_count, check_target_length
-from vane.net.http.message import HOP_OR_FORWARDING, Headers, Request, Response, expects_continue
+from vane.net.http.message import (
+    HOP_OR_FORWARDING,
+    Headers,
+    Request,
+    Response,
+    accepts_trailers,
+    expects_continue,
+)
 from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
 from vane.net.stream import Stream
@@ -523,7 +530,7 @@ class H1ServerConnection:
             elif kind == _EXPECT:
                 self._expect = expects_continue(value)
             elif kind == _ACCEPT_TE:
-                self._trailers = self._trailers or _accepts_trailers(value)
+                self._trailers = self._trailers or accepts_trailers(value)
                 self._hop = True
             else:
                 self._upgrade = self._hop = True
@@ -633,11 +640,6 @@ class H1ServerConnection:
 
     # ------------------------------------------------------------------ writing
 
-
-
-def _accepts_trailers(te: bytes) -> bool:
-    """``TE`` lists ``trailers`` (RFC 9110 §10.1.4)."""
-    return any(part.split(b";", 1)[0].strip().lower() == b"trailers" for part in te.split(b","))
 
 
 def _offers_websocket(hlist: list[tuple[bytes, bytes]]) -> bool:

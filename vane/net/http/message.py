@@ -258,6 +258,11 @@ class Response:
         self.hop = True             # may hold hop-by-hop fields (a parser that knows says False)
 
 
+def accepts_trailers(te: bytes) -> bool:
+    """A ``TE`` value lists ``trailers`` (RFC 9110 §10.1.4): the client takes trailer fields."""
+    return any(part.split(b";", 1)[0].strip().lower() == b"trailers" for part in te.split(b","))
+
+
 # RFC 9110 §7.6.1 plus the legacy names every proxy strips.
 def expects_continue(expect: bytes | None) -> bool:
     """Whether a request's ``Expect`` value asks for ``100 (Continue)`` before the body

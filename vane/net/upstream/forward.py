@@ -27,6 +27,7 @@ from vane.net.http.message import (
     Headers,
     Request,
     Response,
+    accepts_trailers,
     without_hop_by_hop,
 )
 from vane.net.upstream.options import Options, Target
@@ -35,6 +36,7 @@ from vane.net.upstream.pool import UpstreamPool
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _DROP_PLAIN = HOP_BY_HOP
 _DROP_FORWARDED = HOP_BY_HOP | FORWARDING_FIELDS
+_TE_TRAILERS = (b"te", b"trailers")
 _VIA = {"1.1": (b"via", b"1.1 vane"), "1.0": (b"via", b"1.0 vane"), "2": (b"via", b"2 vane")}
 _FORWARDING_CACHE = 1024
 
@@ -69,6 +71,8 @@ def upstream_headers(req: Request, ip: str, opts: Options) -> Headers:
     out = without_hop_by_hop(items, drop) if req.hop else items
     if out is items:
         out = list(items)
+    elif any(k == b"te" and accepts_trailers(v) for k, v in items):
+        out.append(_TE_TRAILERS)    # hop-by-hop, but what the client takes (gRPC needs it): passed on
     if opts.host is not None:
         out = [kv for kv in out if kv[0] != b"host"]
         out.append((b"host", opts.host))
