@@ -412,3 +412,12 @@ def test_expect_100_continue_over_http3(env):
     assert res["status"] == 200, res
     got = json.loads(res["body"])
     assert got["length"] == MIB and got["sha256"] == hashlib.sha256(pattern(MIB)).hexdigest()
+
+
+def test_an_endless_frame_on_the_control_stream_ends_the_connection(env):
+    """aioquic would hold a MAX_PUSH_ID frame whole however long it says it is: past the header
+    limit the connection ends with H3_EXCESSIVE_LOAD (0x107), and vaned goes on serving."""
+    [res] = h3(env, "/x", "b.test", "--control-junk", str(300 * 1024), "--timeout", "10")
+    assert "error" in res and "263" in res["error"], res
+    [ok] = h3(env, "/x", "b.test")
+    assert ok["status"] == 200

@@ -10,7 +10,8 @@ the echo came back intact and the close code the server sent back. ``--header-by
 request fields ``x-big-<i>`` of N letters in all (at most 60,000 a field). ``--settings``: print the server's HTTP/3
 SETTINGS (``{"settings": {id: value}}``) after the requests. ``--expect``: with ``--upload``,
 send ``Expect: 100-continue`` and the body only once a 100 came (``interim`` lists the 1xx
-statuses seen).
+statuses seen). ``--control-junk N``: first N bytes of an unfinished MAX_PUSH_ID frame on the
+client's control stream.
 ``--timeout S``.
 """
 
@@ -128,6 +129,8 @@ class Client(QuicConnectionProtocol):
 
     async def request(self, method: str, url: str, authority: str, body: bytes | None,
                       extra: list[tuple[bytes, bytes]] = (), expect: bool = False) -> dict:
+        if self.terminated:
+            raise ConnectionError(self.terminated)
         u = urlparse(url)
         sid = self._quic.get_next_available_stream_id()
         headers = [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", authority.encode()),
@@ -205,6 +208,7 @@ async def main() -> int:
     p.add_argument("--header-bytes", type=int)
     p.add_argument("--settings", action="store_true")
     p.add_argument("--expect", action="store_true")
+    p.add_argument("--control-junk", type=int)
     a = p.parse_args()
     u = urlparse(a.url)
     config = QuicConfiguration(is_client=True, alpn_protocols=list(H3_ALPN), server_name=a.sni or u.hostname)
@@ -223,6 +227,12 @@ async def main() -> int:
                 res = await asyncio.wait_for(client.websocket(a.url, authority, a.ws), a.timeout)
                 print(json.dumps(res), flush=True)
                 return 0
+            if a.control_junk:      # the start of a MAX_PUSH_ID frame twice that long, never finished
+                size = a.control_junk
+                frame = b"\x0d" + (0x80000000 | (2 * size)).to_bytes(4, "big") + b"\x00" * size
+                client._quic.send_stream_data(client.h3._local_control_stream_id, frame)
+                client.transmit()
+                await asyncio.sleep(0.5)
             extra = [(b"x-big-%d" % i, b"a" * min(60000, a.header_bytes - off))
                      for i, off in enumerate(range(0, a.header_bytes or 0, 60000))]
             for _ in range(a.repeat):

@@ -9,7 +9,8 @@ to the client as the handler consumes it.
 Header sections are bounded like HTTP/1.1's and HTTP/2's (``max_header_bytes``, 431): once
 decoded, and while a HEADERS frame is still arriving (aioquic would buffer a frame of any size
 whole), by counting what a stream carried besides DATA payload. The QPACK dynamic table is off
-(capacity 0), so a small frame cannot decode into a large section. Drain: new streams are refused
+(capacity 0), so a small frame cannot decode into a large section; a control-stream frame past
+the same size ends the connection (``H3_EXCESSIVE_LOAD``). Drain: new streams are refused
 (``H3_REQUEST_REJECTED``), open ones finish, then the connection closes with ``H3_NO_ERROR``.
 """
 
@@ -196,6 +197,14 @@ class H3Server:
                     self._refuse(sid)       # aioquic holds at most this one event's data of it
                 elif event.end_stream and sid not in self._streams:
                     self._framing.pop(sid, None)
+        elif cls is events.StreamDataReceived and event.stream_id % 4 == 2:
+            # the client's control stream: aioquic waits for a whole SETTINGS (or MAX_PUSH_ID)
+            # frame however long it says it is; past the header limit the connection ends
+            uni = self.h3._stream.get(event.stream_id)
+            if uni is not None and len(uni.buffer) > self._framing_limit:
+                log.debug("h3: a frame of %d bytes and more on the client's stream %d", len(uni.buffer), event.stream_id)
+                uni.buffer = b""
+                self.session.close(ErrorCode.H3_EXCESSIVE_LOAD, "frame too large")
 
     def _on_headers(self, ev: HeadersReceived) -> None:
         sid = ev.stream_id
