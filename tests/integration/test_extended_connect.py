@@ -21,6 +21,8 @@ from tests.support.config import http_proxy, rule, write_config
 from tests.support.daemon import Vaned
 from tests.support.http_backend import Backend
 from tests.support.net import free_port
+from tests.support.tls import write_cert
+from tests.support.wsframes import client_frame, server_frame
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,61 +31,28 @@ class Env:
     pass
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("xconnect")
+def start(root, env_vars: dict | None = None) -> Env:
+    """A backend with the WebSocket echo and vaned proxying to it over TLS as ``ws.test``."""
     e = Env()
     ca = trustme.CA()
     e.ca_path = str(root / "ca.pem")
     ca.cert_pem.write_to_path(e.ca_path)
-    (root / "certs").mkdir()
-    cert = ca.issue_cert("ws.test")
-    cert.cert_chain_pems[0].write_to_path(str(root / "certs" / "ws.pem"))
-    cert.private_key_pem.write_to_path(str(root / "certs" / "ws.key"))
+    write_cert(ca, root / "certs", "ws", "ws.test")
     e.backend = Backend("ws-origin")
     e.port = free_port()
     r = rule("ws", http_proxy(e.backend.url), listen=f"127.0.0.1:{e.port}")
     r["tls"] = {"cert": "certs/ws.pem", "key": "certs/ws.key"}
     write_config(root, {"10-ws.json": r}, config={})
-    e.vaned = Vaned(root).wait_accepting(e.port)
+    e.vaned = Vaned(root, env_vars).wait_accepting(e.port)
+    return e
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = start(tmp_path_factory.mktemp("xconnect"))
     yield e
     e.vaned.stop()
     e.backend.stop()
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
-def parse_frame(buf: bytearray) -> tuple[int, bytes] | None:
-    """One unmasked server frame off the front of ``buf``, or None if incomplete."""
-    if len(buf) < 2:
-        return None
-    opcode, n = buf[0] & 0x0F, buf[1] & 0x7F
-    off = 2
-    if n == 126:
-        if len(buf) < 4:
-            return None
-        n, off = struct.unpack("!H", buf[2:4])[0], 4
-    elif n == 127:
-        if len(buf) < 10:
-            return None
-        n, off = struct.unpack("!Q", buf[2:10])[0], 10
-    if len(buf) < off + n:
-        return None
-    payload = bytes(buf[off:off + n])
-    del buf[:off + n]
-    return opcode, payload
 
 
 class H2WebSocket:
@@ -154,7 +123,7 @@ class H2WebSocket:
 
     def frame(self) -> tuple[int, bytes]:
         while True:
-            got = parse_frame(self.buf)
+            got = server_frame(self.buf)
             if got is not None:
                 return got
             assert not self.ended, "the stream ended before a whole frame"
@@ -171,7 +140,7 @@ def test_settings_offer_extended_connect_and_websocket_echoes(env):
         assert ws.status == 200, (ws.headers, env.vaned.stderr[-3000:])
         assert ws.headers["x-backend"] == "ws-origin"     # the backend's 101, answered as a 200
         assert "sec-websocket-accept" not in ws.headers and "upgrade" not in ws.headers
-        ws.send(ws_frame(0x1, b"hello over h2"))
+        ws.send(client_frame(0x1, b"hello over h2"))
         assert ws.frame() == (0x1, b"hello over h2")
     finally:
         ws.close()
@@ -182,10 +151,10 @@ def test_one_mib_message_intact_and_close_code_preserved(env):
     try:
         assert ws.status == 200
         message = os.urandom(1 << 20)
-        ws.send(ws_frame(0x2, message))
+        ws.send(client_frame(0x2, message))
         opcode, payload = ws.frame()
         assert opcode == 0x2 and payload == message
-        ws.send(ws_frame(0x8, struct.pack("!H", 4001) + b"bye"))
+        ws.send(client_frame(0x8, struct.pack("!H", 4001) + b"bye"))
         opcode, payload = ws.frame()
         assert opcode == 0x8
         assert struct.unpack("!H", payload[:2])[0] == 4001
@@ -235,32 +204,19 @@ def test_a_quiet_websocket_outlives_the_request_body_timeout(tmp_path):
     """The client's side of the tunnel is a request body, but a WebSocket quiet for longer
     than VANE_SEC_BODY_IDLE_TIMEOUT_SECS is idle, not a stalled upload: it lasts the tunnel's
     idle time (the proxy's ``read_timeout``)."""
-    e = Env()
-    ca = trustme.CA()
-    e.ca_path = str(tmp_path / "ca.pem")
-    ca.cert_pem.write_to_path(e.ca_path)
-    (tmp_path / "certs").mkdir()
-    cert = ca.issue_cert("ws.test")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "ws.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "ws.key"))
-    backend = Backend("ws-origin")
-    e.port = free_port()
-    r = rule("ws", http_proxy(backend.url), listen=f"127.0.0.1:{e.port}")
-    r["tls"] = {"cert": "certs/ws.pem", "key": "certs/ws.key"}
-    write_config(tmp_path, {"10-ws.json": r}, config={})
-    vaned = Vaned(tmp_path, {"VANE_SEC_BODY_IDLE_TIMEOUT_SECS": "0.5"}).wait_accepting(e.port)
+    e = start(tmp_path, {"VANE_SEC_BODY_IDLE_TIMEOUT_SECS": "0.5"})
     try:
         ws = H2WebSocket(e)
         try:
             assert ws.status == 200
-            ws.send(ws_frame(0x1, b"before"))
+            ws.send(client_frame(0x1, b"before"))
             assert ws.frame() == (0x1, b"before")
             time.sleep(2.0)                     # four body timeouts without a byte
-            ws.send(ws_frame(0x1, b"after"))
+            ws.send(client_frame(0x1, b"after"))
             assert ws.frame() == (0x1, b"after")
             assert not ws.ended and ws.reset is None
         finally:
             ws.close()
     finally:
-        vaned.stop()
-        backend.stop()
+        e.vaned.stop()
+        e.backend.stop()

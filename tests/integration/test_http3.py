@@ -23,6 +23,7 @@ from tests.support.config import http_proxy, rule, write_config
 from tests.support.daemon import ROOT, VANE, Vaned, clean_environ
 from tests.support.http_backend import Backend, pattern
 from tests.support.net import free_port, wait_until
+from tests.support.tls import write_cert
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,11 +46,8 @@ def env(tmp_path_factory):
     e.ca = trustme.CA()
     e.ca_path = str(root / "ca.pem")
     e.ca.cert_pem.write_to_path(e.ca_path)
-    (root / "certs").mkdir()
     for host in ("a.test", "b.test", "ws.test"):
-        cert = e.ca.issue_cert(host)
-        cert.cert_chain_pems[0].write_to_path(str(root / "certs" / f"{host}.pem"))
-        cert.private_key_pem.write_to_path(str(root / "certs" / f"{host}.key"))
+        write_cert(e.ca, root / "certs", host)
     e.backend = Backend("origin")
     e.port = free_port()
     listen = [f"127.0.0.1:{e.port}"]
@@ -183,11 +181,7 @@ def test_quic_connection_in_get_connections_and_reload_lets_it_finish(env):
 
 def test_l4_udp_rule_on_an_http3_port_is_a_compile_error(tmp_path):
     port = free_port()
-    (tmp_path / "certs").mkdir()
-    ca = trustme.CA()
-    cert = ca.issue_cert("a.test")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    write_cert(trustme.CA(), tmp_path / "certs", "a", "a.test")
     web = rule("web", respond("x"), listen=f"127.0.0.1:{port}")
     web["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
     dns = rule("dns", {"proxy": {"input": {"target": "127.0.0.1:53"}}}, listen=f"udp:127.0.0.1:{port}")
@@ -258,10 +252,7 @@ def test_drain_lets_an_http3_download_finish(tmp_path):
     ca = trustme.CA()
     ca_path = str(tmp_path / "ca.pem")
     ca.cert_pem.write_to_path(ca_path)
-    (tmp_path / "certs").mkdir()
-    cert = ca.issue_cert("a.test")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    write_cert(ca, tmp_path / "certs", "a", "a.test")
     backend = Backend("slow")
     port = free_port()
     r = rule("a", http_proxy(backend.url), listen=f"127.0.0.1:{port}")
@@ -306,10 +297,7 @@ def test_http3_with_two_workers(tmp_path):
     ca = trustme.CA()
     ca_path = str(tmp_path / "ca.pem")
     ca.cert_pem.write_to_path(ca_path)
-    (tmp_path / "certs").mkdir()
-    cert = ca.issue_cert("a.test")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    write_cert(ca, tmp_path / "certs", "a", "a.test")
     port = free_port()
     r = rule("a", respond("hi {{req.version}}\n"), listen=f"127.0.0.1:{port}")
     r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
@@ -343,10 +331,7 @@ def test_quic_handshakes_count_against_the_per_ip_limit(tmp_path):
     """VANE_SEC_TLS_HANDSHAKES_PER_IP=1: of three Initials from one IP within a second, one
     gets a handshake answer; the others get nothing (no amplification, no connection)."""
     ca = trustme.CA()
-    (tmp_path / "certs").mkdir()
-    cert = ca.issue_cert("a.test")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "a.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "certs" / "a.key"))
+    write_cert(ca, tmp_path / "certs", "a", "a.test")
     port = free_port()
     r = rule("a", respond("hi"), listen=f"127.0.0.1:{port}")
     r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}

@@ -35,6 +35,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, StreamReset
 
 from tests.support.http_backend import pattern
+from tests.support.wsframes import client_frame, server_frame
 
 
 class Client(QuicConnectionProtocol):
@@ -103,7 +104,7 @@ class Client(QuicConnectionProtocol):
         if res["status"] != 200:
             return await self.waiters[sid]
         message = os.urandom(size)
-        frame = _client_frame(0x2, message)
+        frame = client_frame(0x2, message)
         for off in range(0, len(frame), 65536):
             self.h3.send_data(sid, frame[off:off + 65536], end_stream=False)
             self.transmit()
@@ -111,15 +112,15 @@ class Client(QuicConnectionProtocol):
         buf = self.bodies[sid]
         got = None
         while got is None:
-            got = _server_frame(buf)
+            got = server_frame(buf)
             if got is None:
                 await asyncio.sleep(0.01)
         res["echo_ok"] = got == (0x2, message)
-        self.h3.send_data(sid, _client_frame(0x8, struct.pack("!H", 4001) + b"bye"), end_stream=False)
+        self.h3.send_data(sid, client_frame(0x8, struct.pack("!H", 4001) + b"bye"), end_stream=False)
         self.transmit()
         got = None
         while got is None:
-            got = _server_frame(buf)
+            got = server_frame(buf)
             if got is None:
                 await asyncio.sleep(0.01)
         res["close_code"] = struct.unpack("!H", got[1][:2])[0] if got[0] == 0x8 else None
@@ -159,38 +160,6 @@ class Client(QuicConnectionProtocol):
                 await asyncio.sleep(0)
         self.transmit()
         return await self.waiters[sid]
-
-
-def _client_frame(opcode: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    mask = os.urandom(4)
-    key = (mask * (n // 4 + 1))[:n]
-    return head + mask + (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-
-
-def _server_frame(buf: bytearray) -> tuple[int, bytes] | None:
-    if len(buf) < 2:
-        return None
-    opcode, n, off = buf[0] & 0x0F, buf[1] & 0x7F, 2
-    if n == 126:
-        if len(buf) < 4:
-            return None
-        n, off = struct.unpack("!H", buf[2:4])[0], 4
-    elif n == 127:
-        if len(buf) < 10:
-            return None
-        n, off = struct.unpack("!Q", buf[2:10])[0], 10
-    if len(buf) < off + n:
-        return None
-    payload = bytes(buf[off:off + n])
-    del buf[:off + n]
-    return opcode, payload
 
 
 async def main() -> int:

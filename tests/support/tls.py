@@ -4,6 +4,7 @@ them (a backend's server context, a client that trusts only that CA)."""
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 
 
@@ -37,3 +38,14 @@ def backend_tls_context(ca: Any, hosts: tuple[str, ...] = ("127.0.0.1", "localho
     cert.configure_cert(ctx)
     ctx.set_alpn_protocols(list(alpn))
     return ctx
+
+
+def write_cert(ca: Any, directory: Path, name: str, *hosts: str) -> tuple[str, str]:
+    """Issue a certificate of ``ca`` for ``hosts`` (default: ``name``) and write it and its key
+    as ``directory/name.pem`` and ``directory/name.key``; their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = ca.issue_cert(*(hosts or (name,)))
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return str(cert_path), str(key_path)

@@ -152,12 +152,9 @@ class H1ClientConnection:
             raise ValueError("space in request target")
         parts = [_METHODS.get(method) or method.encode("latin-1"), b" ",
                  target.encode("latin-1"), b" HTTP/1.1\r\n"]
-        te = False
         for k, v in headers.items_:
             if k not in _REQ_SKIP:
                 parts += (k, b": ", v, CRLF)
-                if k == b"te":
-                    te = True
         lines = 1 + (len(parts) - 4) // 4
         body = req.body
         length = body.length
@@ -167,7 +164,8 @@ class H1ClientConnection:
                 raise ValueError("an upgrade request carries no body")
             parts += (b"connection: upgrade\r\nupgrade: ", upgrade, CRLF)
             lines += 2
-        elif te:                    # TE is hop-by-hop: the connection option says so (RFC 9110 §10.1.4)
+        elif req.hop and headers.getb(b"te") is not None:  # (only hop-by-hop requests carry one)
+            # TE is hop-by-hop: the connection option says so (RFC 9110 §10.1.4)
             parts.append(b"connection: te\r\n")
             lines += 1
         if length is None:

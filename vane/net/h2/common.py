@@ -21,9 +21,10 @@ from gevent.event import Event
 from vane.net.h2 import workers
 from vane.net.h2.protocol import goaway_frame
 from vane.net.http.errors import HttpError
-from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers, connection_tokens
+from vane.net.http.message import HOP_BY_HOP, HeaderList, Headers, Response, connection_tokens
+from vane.net.http.status import plain_response
 
-__all__ = ["GoawayFilter", "H2Output", "StreamGone", "await_body", "goaway_frame", "response_header_block",
+__all__ = ["GoawayFilter", "H2Output", "StreamGone", "answer_of", "await_body", "goaway_frame", "response_header_block",
            "take_chunk", "write_data"]
 
 RECV_SIZE = 65536
@@ -202,6 +203,20 @@ class GoawayFilter:
         if pos > seg:
             out.append(mv[seg:pos])
         return b"".join(out), found
+
+
+def answer_of(handler: Callable[[Any], Any], request: Any, logger: Any, stream_id: int) -> tuple[Response, Any]:
+    """``handler(request)`` as ``(response, token)`` for a stream's codec (HTTP/2 and HTTP/3):
+    a bare ``Response`` gets no token; an ``HttpError`` (the client's fault) becomes its plain
+    answer, any other exception a 500 logged with the stream; none reaches the codec."""
+    try:
+        answer = handler(request)
+    except HttpError as exc:
+        return plain_response(exc.status, f"{exc.status} {exc.reason}\n"), None
+    except Exception:
+        logger.exception("handler failed on stream %d", stream_id)
+        return plain_response(500), None
+    return answer if answer.__class__ is tuple else (answer, None)
 
 
 def await_body(st: Any, closed: bool, timeout: float) -> bool:

@@ -26,6 +26,7 @@ from vane.net.h2.common import (
     RECV_SIZE,
     H2Output,
     StreamGone,
+    answer_of,
     await_body,
     response_header_block,
 )
@@ -44,7 +45,6 @@ from vane.net.h2.protocol import (
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
 from vane.net.http.message import Body, HeaderList, Request, Response, expects_continue, trailer_fields
-from vane.net.http.status import plain_response
 from vane.net.sockets import set_nodelay
 from vane.net.tunnel import linger
 
@@ -461,28 +461,19 @@ class H2ServerConnection:
 
     def _run(self, st: _ServerStream, request: Request) -> None:
         """A stream's greenlet: the handler, then the answer."""
-        response, token = self._answer(st, request)
+        response, token = answer_of(self._handler, request, log, st.id)
         self._deliver(st, request, response, token)
 
     def _run_inline(self, st: _ServerStream, request: Request) -> None:
         """A stream whose handler cannot block, run by the reader; the answer is queued at
         once when it can go out without waiting for window, else a greenlet sends it."""
-        response, token = self._answer(st, request)
+        response, token = answer_of(self._handler, request, log, st.id)
         body = response.body
         if body.is_buffered and (body.length or 0) <= self._proto.window(st):
             self._deliver(st, request, response, token)
         else:
             self._spawn(self._deliver, st, request, response, token)
 
-    def _answer(self, st: _ServerStream, request: Request) -> tuple[Response, Any]:
-        try:
-            answer = self._handler(request)
-            return answer if self._finished is not None else (answer, None)
-        except HttpError as exc:
-            return plain_response(exc.status, f"{exc.status} {exc.reason}\n"), None
-        except Exception:
-            log.exception("h2 handler failed on stream %d", st.id)
-            return plain_response(500), None
 
     def _deliver(self, st: _ServerStream, request: Request, response: Response, token: Any) -> None:
         sent = 0

@@ -28,11 +28,10 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
 from gevent.event import Event
 
-from vane.net.h2.common import await_body, response_header_block
+from vane.net.h2.common import answer_of, await_body, response_header_block
 from vane.net.h2.request import check_trailers, request_head
 from vane.net.http.errors import HttpError, UpstreamError
 from vane.net.http.message import Body, HeaderList, Request, Response, expects_continue, trailer_fields
-from vane.net.http.status import plain_response
 
 from .session import SEND_BACKLOG, QuicSession
 
@@ -369,13 +368,7 @@ class H3Server:
     # -- answer (in the handler's greenlet) ------------------------------------------------------
 
     def _run(self, st: _Stream, request: Request) -> None:
-        try:
-            response, token = self._handler(request)
-        except HttpError as exc:
-            response, token = plain_response(exc.status, f"{exc.status} {exc.reason}\n"), None
-        except Exception:
-            log.exception("h3 handler failed on stream %d", st.id)
-            response, token = plain_response(500), None
+        response, token = answer_of(self._handler, request, log, st.id)
         sent = 0
         aborted = True
         try:
