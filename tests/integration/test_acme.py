@@ -4,6 +4,7 @@ and the failure paths (fallback certificate, the error in ``vane get certs``).""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -96,9 +97,9 @@ def test_two_names_issued_and_served(lab, challenge):
     assert d.count(r"ACME certificate for a\.test issued") == 1
 
 
-def start(lab, challenges=("http-01",), validity_secs=None, **acme):
+def start(lab, challenges=("http-01",), validity_secs=None, eab_keys=None, **acme):
     http_port, tls_port = free_ports(2)
-    pebble = Pebble(lab.base / "pebble", http_port, tls_port, validity_secs=validity_secs)
+    pebble = Pebble(lab.base / "pebble", http_port, tls_port, validity_secs=validity_secs, eab_keys=eab_keys)
     lab.on_close(pebble.close)
     root = lab.base / "root.pem"
     root.write_text(pebble.root_pem())
@@ -207,6 +208,36 @@ def test_failed_challenge_keeps_the_fallback_and_reports_it(lab):
     assert fallback_served(tls_port, "b.test")
     r = d.cli("get", "certs")
     assert "validation failed" in r.stdout
+
+
+# -- external account binding -------------------------------------------------------------------
+
+EAB_KID = "vane-ops"
+EAB_KEY = base64.urlsafe_b64encode(b"k" * 32).rstrip(b"=").decode()
+
+
+def test_external_account_binding_registers_with_the_ca_key_and_issues(lab):
+    pebble, root, http_port, tls_port = start(lab, eab_keys={EAB_KID: EAB_KEY},
+                                              eab={"kid": EAB_KID, "hmac_key": EAB_KEY})
+    d = lab.vaned(acme_rules(http_port, tls_port))
+    got = wait_issued(d)
+    assert served_serial(tls_port, "a.test", root) == got["a.test"]["serial"]
+    assert EAB_KEY not in d.stderr and EAB_KEY not in d.cli("get", "certs").stdout  # the key is a secret
+
+
+@pytest.mark.parametrize("eab, error", [
+    (None, "requires external account binding: set acme.eab"),
+    ({"kid": EAB_KID, "hmac_key": base64.urlsafe_b64encode(b"x" * 32).rstrip(b"=").decode()}, "CA error unauthorized"),
+    ({"kid": "someone-else", "hmac_key": EAB_KEY}, "CA error unauthorized"),
+])
+def test_external_account_binding_missing_or_wrong_keeps_the_fallback_and_says_why(lab, eab, error):
+    pebble, root, http_port, tls_port = start(lab, eab_keys={EAB_KID: EAB_KEY}, **({"eab": eab} if eab else {}))
+    d = lab.vaned(acme_rules(http_port, tls_port))
+    got = wait_error(d, "a.test", error)
+    assert got["fallback"] is True
+    assert fallback_served(tls_port, "a.test")
+    assert "Traceback" not in d.stderr
+    assert EAB_KEY not in d.stderr
 
 
 def test_acme_tls_alpn_for_a_name_without_a_challenge_gets_the_normal_handshake(lab):

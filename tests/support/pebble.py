@@ -35,7 +35,10 @@ class Pebble:
     """One pebble and its DNS server, owned by the test; ``close`` stops both."""
 
     def __init__(self, base: Path, http_port: int, tls_port: int, validity_secs: int | None = None,
-                 env: dict[str, str] | None = None, api_port: int | None = None) -> None:
+                 env: dict[str, str] | None = None, api_port: int | None = None,
+                 eab_keys: dict[str, str] | None = None) -> None:
+        """``eab_keys``: external account binding required, with these key ids and their
+        base64url HMAC keys."""
         require_pebble()
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,8 @@ class Pebble:
         config = {"pebble": {
             "listenAddress": f"127.0.0.1:{self.api_port}", "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
             "certificate": str(cert), "privateKey": str(key), "httpPort": http_port, "tlsPort": tls_port,
-            "ocspResponderURL": "", "externalAccountBindingRequired": False}}
+            "ocspResponderURL": "", "externalAccountBindingRequired": bool(eab_keys),
+            "externalAccountMACKeys": eab_keys or {}}}
         if validity_secs is not None:
             config["pebble"]["certificateValidityPeriod"] = validity_secs
         (base / "pebble.json").write_text(json.dumps(config))
