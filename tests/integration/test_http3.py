@@ -406,3 +406,95 @@ def test_an_endless_frame_on_the_control_stream_ends_the_connection(env):
     assert "error" in res and "263" in res["error"], res
     [ok] = h3(env, "/x", "b.test")
     assert ok["status"] == 200
+
+
+# -- connection IDs: migration and stateless reset ------------------------------------------------
+
+@pytest.mark.parametrize("new_cid", [False, True], ids=["rebinding", "migration"])
+def test_connection_goes_on_from_a_new_client_address(env, new_cid):
+    """The client's port changes before every request (a NAT rebinding; with a fresh
+    connection ID, an active migration): vaned finds the connection by its ID, validates
+    the new path and answers there, all on one connection."""
+    path = f"/moved-{int(new_cid)}"
+    lines = h3(env, path, "b.test", "--repeat", "4", "--rebind", *(["--new-cid"] if new_cid else []))
+    assert [r.get("status") for r in lines] == [200] * 4, lines
+    assert len({r["port"] for r in lines}) == 4
+    entries = wait_until(lambda: (e := [x for x in _flow(env) if x.get("path") == path]) and len(e) == 4 and e,
+                         timeout=5)
+    assert len({e["conn"] for e in entries}) == 1
+    assert len({e["remote"] for e in entries}) == 1     # logged (and limited) as the address it began at
+
+
+def _reset_for(port: int, packet: bytes, sock: socket.socket | None = None, seconds: float = 5.0) -> bytes | None:
+    """Send ``packet`` until a datagram comes back (a connection just closed is held a
+    moment longer); that datagram, or None."""
+    own = sock is None
+    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.2)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            s.sendto(packet, ("127.0.0.1", port))
+            try:
+                return s.recvfrom(2048)[0]
+            except (TimeoutError, socket.timeout):
+                continue
+        return None
+    finally:
+        if own:
+            s.close()
+
+
+def _ended_connection_ids(port: int, ca_path: str) -> tuple[bytes, bytes]:
+    """The connection ID a real client last sent to, and the reset token vaned gave it for
+    that ID, once the client closed the connection."""
+    cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
+           "--sni", "a.test", "--ca", ca_path, "--ids"]
+    out = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=60).stdout
+    ids = [json.loads(line) for line in out.splitlines() if '"cid"' in line]
+    assert ids, out
+    return bytes.fromhex(ids[0]["cid"]), bytes.fromhex(ids[0]["token"])
+
+
+def _assert_reset(reply: bytes | None, packet: bytes, token: bytes) -> None:
+    assert reply is not None, "no stateless reset"
+    assert reply[0] & 0xC0 == 0x40              # looks like a short-header packet
+    assert 21 <= len(reply) < len(packet)        # smaller than what triggered it: no amplification, no loop
+    assert reply[-16:] == token                  # the token the client was given for this ID
+
+
+def test_a_datagram_for_a_connection_that_ended_gets_a_stateless_reset(env):
+    cid, token = _ended_connection_ids(env.port, env.ca_path)
+    packet = b"\x41" + cid + bytes(40)
+    _assert_reset(_reset_for(env.port, packet), packet, token)
+    # a datagram too short to be answered by a smaller reset gets nothing
+    assert _reset_for(env.port, b"\x41" + cid + bytes(12), seconds=0.6) is None
+    [res] = h3(env, "/x", "b.test")
+    assert res["status"] == 200
+
+
+def test_every_worker_resets_with_the_same_token(tmp_path):
+    """A connection ID any worker issued is reset alike by every worker, so a client whose
+    new address hashes to another worker learns at once that its connection is gone."""
+    ca = trustme.CA()
+    ca_path = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+    write_cert(ca, tmp_path / "certs", "a", "a.test")
+    port = free_port()
+    r = rule("a", respond("hi\n"), listen=f"127.0.0.1:{port}")
+    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
+    write_config(tmp_path, {"10-a.json": r}, config={})
+    vaned = Vaned(tmp_path, {"VANE_WORKERS": "2"}).wait_accepting(port)
+    try:
+        cid, token = _ended_connection_ids(port, ca_path)
+        packet = b"\x41" + cid + bytes(60)
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+        try:
+            for s in socks:     # eight source ports: both workers' sockets get some
+                _assert_reset(_reset_for(port, packet, s), packet, token)
+        finally:
+            for s in socks:
+                s.close()
+        assert "Traceback" not in vaned.stderr
+    finally:
+        vaned.stop()

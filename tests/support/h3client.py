@@ -12,6 +12,10 @@ SETTINGS (``{"settings": {id: value}}``) after the requests. ``--expect``: with 
 send ``Expect: 100-continue`` and the body only once a 100 came (``interim`` lists the 1xx
 statuses seen). ``--control-junk N``: first N bytes of an unfinished MAX_PUSH_ID frame on the
 client's control stream.
+``--rebind``: before each request after the first, send from a new UDP port (a NAT
+rebinding; each result then has ``port``); with ``--new-cid`` also switch to a fresh connection
+ID the server issued (an active migration). ``--ids``: print the connection ID the client
+sends to and its stateless-reset token (``{"cid": hex, "token": hex}``) after the requests.
 ``--timeout S``.
 """
 
@@ -22,6 +26,7 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 import ssl
 import struct
 import sys
@@ -162,6 +167,18 @@ class Client(QuicConnectionProtocol):
         return await self.waiters[sid]
 
 
+async def rebind(client: Client, new_cid: bool) -> None:
+    """Go on from a new local port, as behind a NAT that rebound (the old socket is dropped)."""
+    old = client._transport
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0, 0, 0))
+    await asyncio.get_running_loop().create_datagram_endpoint(lambda: client, sock=sock)
+    old.close()
+    if new_cid:
+        client._quic.change_connection_id()
+
+
 async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("url")
@@ -178,6 +195,9 @@ async def main() -> int:
     p.add_argument("--settings", action="store_true")
     p.add_argument("--expect", action="store_true")
     p.add_argument("--control-junk", type=int)
+    p.add_argument("--rebind", action="store_true")
+    p.add_argument("--new-cid", action="store_true")
+    p.add_argument("--ids", action="store_true")
     a = p.parse_args()
     u = urlparse(a.url)
     config = QuicConfiguration(is_client=True, alpn_protocols=list(H3_ALPN), server_name=a.sni or u.hostname)
@@ -204,10 +224,17 @@ async def main() -> int:
                 await asyncio.sleep(0.5)
             extra = [(b"x-big-%d" % i, b"a" * min(60000, a.header_bytes - off))
                      for i, off in enumerate(range(0, a.header_bytes or 0, 60000))]
-            for _ in range(a.repeat):
+            for i in range(a.repeat):
+                if a.rebind and i:
+                    await rebind(client, a.new_cid)
                 res = await asyncio.wait_for(client.request(a.method, a.url, authority, body, extra, a.expect),
                                              a.timeout)
+                if a.rebind:
+                    res["port"] = client._transport.get_extra_info("sockname")[1]
                 print(json.dumps(res), flush=True)
+            if a.ids:
+                peer = client._quic._peer_cid
+                print(json.dumps({"cid": peer.cid.hex(), "token": peer.stateless_reset_token.hex()}), flush=True)
             if a.settings:
                 got = client.h3._received_settings or {}
                 print(json.dumps({"settings": {str(int(k)): v for k, v in got.items()}}), flush=True)

@@ -20,7 +20,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from .udp import MAX_DATAGRAM, UdpSession
+from .udp import MAX_DATAGRAM, ConnectionIds, UdpSession
 from .workers import WorkerPool
 
 log = logging.getLogger("vane.listener")
@@ -66,6 +66,7 @@ class Listener:
         self.bound = Event()
         self.accepted = 0
         self.sessions: dict[tuple, UdpSession] = {}
+        self.ids = ConnectionIds(self.sessions)  # QUIC sessions' connection IDs: they outlive an address
         self.max_udp_sessions = max_udp_sessions
         self.udp_dropped = 0
         self.group = group
@@ -287,6 +288,7 @@ class Listener:
 
     def _udp_loop(self) -> None:
         sessions = self.sessions
+        ids = self.ids
         while self.state == "listening" or self._lingering():
             sock = self.sock
             if sock is None:
@@ -301,6 +303,12 @@ class Listener:
                 if exc.errno in RESOURCE_ERRORS:
                     gevent.sleep(0.1)
                 continue
+            if ids.by_id and (session := ids.session_of(data)) is not None:
+                if client == session.client:       # a QUIC connection: its ID decides, not the address
+                    session.feed(data)
+                else:
+                    session.feed_from(data, client)
+                continue
             session = sessions.get(client)
             if session is not None and not session.closed:
                 session.feed(data)
@@ -310,7 +318,7 @@ class Listener:
             if len(sessions) >= self.max_udp_sessions:
                 self.udp_dropped += 1
                 continue
-            session = sessions[client] = UdpSession(client, sock, data)
+            session = sessions[client] = UdpSession(client, sock, data, ids=ids)
             self.accepted += 1
             gevent.spawn(self._udp_session, session)
 
@@ -319,6 +327,7 @@ class Listener:
             self.handler(self, session, session.client)
         finally:
             session.closed = True
+            self.ids.drop(session)
             if self.sessions.get(session.client) is session:
                 del self.sessions[session.client]
             if self.state == "stopped" and session.lingers and not self._lingering():

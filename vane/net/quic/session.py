@@ -1,17 +1,23 @@
 """One QUIC connection over a UDP session, driven by its greenlet (no asyncio loop).
 
-The listener keys sessions by client address and feeds each one's datagrams to its queue
-(bounded; excess is dropped, as UDP allows). ``QuicSession`` owns the aioquic
-``QuicConnection`` of that session: the driver greenlet (``handshake``, then ``run``) hands it
-the datagrams, fires its timer and sends what it has to send; greenlets writing stream data
-call ``transmit`` themselves and ``wait_progress`` for acknowledgements when their stream has
-too much unacknowledged data in flight. Inbound flow control is credited as the application
-consumes a stream's data (``held``), not as it arrives, so a slow consumer slows the client.
+The listener keys sessions by client address, and short-header datagrams by the connection
+IDs the sessions issued (so a connection survives a NAT rebinding or a migration; aioquic
+validates the new path), and feeds each one's datagrams to its queue (bounded; excess is
+dropped, as UDP allows). A short-header datagram for an ID no session here holds gets a
+stateless reset whose token every worker derives alike (``ConnectionIds.reset_token``).
+
+``QuicSession`` owns the aioquic ``QuicConnection`` of that session: the driver greenlet
+(``handshake``, then ``run``) hands it the datagrams, fires its timer and sends what it has
+to send; greenlets writing stream data call ``transmit`` themselves and ``wait_progress``
+for acknowledgements when their stream has too much unacknowledged data in flight. Inbound
+flow control is credited as the application consumes a stream's data (``held``), not as it
+arrives, so a slow consumer slows the client.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -29,6 +35,8 @@ from gevent import getcurrent
 from gevent.event import Event
 from gevent.queue import Empty, Full
 
+from vane.net.udp import ConnectionIds
+
 from .certs import QuicCerts
 
 __all__ = ["QuicLimits", "QuicSession"]
@@ -38,6 +46,7 @@ logging.getLogger("quic").setLevel(logging.WARNING)   # aioquic logs every conne
 
 SEND_BACKLOG = 512 * 1024   # unacknowledged bytes a stream may have in flight before its writer waits
 _TICK = 1.0
+RESETS_PER_SEC = 100        # stateless resets one process sends at most per second
 
 
 class QuicLimits:
@@ -67,6 +76,18 @@ class _ServerConnection(QuicConnection):
         self._certs = certs
         self._window = window
         self._held = held
+        self._derive_reset_tokens()
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        self._derive_reset_tokens()
+
+    def _derive_reset_tokens(self) -> None:
+        """The stateless-reset token of each ID not announced yet, from the daemon's key
+        rather than random: any worker can then reset a connection it does not hold."""
+        for cid in self._host_cids:
+            if not cid.was_sent or cid.sequence_number == 0:
+                cid.stateless_reset_token = ConnectionIds.reset_token(cid.cid)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -121,7 +142,9 @@ class QuicSession:
                             udp.client)
             return None
         if header.packet_type != QuicPacketType.INITIAL or len(udp.first) < 1200:
-            return None     # not the start of a connection (a migrated client, a stray packet)
+            if header.version is None:      # a short header: a connection this process does not hold
+                _stateless_reset(sock, udp)
+            return None     # not the start of a connection
         session: QuicSession
 
         def held(stream_id: int) -> int:
@@ -133,6 +156,8 @@ class QuicSession:
         bidi.value = bidi.sent = limits.max_streams
         session = cls(udp, sock, quic, limits)
         udp.lingers = True      # a drain lets the connection finish on the listener's socket
+        if udp.ids is not None:
+            udp.ids.add(udp, quic.host_cid)
         return session
 
     # -- driving ---------------------------------------------------------------------------------
@@ -200,6 +225,7 @@ class QuicSession:
                     return
                 if more:
                     self._receive(more, on_event)
+            self._follow_peer()
         timer = self.quic.get_timer()
         if timer is not None and time.monotonic() >= timer:
             self.quic.handle_timer(time.monotonic())
@@ -207,15 +233,38 @@ class QuicSession:
         self.transmit()
         self._notify()
 
-    def _receive(self, data: bytes, on_event: Callable[[Any], None]) -> None:
+    def _receive(self, data: bytes | tuple[bytes, tuple], on_event: Callable[[Any], None]) -> None:
+        """One queued datagram: bytes from the session's address, or ``(bytes, address)``
+        routed here by its connection ID from another one."""
+        if data.__class__ is tuple:
+            data, addr = data
+        else:
+            addr = self.udp.client
         self.udp.counters.up += len(data)
-        self.quic.receive_datagram(data, self.udp.client, time.monotonic())
+        self.quic.receive_datagram(data, addr, time.monotonic())
         self._events(on_event)
+
+    def _follow_peer(self) -> None:
+        """The client's address changed (aioquic promoted a new path): the session moves
+        there in the listener's table."""
+        peer = self.quic.get_peer_address()
+        udp = self.udp
+        if peer is not None and peer != udp.client and udp.ids is not None:
+            log.debug("quic: %s now sends from %s", udp.client, peer)
+            udp.ids.move(udp, peer)
 
     def _events(self, on_event: Callable[[Any], None]) -> None:
         quic = self.quic
+        ids = self.udp.ids
         while (event := quic.next_event()) is not None:
-            if isinstance(event, events.ConnectionTerminated):
+            cls = event.__class__
+            if cls is events.ConnectionIdIssued:
+                if ids is not None:
+                    ids.add(self.udp, event.connection_id)
+            elif cls is events.ConnectionIdRetired:
+                if ids is not None:
+                    ids.remove(self.udp, event.connection_id)
+            elif cls is events.ConnectionTerminated:
                 self.closed = True
             on_event(event)
 
@@ -268,3 +317,45 @@ class QuicSession:
         if not self.closed:
             self.quic.close(error_code=code, reason_phrase=reason)
             self.transmit()
+
+
+class _ResetBudget:
+    """How many stateless resets may still go out this second (per process)."""
+
+    __slots__ = ("second", "left")
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.left = RESETS_PER_SEC
+
+    def take(self) -> bool:
+        now = int(time.monotonic())
+        if now != self.second:
+            self.second, self.left = now, RESETS_PER_SEC
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+_resets = _ResetBudget()
+
+
+def _stateless_reset(sock: Any, udp: Any) -> None:
+    """Answer a short-header datagram for a connection this process does not hold with a
+    stateless reset (RFC 9000 §10.3): shorter than the datagram (no amplification, no
+    loop between two endpoints), at most 43 bytes, and rate-limited."""
+    data = udp.first
+    ids = udp.ids
+    if ids is None or len(data) < 22 or not _resets.take():
+        return
+    cid = ids.short_header_id(data)
+    if cid is None:
+        return
+    size = min(len(data) - 1, 43)
+    head = os.urandom(size - 16)
+    packet = bytes([0x40 | (head[0] & 0x3F)]) + head[1:] + ConnectionIds.reset_token(cid)
+    try:
+        sock.sendto(packet, udp.client)
+    except OSError:
+        pass
