@@ -498,3 +498,86 @@ def test_every_worker_resets_with_the_same_token(tmp_path):
         assert "Traceback" not in vaned.stderr
     finally:
         vaned.stop()
+
+
+# -- Retry (address validation) ---------------------------------------------------------------
+
+def _h3_site(tmp_path, env: dict[str, str]) -> tuple[Vaned, int, str]:
+    ca = trustme.CA()
+    ca_path = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+    write_cert(ca, tmp_path / "certs", "a", "a.test")
+    port = free_port()
+    r = rule("a", respond("hi\n"), listen=f"127.0.0.1:{port}")
+    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
+    write_config(tmp_path, {"10-a.json": r}, config={})
+    vaned = Vaned(tmp_path, env).wait_accepting(port)
+    vaned.wait_listening(port, "udp")
+    return vaned, port, ca_path
+
+
+def _ids(port: int, ca_path: str) -> dict:
+    cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
+           "--sni", "a.test", "--ca", ca_path, "--ids", "--show"]
+    out = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=60).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert lines and lines[0].get("body") == "hi\n", out
+    return lines[-1]
+
+
+def test_retry_above_the_threshold_then_the_connection_as_usual(tmp_path):
+    """VANE_SEC_QUIC_RETRY_THRESHOLD=0: every new client first gets a Retry and comes back
+    with its token; by default (100 handshakes in progress) nobody does."""
+    vaned, port, ca_path = _h3_site(tmp_path, {"VANE_SEC_QUIC_RETRY_THRESHOLD": "0"})
+    try:
+        assert _ids(port, ca_path)["retried"] is True
+    finally:
+        vaned.stop()
+    vaned, port, ca_path = _h3_site(tmp_path, {})
+    try:
+        assert _ids(port, ca_path)["retried"] is False
+    finally:
+        vaned.stop()
+
+
+def test_a_spoofed_initial_gets_only_a_small_retry_and_costs_no_handshake(tmp_path):
+    """Initials from an address that does not read its answers (spoofed) get a Retry each,
+    smaller than the Initial, and no handshake: not even the per-IP handshake budget is spent,
+    so a real client from that address connects right after. A forged token is refused."""
+    vaned, port, ca_path = _h3_site(tmp_path, {"VANE_SEC_QUIC_RETRY_THRESHOLD": "0",
+                                               "VANE_SEC_TLS_HANDSHAKES_PER_IP": "1"})
+    socks = []
+    try:
+        time.sleep(1.1)     # the readiness probe's TLS handshake leaves the one-second window
+        for flight in [_initial_datagrams(port) for _ in range(5)]:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            socks.append(s)
+            for data in flight:
+                s.sendto(data, ("127.0.0.1", port))
+            answer, _ = s.recvfrom(4096)
+            assert answer[0] & 0xF0 == 0xF0                 # long header, type Retry
+            assert len(answer) < 200 < len(flight[0])
+        assert vaned.find("tls_handshakes_per_ip") == -1
+        assert _ids(port, ca_path)["retried"] is True
+        # an Initial whose token vaned never made: closed with INVALID_TOKEN, no handshake
+        from aioquic.quic.configuration import QuicConfiguration
+        from aioquic.quic.connection import QuicConnection
+        client = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"],
+                                                                server_name="a.test", token=b"forged" * 8))
+        client.connect(("127.0.0.1", port), now=time.monotonic())
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        socks.append(s)
+        for data, _ in client.datagrams_to_send(now=time.monotonic()):
+            s.sendto(data, ("127.0.0.1", port))
+        answer, _ = s.recvfrom(4096)
+        client.receive_datagram(answer, ("127.0.0.1", port), now=time.monotonic())
+        client.handle_timer(now=time.monotonic() + 60)      # past the draining period: the close is reported
+        closed = [e for e in iter(client.next_event, None) if e.__class__.__name__ == "ConnectionTerminated"]
+        assert closed and closed[0].error_code == 0x0B      # INVALID_TOKEN
+        assert "Traceback" not in vaned.stderr
+    finally:
+        for s in socks:
+            s.close()
+        vaned.stop()

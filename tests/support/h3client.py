@@ -15,7 +15,8 @@ client's control stream.
 ``--rebind``: before each request after the first, send from a new UDP port (a NAT
 rebinding; each result then has ``port``); with ``--new-cid`` also switch to a fresh connection
 ID the server issued (an active migration). ``--ids``: print the connection ID the client
-sends to and its stateless-reset token (``{"cid": hex, "token": hex}``) after the requests.
+sends to, its stateless-reset token and whether the server sent a Retry first
+(``{"cid": hex, "token": hex, "retried": bool}``) after the requests.
 ``--timeout S``.
 """
 
@@ -234,7 +235,8 @@ async def main() -> int:
                 print(json.dumps(res), flush=True)
             if a.ids:
                 peer = client._quic._peer_cid
-                print(json.dumps({"cid": peer.cid.hex(), "token": peer.stateless_reset_token.hex()}), flush=True)
+                print(json.dumps({"cid": peer.cid.hex(), "token": peer.stateless_reset_token.hex(),
+                                  "retried": client._quic._retry_source_connection_id is not None}), flush=True)
             if a.settings:
                 got = client.h3._received_settings or {}
                 print(json.dumps({"settings": {str(int(k)): v for k, v in got.items()}}), flush=True)

@@ -182,6 +182,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], Any, str | None]] = {
     "sec_h2_stream_window": ("VANE_SEC_H2_STREAM_WINDOW", _int(65535, (1 << 31) - 1), 1 << 20, None),
     "sec_h2_connection_window": ("VANE_SEC_H2_CONNECTION_WINDOW", _int(65535, (1 << 31) - 1), 4 << 20, None),
     "sec_max_uri_bytes": ("VANE_SEC_MAX_URI_BYTES", _int(256), 8192, None),
+    "sec_quic_retry_threshold": ("VANE_SEC_QUIC_RETRY_THRESHOLD", _int(0), 100, None),
     # management (§9)
     "mgmt_unix": ("VANE_MGMT_UNIX", _str, None, None),
     "mgmt_group": ("VANE_MGMT_GROUP", _str, None, None),
@@ -236,6 +237,7 @@ class Settings:
     sec_h2_stream_window: int = 1 << 20
     sec_h2_connection_window: int = 4 << 20
     sec_max_uri_bytes: int = 8192
+    sec_quic_retry_threshold: int = 100    # QUIC handshakes in progress before Retry; 0: always
     mgmt_unix: str | None = None
     mgmt_group: str | None = None
     mgmt_http_port: int | None = 3333

@@ -5,6 +5,9 @@ IDs the sessions issued (so a connection survives a NAT rebinding or a migration
 validates the new path), and feeds each one's datagrams to its queue (bounded; excess is
 dropped, as UDP allows). A short-header datagram for an ID no session here holds gets a
 stateless reset whose token every worker derives alike (``ConnectionIds.reset_token``).
+While more handshakes than ``QuicLimits.retry_threshold`` are in progress in this process, a
+new client first proves its address with a Retry (RFC 9000 §8.1.2): a flood of Initials from
+spoofed addresses then costs a small stateless answer each, not a handshake.
 
 ``QuicSession`` owns the aioquic ``QuicConnection`` of that session: the driver greenlet
 (``handshake``, then ``run``) hands it the datagrams, fires its timer and sends what it has
@@ -21,6 +24,7 @@ import os
 import time
 from typing import Any, Callable
 
+from aioquic.asyncio.server import _encode_invalid_token_close
 from aioquic.buffer import Buffer, BufferReadError
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -28,9 +32,11 @@ from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnecti
 from aioquic.quic.packet import (
     QuicFrameType,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.retry import QuicRetryTokenHandler
 from gevent import getcurrent
 from gevent.event import Event
 from gevent.queue import Empty, Full
@@ -52,15 +58,18 @@ RESETS_PER_SEC = 100        # stateless resets one process sends at most per sec
 class QuicLimits:
     """Per-connection QUIC limits, from the security floor."""
 
-    __slots__ = ("handshake_timeout", "idle_timeout", "max_streams", "stream_window", "connection_window")
+    __slots__ = ("handshake_timeout", "idle_timeout", "max_streams", "stream_window", "connection_window",
+                 "retry_threshold")
 
     def __init__(self, handshake_timeout: float = 10.0, idle_timeout: float = 60.0, max_streams: int = 100,
-                 stream_window: int = 256 * 1024, connection_window: int = 4 * 1024 * 1024) -> None:
+                 stream_window: int = 256 * 1024, connection_window: int = 4 * 1024 * 1024,
+                 retry_threshold: int = 100) -> None:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.max_streams = max_streams
         self.stream_window = stream_window
         self.connection_window = connection_window
+        self.retry_threshold = retry_threshold   # handshakes in progress before new clients get a Retry
 
     def configuration(self) -> QuicConfiguration:
         from aioquic.h3.connection import H3_ALPN
@@ -145,13 +154,31 @@ class QuicSession:
             if header.version is None:      # a short header: a connection this process does not hold
                 _stateless_reset(sock, udp)
             return None     # not the start of a connection
+        odcid, retry_scid = header.destination_cid, None
+        if header.token:                    # the answer to our Retry (vaned sends no NEW_TOKEN)
+            try:
+                odcid = _retry_tokens().validate_token(address=udp.client, destination_cid=header.destination_cid,
+                                                       token=header.token, now=time.monotonic())
+            except ValueError:              # forged, expired or from another address (RFC 9000 §8.1.3)
+                sock.sendto(_encode_invalid_token_close(version=header.version, source_cid=header.destination_cid,
+                                                        destination_cid=header.source_cid), udp.client)
+                return None
+            retry_scid = header.destination_cid
+        elif _handshakes.active >= limits.retry_threshold:
+            scid = os.urandom(config.connection_id_length)
+            token = _retry_tokens().create_token(address=udp.client, original_destination_connection_id=odcid,
+                                                 retry_source_connection_id=scid, now=time.monotonic())
+            sock.sendto(encode_quic_retry(version=header.version, source_cid=scid, destination_cid=header.source_cid,
+                                          original_destination_cid=odcid, retry_token=token), udp.client)
+            return None
         session: QuicSession
 
         def held(stream_id: int) -> int:
             return session.held.get(stream_id, 0)
 
-        quic = _ServerConnection(configuration=config, original_destination_connection_id=header.destination_cid,
-                                 certs=certs, window=limits.stream_window, held=held)
+        quic = _ServerConnection(configuration=config, original_destination_connection_id=odcid,
+                                 retry_source_connection_id=retry_scid, certs=certs, window=limits.stream_window,
+                                 held=held)
         bidi = quic._local_max_streams_bidi
         bidi.value = bidi.sent = limits.max_streams
         session = cls(udp, sock, quic, limits)
@@ -178,16 +205,20 @@ class QuicSession:
                 self._early.append(event)
 
         deadline = time.monotonic() + self.limits.handshake_timeout
-        self._receive(self.udp.first, on_event)
-        self.transmit()
-        while not done and not self.closed:
-            if time.monotonic() >= deadline or stop():
-                log.debug("quic: handshake with %s timed out or cut by a drain", self.udp.client)
-                self.quic.close(error_code=0x0, reason_phrase="handshake timeout")
-                self.transmit()
-                return False
-            self._step(on_event, deadline)
-        return bool(done) and not self.closed
+        _handshakes.active += 1
+        try:
+            self._receive(self.udp.first, on_event)
+            self.transmit()
+            while not done and not self.closed:
+                if time.monotonic() >= deadline or stop():
+                    log.debug("quic: handshake with %s timed out or cut by a drain", self.udp.client)
+                    self.quic.close(error_code=0x0, reason_phrase="handshake timeout")
+                    self.transmit()
+                    return False
+                self._step(on_event, deadline)
+            return bool(done) and not self.closed
+        finally:
+            _handshakes.active -= 1
 
     def run(self, on_event: Callable[[Any], None], stop: Callable[[], bool]) -> None:
         """Drive the connection until it is terminated, or ``stop()`` says it is done."""
@@ -317,6 +348,27 @@ class QuicSession:
         if not self.closed:
             self.quic.close(error_code=code, reason_phrase=reason)
             self.transmit()
+
+
+class _Handshakes:
+    """The QUIC handshakes in progress in this process."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = 0
+
+
+_handshakes = _Handshakes()
+_retry_handler: list[QuicRetryTokenHandler] = []
+
+
+def _retry_tokens() -> QuicRetryTokenHandler:
+    """This process's Retry tokens (an AES-GCM key made on first use): the retried Initial
+    comes from the same address, hence to the same worker."""
+    if not _retry_handler:
+        _retry_handler.append(QuicRetryTokenHandler())
+    return _retry_handler[0]
 
 
 class _ResetBudget:

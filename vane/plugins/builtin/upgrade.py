@@ -84,15 +84,19 @@ class Upgrade(Terminator):
     def _quic(self, ctx, floor):
         """A UDP session: never reset ``ctx.sock``, the listener's own socket."""
         from vane.net.quic.session import QuicLimits, QuicSession
-        if floor is not None and not floor.allow_handshake(ctx.kv.get("conn.ip")):
-            return FINISHED
         s = self.env.settings
         limits = QuicLimits(handshake_timeout=s.sec_handshake_timeout, idle_timeout=s.sec_keepalive_timeout,
-                            max_streams=s.sec_h2_max_streams)
+                            max_streams=s.sec_h2_max_streams, retry_threshold=s.sec_quic_retry_threshold)
         session = QuicSession.accept(ctx.udp, ctx.sock, self.quic, limits)
+        if session is None:     # not a new connection, or asked to prove its address first (Retry)
+            ctx.trajectory.note_error("quic: no connection established")
+            return FINISHED
+        # counted once the Initial is one to handshake with: a Retry costs the address nothing
+        if floor is not None and not floor.allow_handshake(ctx.kv.get("conn.ip")):
+            return FINISHED
         services = self.env.services
         draining = services.draining.is_set if services is not None else (lambda: False)
-        if session is None or not session.handshake(draining):
+        if not session.handshake(draining):
             ctx.trajectory.note_error("quic: no connection established")
             return FINISHED
         new = ctx.upgraded(session)
