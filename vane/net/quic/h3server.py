@@ -386,16 +386,18 @@ class H3Server:
             request.body.close()
             response.body.close()
             self._finished(token, response, sent, aborted)
+            pending = aborted       # frames the answer left unsent (a reset, STOP_SENDING)
             if not st.ended and st.reset is None and not self.session.closed:
                 try:    # RFC 9114 §4.1: the answer is complete; the rest of the request is not needed
                     self.session.quic.stop_stream(st.id, ErrorCode.H3_NO_ERROR)
+                    pending = True
                 except Exception:  # noqa: BLE001
                     pass
             self._streams.pop(st.id, None)
             self._framing.pop(st.id, None)
             if st.id not in self._refused:
                 self.session.held.pop(st.id, None)
-            if not self.session.closed:
+            if pending and not self.session.closed:
                 self.session.transmit()
             if self._draining and not self._streams:
                 self.goaway()
@@ -419,6 +421,12 @@ class H3Server:
             h3.send_headers(st.id, headers, end_stream=True)
             return 0
         h3.send_headers(st.id, headers, end_stream=False)
+        if body.is_buffered and not body.trailers:     # the whole answer is at hand: one flight
+            data = body.read_all(body.length or 0)
+            h3.send_data(st.id, data, end_stream=True)
+            self.session.transmit()
+            self._acknowledged(st)
+            return len(data)
         self.session.transmit()
         sent = 0
         for chunk in body:
