@@ -291,18 +291,25 @@ def test_drain_lets_an_http3_download_finish(tmp_path):
     assert res["sha256"] == hashlib.sha256(pattern(n)).hexdigest()
 
 
-def test_http3_with_two_workers(tmp_path):
-    """Each worker reads its own SO_REUSEPORT socket; every connection is served whole by
-    the worker its client address hashes to."""
+def _h3_site(tmp_path, env: dict[str, str], body: str = "hi\n") -> tuple[Vaned, int, str]:
+    """vaned with one HTTP/3 rule for a.test answering ``body``: the daemon, its port, the CA file."""
     ca = trustme.CA()
     ca_path = str(tmp_path / "ca.pem")
     ca.cert_pem.write_to_path(ca_path)
     write_cert(ca, tmp_path / "certs", "a", "a.test")
     port = free_port()
-    r = rule("a", respond("hi {{req.version}}\n"), listen=f"127.0.0.1:{port}")
+    r = rule("a", respond(body), listen=f"127.0.0.1:{port}")
     r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
     write_config(tmp_path, {"10-a.json": r}, config={})
-    vaned = Vaned(tmp_path, {"VANE_WORKERS": "2"}).wait_accepting(port)
+    vaned = Vaned(tmp_path, env).wait_accepting(port)
+    vaned.wait_listening(port, "udp")
+    return vaned, port, ca_path
+
+
+def test_http3_with_two_workers(tmp_path):
+    """Each worker reads its own SO_REUSEPORT socket; every connection is served whole by
+    the worker its client address hashes to."""
+    vaned, port, ca_path = _h3_site(tmp_path, {"VANE_WORKERS": "2"}, "hi {{req.version}}\n")
     try:
         cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
                "--sni", "a.test", "--ca", ca_path, "--show", "--repeat", "3"]
@@ -330,16 +337,9 @@ def _initial_datagrams(port: int) -> list[bytes]:
 def test_quic_handshakes_count_against_the_per_ip_limit(tmp_path):
     """VANE_SEC_TLS_HANDSHAKES_PER_IP=1: of three Initials from one IP within a second, one
     gets a handshake answer; the others get nothing (no amplification, no connection)."""
-    ca = trustme.CA()
-    write_cert(ca, tmp_path / "certs", "a", "a.test")
-    port = free_port()
-    r = rule("a", respond("hi"), listen=f"127.0.0.1:{port}")
-    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
-    write_config(tmp_path, {"10-a.json": r}, config={})
-    vaned = Vaned(tmp_path, {"VANE_SEC_TLS_HANDSHAKES_PER_IP": "1"}).wait_accepting(port)
+    vaned, port, _ = _h3_site(tmp_path, {"VANE_SEC_TLS_HANDSHAKES_PER_IP": "1"})
     socks = []
     try:
-        vaned.wait_listening(port, "udp")
         time.sleep(1.1)     # the readiness probe's TLS handshake leaves the one-second window
         flights = [_initial_datagrams(port) for _ in range(3)]
         for _ in flights:
@@ -476,15 +476,7 @@ def test_a_datagram_for_a_connection_that_ended_gets_a_stateless_reset(env):
 def test_every_worker_resets_with_the_same_token(tmp_path):
     """A connection ID any worker issued is reset alike by every worker, so a client whose
     new address hashes to another worker learns at once that its connection is gone."""
-    ca = trustme.CA()
-    ca_path = str(tmp_path / "ca.pem")
-    ca.cert_pem.write_to_path(ca_path)
-    write_cert(ca, tmp_path / "certs", "a", "a.test")
-    port = free_port()
-    r = rule("a", respond("hi\n"), listen=f"127.0.0.1:{port}")
-    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
-    write_config(tmp_path, {"10-a.json": r}, config={})
-    vaned = Vaned(tmp_path, {"VANE_WORKERS": "2"}).wait_accepting(port)
+    vaned, port, ca_path = _h3_site(tmp_path, {"VANE_WORKERS": "2"})
     try:
         cid, token = _ended_connection_ids(port, ca_path)
         packet = b"\x41" + cid + bytes(60)
@@ -501,20 +493,6 @@ def test_every_worker_resets_with_the_same_token(tmp_path):
 
 
 # -- Retry (address validation) ---------------------------------------------------------------
-
-def _h3_site(tmp_path, env: dict[str, str]) -> tuple[Vaned, int, str]:
-    ca = trustme.CA()
-    ca_path = str(tmp_path / "ca.pem")
-    ca.cert_pem.write_to_path(ca_path)
-    write_cert(ca, tmp_path / "certs", "a", "a.test")
-    port = free_port()
-    r = rule("a", respond("hi\n"), listen=f"127.0.0.1:{port}")
-    r["tls"] = {"cert": "certs/a.pem", "key": "certs/a.key", "http3": True}
-    write_config(tmp_path, {"10-a.json": r}, config={})
-    vaned = Vaned(tmp_path, env).wait_accepting(port)
-    vaned.wait_listening(port, "udp")
-    return vaned, port, ca_path
-
 
 def _ids(port: int, ca_path: str) -> dict:
     cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
