@@ -145,10 +145,10 @@ class QuicSession:
             return None
         if header.version is not None and header.version not in config.supported_versions:
             if header.packet_type == QuicPacketType.INITIAL or len(udp.first) >= 1200:
-                sock.sendto(encode_quic_version_negotiation(source_cid=header.destination_cid,
+                _send(sock, encode_quic_version_negotiation(source_cid=header.destination_cid,
                                                             destination_cid=header.source_cid,
                                                             supported_versions=config.supported_versions),
-                            udp.client)
+                      udp.client)
             return None
         if header.packet_type != QuicPacketType.INITIAL or len(udp.first) < 1200:
             if header.version is None:      # a short header: a connection this process does not hold
@@ -157,18 +157,18 @@ class QuicSession:
         odcid, retry_scid = header.destination_cid, None
         if header.token:                    # the answer to our Retry (vaned sends no NEW_TOKEN)
             try:
-                odcid = _retry_tokens().validate_token(address=udp.client, destination_cid=header.destination_cid,
+                odcid = _strangers.tokens.validate_token(address=udp.client, destination_cid=header.destination_cid,
                                                        token=header.token, now=time.monotonic())
             except ValueError:              # forged, expired or from another address (RFC 9000 §8.1.3)
-                sock.sendto(_encode_invalid_token_close(version=header.version, source_cid=header.destination_cid,
+                _send(sock, _encode_invalid_token_close(version=header.version, source_cid=header.destination_cid,
                                                         destination_cid=header.source_cid), udp.client)
                 return None
             retry_scid = header.destination_cid
-        elif _handshakes.active >= limits.retry_threshold:
+        elif _strangers.handshakes >= limits.retry_threshold:
             scid = os.urandom(config.connection_id_length)
-            token = _retry_tokens().create_token(address=udp.client, original_destination_connection_id=odcid,
+            token = _strangers.tokens.create_token(address=udp.client, original_destination_connection_id=odcid,
                                                  retry_source_connection_id=scid, now=time.monotonic())
-            sock.sendto(encode_quic_retry(version=header.version, source_cid=scid, destination_cid=header.source_cid,
+            _send(sock, encode_quic_retry(version=header.version, source_cid=scid, destination_cid=header.source_cid,
                                           original_destination_cid=odcid, retry_token=token), udp.client)
             return None
         session: QuicSession
@@ -205,7 +205,7 @@ class QuicSession:
                 self._early.append(event)
 
         deadline = time.monotonic() + self.limits.handshake_timeout
-        _handshakes.active += 1
+        _strangers.handshakes += 1
         try:
             self._receive(self.udp.first, on_event)
             self.transmit()
@@ -218,7 +218,7 @@ class QuicSession:
                 self._step(on_event, deadline)
             return bool(done) and not self.closed
         finally:
-            _handshakes.active -= 1
+            _strangers.handshakes -= 1
 
     def run(self, on_event: Callable[[Any], None], stop: Callable[[], bool]) -> None:
         """Drive the connection until it is terminated, or ``stop()`` says it is done."""
@@ -350,47 +350,46 @@ class QuicSession:
             self.transmit()
 
 
-class _Handshakes:
-    """The QUIC handshakes in progress in this process."""
+class _Strangers:
+    """What this process spends on datagrams that are not a connection of its own yet: the
+    handshakes in progress (past ``QuicLimits.retry_threshold``, new clients get a Retry), the
+    key of its Retry tokens (made on first use; a retried Initial comes from the same address,
+    hence to the same worker), and this second's budget of stateless resets."""
 
-    __slots__ = ("active",)
-
-    def __init__(self) -> None:
-        self.active = 0
-
-
-_handshakes = _Handshakes()
-_retry_handler: list[QuicRetryTokenHandler] = []
-
-
-def _retry_tokens() -> QuicRetryTokenHandler:
-    """This process's Retry tokens (an AES-GCM key made on first use): the retried Initial
-    comes from the same address, hence to the same worker."""
-    if not _retry_handler:
-        _retry_handler.append(QuicRetryTokenHandler())
-    return _retry_handler[0]
-
-
-class _ResetBudget:
-    """How many stateless resets may still go out this second (per process)."""
-
-    __slots__ = ("second", "left")
+    __slots__ = ("handshakes", "_tokens", "_second", "_resets_left")
 
     def __init__(self) -> None:
-        self.second = 0
-        self.left = RESETS_PER_SEC
+        self.handshakes = 0
+        self._tokens: QuicRetryTokenHandler | None = None
+        self._second = 0
+        self._resets_left = RESETS_PER_SEC
 
-    def take(self) -> bool:
+    @property
+    def tokens(self) -> QuicRetryTokenHandler:
+        if self._tokens is None:
+            self._tokens = QuicRetryTokenHandler()
+        return self._tokens
+
+    def may_reset(self) -> bool:
+        """One stateless reset more this second?"""
         now = int(time.monotonic())
-        if now != self.second:
-            self.second, self.left = now, RESETS_PER_SEC
-        if self.left <= 0:
+        if now != self._second:
+            self._second, self._resets_left = now, RESETS_PER_SEC
+        if self._resets_left <= 0:
             return False
-        self.left -= 1
+        self._resets_left -= 1
         return True
 
 
-_resets = _ResetBudget()
+_strangers = _Strangers()
+
+
+def _send(sock: Any, data: bytes, addr: tuple) -> None:
+    """A datagram that answers no connection: lost if the socket's buffer is full, as UDP allows."""
+    try:
+        sock.sendto(data, addr)
+    except OSError:
+        pass
 
 
 def _stateless_reset(sock: Any, udp: Any) -> None:
@@ -399,15 +398,11 @@ def _stateless_reset(sock: Any, udp: Any) -> None:
     loop between two endpoints), at most 43 bytes, and rate-limited."""
     data = udp.first
     ids = udp.ids
-    if ids is None or len(data) < 22 or not _resets.take():
+    if ids is None or len(data) < 22 or not _strangers.may_reset():
         return
     cid = ids.short_header_id(data)
     if cid is None:
         return
     size = min(len(data) - 1, 43)
     head = os.urandom(size - 16)
-    packet = bytes([0x40 | (head[0] & 0x3F)]) + head[1:] + ConnectionIds.reset_token(cid)
-    try:
-        sock.sendto(packet, udp.client)
-    except OSError:
-        pass
+    _send(sock, bytes([0x40 | (head[0] & 0x3F)]) + head[1:] + ConnectionIds.reset_token(cid), udp.client)
