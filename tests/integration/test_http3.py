@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -19,7 +21,8 @@ import httpx
 import pytest
 import trustme
 
-from tests.support.config import http_proxy, rule, write_config
+from tests.support.backends import UdpEcho
+from tests.support.config import http_proxy, proxy, rule, write_config
 from tests.support.daemon import ROOT, VANE, Vaned, clean_environ
 from tests.support.http_backend import Backend, pattern
 from tests.support.net import free_port, wait_until
@@ -473,22 +476,72 @@ def test_a_datagram_for_a_connection_that_ended_gets_a_stateless_reset(env):
     assert res["status"] == 200
 
 
-def test_every_worker_resets_with_the_same_token(tmp_path):
-    """A connection ID any worker issued is reset alike by every worker, so a client whose
-    new address hashes to another worker learns at once that its connection is gone."""
+def _serving_workers(vaned: Vaned) -> list[int]:
+    """The pids of the workers, once both serve."""
+    def both() -> list[int] | None:
+        ws = vaned.mgmt("stats")["workers"]
+        return [w["pid"] for w in ws] if [w["state"] for w in ws] == ["serving", "serving"] else None
+    pids = wait_until(both, timeout=30, interval=0.2)
+    assert pids, vaned.stderr[-2000:]
+    return pids
+
+
+def test_with_workers_a_connection_follows_its_client_to_a_new_address(tmp_path):
+    """Two workers: the kernel steers datagrams by connection ID (the worker that issued
+    it), not by address, so six rebindings in a row all reach the connection's worker.
+    (Steered by address, each would land on the other worker half of the time.)"""
     vaned, port, ca_path = _h3_site(tmp_path, {"VANE_WORKERS": "2"})
     try:
+        _serving_workers(vaned)
+        cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
+               "--sni", "a.test", "--ca", ca_path, "--repeat", "7", "--rebind", "--timeout", "10"]
+        out = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=120).stdout
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert [r.get("status") for r in lines] == [200] * 7, (lines, vaned.stderr[-2000:])
+        assert len({r["port"] for r in lines}) == 7
+        assert vaned.find("cannot steer QUIC datagrams") == -1
+    finally:
+        vaned.stop()
+
+
+def test_reset_tokens_outlive_the_worker_that_issued_them(tmp_path):
+    """The reset key is the daemon's, not a worker's: after both workers were killed and
+    replaced, a datagram for a connection of the old ones gets a reset with its token."""
+    vaned, port, ca_path = _h3_site(tmp_path, {"VANE_WORKERS": "2"})
+    try:
+        old = _serving_workers(vaned)
         cid, token = _ended_connection_ids(port, ca_path)
         packet = b"\x41" + cid + bytes(60)
-        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
-        try:
-            for s in socks:     # eight source ports: both workers' sockets get some
-                _assert_reset(_reset_for(port, packet, s), packet, token)
-        finally:
-            for s in socks:
-                s.close()
+        _assert_reset(_reset_for(port, packet), packet, token)
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not set(_serving_workers(vaned)) & set(old), timeout=30, interval=0.2)
+        _assert_reset(_reset_for(port, packet), packet, token)
         assert "Traceback" not in vaned.stderr
     finally:
+        vaned.stop()
+
+
+def test_a_port_that_stops_serving_http3_is_steered_by_address_again(tmp_path):
+    """A reload turns the HTTP/3 port into an l4 UDP relay: one client's datagrams reach one
+    worker again, whatever their first bytes (steered by connection ID, they would be split)."""
+    vaned, port, _ = _h3_site(tmp_path, {"VANE_WORKERS": "2"})
+    echo = UdpEcho()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(2)
+    try:
+        _serving_workers(vaned)
+        write_config(tmp_path, {"10-a.json": rule("a", proxy(echo.target), listen=f"udp:127.0.0.1:{port}")})
+        res = vaned.cli("reload")
+        assert res.returncode == 0, res.stdout + res.stderr
+        for i in range(6):      # short-header look-alikes whose "connection ID" bytes differ
+            data = b"\x40" + bytes([i]) + b"datagram"
+            client.sendto(data, ("127.0.0.1", port))
+            assert client.recvfrom(2048)[0] == b"echo:" + data
+        assert len(set(echo.sources)) == 1          # one session: one worker relayed them all
+    finally:
+        client.close()
+        echo.close()
         vaned.stop()
 
 

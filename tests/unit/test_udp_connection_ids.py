@@ -58,3 +58,11 @@ def test_reset_tokens_are_per_id_and_stable():
     assert ConnectionIds.reset_token(CID) == ConnectionIds.reset_token(CID)
     assert ConnectionIds.reset_token(CID) != ConnectionIds.reset_token(bytes(8))
     assert len(ConnectionIds.reset_token(CID)) == 16
+
+
+def test_issued_ids_name_their_worker_when_the_kernel_steers():
+    _, ids, _ = table()
+    assert len(ids.new_id()) == 8 and ids.new_id() != ids.new_id()
+    for worker, workers in ((0, 2), (1, 2), (2, 3), (4, 5)):
+        ids.steer = (worker, workers)
+        assert all(ids.new_id()[0] % workers == worker for _ in range(300))

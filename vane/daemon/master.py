@@ -343,9 +343,13 @@ class Master(Control):
             self.listeners.pop(addr).stop()       # the workers stopped theirs when they committed
             removed.append(addr)
         self._retry_failed()
+        for addr, lst in self.listeners.items():
+            if lst.steered and not graph.listeners[addr].quic:
+                lst.unsteer()
         for addr in sorted(wanted - set(self.listeners)):
             inherited = self._inherited.pop((addr.transport, addr.ip, addr.port), None)
-            lst = Listener(addr, None, self.settings, inherited, group=len(self.slots))
+            lst = Listener(addr, None, self.settings, inherited, group=len(self.slots),
+                           quic=graph.listeners[addr].quic)
             self.listeners[addr] = lst
             lst.start()
             gevent.spawn(self._announce, lst)
@@ -371,7 +375,8 @@ class Master(Control):
         sock = lst.socket_for(slot.index)
         if sock is None:
             return
-        answer = self._tell(slot, "listen", addr=lst.addr, fds=[sock.fileno()])
+        steer = [slot.index, len(lst.group_socks)] if lst.steered else None
+        answer = self._tell(slot, "listen", addr=lst.addr, fds=[sock.fileno()], steer=steer)
         if isinstance(answer, BaseException):
             log.warning("worker %d did not take the socket of %s: %s", slot.index, lst.addr, answer)
 

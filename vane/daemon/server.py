@@ -72,8 +72,9 @@ class Server:
             added.append(addr)
         return added, removed
 
-    def attach(self, addr: Any, sock: Any) -> None:
-        """A worker: accept on ``sock``, the master's bound socket for ``addr``."""
+    def attach(self, addr: Any, sock: Any, steer: tuple[int, int] | None = None) -> None:
+        """A worker: accept on ``sock``, the master's bound socket for ``addr`` (``steer``: see
+        ``ConnectionIds.steer``)."""
         old = self.listeners.pop(addr, None)
         if old is not None:
             old.stop()
@@ -81,6 +82,7 @@ class Server:
         lst = Listener(addr, self.handle, self.settings, sock,
                        max_udp_sessions=min(self.settings.sec_max_connections, 65536), announce=False,
                        crowded=floor.crowded if floor.shared is not None else None)
+        lst.ids.steer = steer
         self.listeners[addr] = lst
         if self.draining:
             lst.stop()

@@ -129,11 +129,13 @@ class Worker:
 
     # -- listeners -------------------------------------------------------------------------------
 
-    def listen(self, addr: Any, fds: list[int] | None = None) -> dict:
+    def listen(self, addr: Any, fds: list[int] | None = None, steer: list[int] | None = None) -> dict:
+        """Accept on the master's socket for ``addr``; ``steer`` [worker, workers]: the kernel
+        hands this worker the QUIC datagrams whose connection ID names it."""
         (fd,) = fds or (None,)
         if fd is None:
             raise ValueError("listen without a socket")
-        self.server.attach(addr, socket.socket(fileno=fd))
+        self.server.attach(addr, socket.socket(fileno=fd), tuple(steer) if steer else None)
         return {}
 
     def unlisten(self, addr: Any) -> dict:

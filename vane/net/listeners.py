@@ -9,10 +9,12 @@ connection to a greenlet of their own (a worker reused from the last connections
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 import socket
+import struct
 import time
 from typing import Any, Callable
 
@@ -49,12 +51,16 @@ class Listener:
     holds in a row that ran out (a worker that is starting, stuck or gone) it accepts without
     waiting for ``GATE_PAUSE`` seconds. A UDP listener bound for ``group`` workers opens one socket per worker
     with ``SO_REUSEPORT``: the kernel then sends every datagram of one client address to the
-    same socket, hence to the same worker."""
+    same socket, hence to the same worker. With ``quic`` (the listener serves HTTP/3) the
+    kernel steers by QUIC connection ID instead (``steer_by_connection_id``): a connection's
+    datagrams reach the worker that issued its IDs whatever address they come from."""
 
     def __init__(self, addr: Any, handler: Handler | None, settings: Any, inherited: socket.socket | None = None,
                  max_udp_sessions: int = 4096, group: int = 0, announce: bool = True,
-                 crowded: Callable[[], bool] | None = None) -> None:
+                 crowded: Callable[[], bool] | None = None, quic: bool = False) -> None:
         self.addr = addr
+        self.quic = quic
+        self.steered = False          # the group's sockets are chosen by connection ID (see above)
         self.label = str(addr)       # "tcp 0.0.0.0:443", shared by every connection's records
         self.handler = handler
         self.settings = settings
@@ -104,6 +110,17 @@ class Listener:
         while self.state in ("pending", "binding") and not self.bind_attempts and time.monotonic() < deadline:
             gevent.sleep(0.01)
 
+    def unsteer(self) -> None:
+        """The port no longer serves HTTP/3 (a reload): the address decides again, as for
+        any UDP session (the workers' IDs may keep naming them: nothing reads them now)."""
+        if self.steered and self.group_socks:
+            try:
+                self.group_socks[0].setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+                self.steered = False
+            except OSError as exc:
+                log.warning("listener %s: cannot stop steering by QUIC connection ID (%s)", self.addr, exc,
+                            extra={"listener": str(self.addr)})
+
     def socket_for(self, worker: int) -> Any:
         """The bound socket worker number ``worker`` accepts on (None: none for it)."""
         if self.group_socks:
@@ -150,6 +167,8 @@ class Listener:
                     s.close()
                 raise
             self.group_socks = socks
+            if self.quic:
+                self.steered = steer_by_connection_id(socks[0], len(socks), str(self.addr))
             return socks[0]
         return self._one_socket()
 
@@ -332,6 +351,35 @@ class Listener:
                 del self.sessions[session.client]
             if self.state == "stopped" and session.lingers and not self._lingering():
                 self.stop()     # the last session that kept the socket open
+
+
+# -- QUIC steering --------------------------------------------------------------------------------
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+SO_DETACH_REUSEPORT_BPF = 68
+
+
+def steer_by_connection_id(sock: socket.socket, group: int, label: str) -> bool:
+    """Have the kernel hand each datagram of ``sock``'s ``SO_REUSEPORT`` group to socket
+    number (first byte of the QUIC destination connection ID) mod ``group``: byte 1 of a
+    short header, byte 6 of a long one. A client's first Initial picks a worker by the ID it
+    chose; that worker issues IDs that lead back to it (``ConnectionIds.steer``). False, and
+    a warning, where the kernel refuses (then the address decides, as for other UDP)."""
+    # classic BPF: A = payload[0]; if A & 0x80 (long header) A = payload[6] else A = payload[1];
+    # return A % group. The program runs on the UDP payload.
+    program = [(0x30, 0, 0, 0), (0x45, 3, 0, 0x80),
+               (0x30, 0, 0, 1), (0x94, 0, 0, group), (0x16, 0, 0, 0),
+               (0x30, 0, 0, 6), (0x94, 0, 0, group), (0x16, 0, 0, 0)]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(code))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        log.warning("listener %s: cannot steer QUIC datagrams to their workers (%s); a client that "
+                    "changes address may land on another worker and reconnect", label, exc,
+                    extra={"listener": label})
+        return False
+    return True
 
 
 # -- systemd socket activation ------------------------------------------------------------------

@@ -82,7 +82,7 @@ class ConnectionIds:
     answered with a stateless reset the client recognises (RFC 9000 §10.3).
     """
 
-    __slots__ = ("length", "by_id", "sessions")
+    __slots__ = ("length", "by_id", "sessions", "steer")
 
     KEY = os.urandom(32)
 
@@ -90,6 +90,19 @@ class ConnectionIds:
         self.length = length            # of the IDs this daemon issues (aioquic's default)
         self.by_id: dict[bytes, UdpSession] = {}
         self.sessions = sessions        # the listener's sessions by client address
+        # (worker, workers) when the kernel hands a datagram to the worker its destination
+        # ID's first byte names (mod workers): the IDs issued here must name this worker
+        self.steer: tuple[int, int] | None = None
+
+    def new_id(self) -> bytes:
+        """A fresh connection ID for a session of this listener (random, and leading the
+        kernel back to this worker when it steers)."""
+        cid = bytearray(os.urandom(self.length))
+        if self.steer is not None:
+            worker, workers = self.steer
+            first = cid[0] - cid[0] % workers + worker
+            cid[0] = first if first < 256 else first - workers
+        return bytes(cid)
 
     def move(self, session: UdpSession, client: tuple) -> None:
         """A session's client now sends from ``client`` (its connection migrated): it is found

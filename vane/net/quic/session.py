@@ -80,22 +80,33 @@ class QuicLimits:
 class _ServerConnection(QuicConnection):
     """aioquic's connection with the certificate chosen by SNI and consumption-based credit."""
 
-    def __init__(self, *, certs: QuicCerts, window: int, held: Callable[[int], int], **kwargs: Any) -> None:
+    def __init__(self, *, certs: QuicCerts, window: int, held: Callable[[int], int], ids: ConnectionIds | None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._certs = certs
         self._window = window
         self._held = held
-        self._derive_reset_tokens()
+        self._ids = ids
+        if ids is not None:             # our first ID, before any packet carries it
+            first = self._host_cids[0]
+            first.cid = self.host_cid = self._local_initial_source_connection_id = ids.new_id()
+        self._own_new_ids()
 
     def _replenish_connection_ids(self) -> None:
         super()._replenish_connection_ids()
-        self._derive_reset_tokens()
+        self._own_new_ids()
 
-    def _derive_reset_tokens(self) -> None:
-        """The stateless-reset token of each ID not announced yet, from the daemon's key
-        rather than random: any worker can then reset a connection it does not hold."""
+    def _own_new_ids(self) -> None:
+        """The IDs not announced yet: made by the listener's ``ConnectionIds`` (so the kernel
+        steers them to this worker), with stateless-reset tokens derived from the daemon's
+        key rather than random, so that any worker can reset a connection it does not hold."""
+        ids = self._ids
         for cid in self._host_cids:
-            if not cid.was_sent or cid.sequence_number == 0:
+            if not cid.was_sent:
+                if ids is not None:
+                    cid.cid = ids.new_id()
+                cid.stateless_reset_token = ConnectionIds.reset_token(cid.cid)
+            elif cid.sequence_number == 0:
                 cid.stateless_reset_token = ConnectionIds.reset_token(cid.cid)
 
     def _initialize(self, peer_cid: bytes) -> None:
@@ -165,7 +176,7 @@ class QuicSession:
                 return None
             retry_scid = header.destination_cid
         elif _strangers.handshakes >= limits.retry_threshold:
-            scid = os.urandom(config.connection_id_length)
+            scid = udp.ids.new_id() if udp.ids is not None else os.urandom(config.connection_id_length)
             token = _strangers.tokens.create_token(address=udp.client, original_destination_connection_id=odcid,
                                                  retry_source_connection_id=scid, now=time.monotonic())
             _send(sock, encode_quic_retry(version=header.version, source_cid=scid, destination_cid=header.source_cid,
@@ -178,7 +189,7 @@ class QuicSession:
 
         quic = _ServerConnection(configuration=config, original_destination_connection_id=odcid,
                                  retry_source_connection_id=retry_scid, certs=certs, window=limits.stream_window,
-                                 held=held)
+                                 held=held, ids=udp.ids)
         bidi = quic._local_max_streams_bidi
         bidi.value = bidi.sent = limits.max_streams
         session = cls(udp, sock, quic, limits)
