@@ -486,6 +486,16 @@ def _serving_workers(vaned: Vaned) -> list[int]:
     return pids
 
 
+def _follow_six_rebindings(vaned: Vaned, port: int, ca_path: str) -> None:
+    cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
+           "--sni", "a.test", "--ca", ca_path, "--repeat", "7", "--rebind", "--timeout", "10"]
+    out = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=120).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r.get("status") for r in lines] == [200] * 7, (lines, vaned.stderr[-2000:])
+    assert len({r["port"] for r in lines}) == 7
+    assert vaned.find("cannot steer QUIC datagrams") == -1
+
+
 def test_with_workers_a_connection_follows_its_client_to_a_new_address(tmp_path):
     """Two workers: the kernel steers datagrams by connection ID (the worker that issued
     it), not by address, so six rebindings in a row all reach the connection's worker.
@@ -493,14 +503,25 @@ def test_with_workers_a_connection_follows_its_client_to_a_new_address(tmp_path)
     vaned, port, ca_path = _h3_site(tmp_path, {"VANE_WORKERS": "2"})
     try:
         _serving_workers(vaned)
-        cmd = [sys.executable, "-m", "tests.support.h3client", f"https://127.0.0.1:{port}/",
-               "--sni", "a.test", "--ca", ca_path, "--repeat", "7", "--rebind", "--timeout", "10"]
-        out = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=120).stdout
-        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        assert [r.get("status") for r in lines] == [200] * 7, (lines, vaned.stderr[-2000:])
-        assert len({r["port"] for r in lines}) == 7
-        assert vaned.find("cannot steer QUIC datagrams") == -1
+        _follow_six_rebindings(vaned, port, ca_path)
     finally:
+        vaned.stop()
+
+
+def test_a_udp_port_that_starts_serving_http3_in_a_reload_is_steered_by_connection_id(tmp_path):
+    vaned, port, ca_path = _h3_site(tmp_path, {"VANE_WORKERS": "2"})
+    echo = UdpEcho()
+    try:
+        _serving_workers(vaned)
+        site = json.loads((tmp_path / "rules" / "10-a.json").read_text())
+        write_config(tmp_path, {"10-a.json": rule("a", proxy(echo.target), listen=f"udp:127.0.0.1:{port}")})
+        assert vaned.cli("reload").returncode == 0
+        write_config(tmp_path, {"10-a.json": site})   # the same UDP listener serves HTTP/3 again
+        assert vaned.cli("reload").returncode == 0
+        vaned.wait_accepting(port)
+        _follow_six_rebindings(vaned, port, ca_path)
+    finally:
+        echo.close()
         vaned.stop()
 
 

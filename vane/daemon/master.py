@@ -343,9 +343,15 @@ class Master(Control):
             self.listeners.pop(addr).stop()       # the workers stopped theirs when they committed
             removed.append(addr)
         self._retry_failed()
-        for addr, lst in self.listeners.items():
-            if lst.steered and not graph.listeners[addr].quic:
+        for addr, lst in self.listeners.items():     # a kept UDP port that starts or stops serving HTTP/3
+            quic = lst.quic = graph.listeners[addr].quic
+            if lst.steered and not quic:
                 lst.unsteer()
+            elif quic and not lst.steered and lst.group_socks:
+                for slot in self.slots:                 # first the workers' IDs, then the kernel's steering
+                    if slot.serving:
+                        self._tell(slot, "steer", addr=addr, steer=[slot.index, len(lst.group_socks)])
+                lst.steer()
         for addr in sorted(wanted - set(self.listeners)):
             inherited = self._inherited.pop((addr.transport, addr.ip, addr.port), None)
             lst = Listener(addr, None, self.settings, inherited, group=len(self.slots),

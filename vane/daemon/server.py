@@ -89,6 +89,12 @@ class Server:
             return
         lst.start()
 
+    def steer(self, addr: Any, steer: tuple[int, int]) -> None:
+        """A worker: see ``ConnectionIds.steer``."""
+        lst = self.listeners.get(addr)
+        if lst is not None:
+            lst.ids.steer = steer
+
     def detach(self, addr: Any) -> None:
         lst = self.listeners.pop(addr, None)
         if lst is not None:

@@ -69,7 +69,7 @@ class Worker:
         self.done = Event()
         self.peer = Peer(Channel(sock), {
             "prepare": self.prepare, "commit": self.commit, "abort": self.abort,
-            "listen": self.listen, "unlisten": self.unlisten,
+            "listen": self.listen, "unlisten": self.unlisten, "steer": self.steer,
             "stats": self.stats, "connections": self.server.get_connections,
             "listeners": self.server.get_listeners, "upstreams": self.server.get_upstreams,
             "breakers": self.server.breakers, "recent_flow": self.recent_flow,
@@ -136,6 +136,11 @@ class Worker:
         if fd is None:
             raise ValueError("listen without a socket")
         self.server.attach(addr, socket.socket(fileno=fd), tuple(steer) if steer else None)
+        return {}
+
+    def steer(self, addr: Any, steer: list[int]) -> dict:
+        """The port of ``addr`` now serves HTTP/3 (a reload): issue IDs that name this worker."""
+        self.server.steer(addr, (steer[0], steer[1]))
         return {}
 
     def unlisten(self, addr: Any) -> dict:

@@ -110,6 +110,11 @@ class Listener:
         while self.state in ("pending", "binding") and not self.bind_attempts and time.monotonic() < deadline:
             gevent.sleep(0.01)
 
+    def steer(self) -> None:
+        """Have the kernel steer this UDP group's datagrams by QUIC connection ID."""
+        if self.group_socks and not self.steered:
+            self.steered = steer_by_connection_id(self.group_socks[0], len(self.group_socks), str(self.addr))
+
     def unsteer(self) -> None:
         """The port no longer serves HTTP/3 (a reload): the address decides again, as for
         any UDP session (the workers' IDs may keep naming them: nothing reads them now)."""
@@ -168,7 +173,7 @@ class Listener:
                 raise
             self.group_socks = socks
             if self.quic:
-                self.steered = steer_by_connection_id(socks[0], len(socks), str(self.addr))
+                self.steer()
             return socks[0]
         return self._one_socket()
 
