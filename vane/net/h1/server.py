@@ -638,9 +638,6 @@ class H1ServerConnection:
         self._host = self._cl = self._te = None
         self._expect = self._upgrade = self._hop = self._trailers = False
 
-    # ------------------------------------------------------------------ writing
-
-
 
 def _offers_websocket(hlist: list[tuple[bytes, bytes]]) -> bool:
     """``Upgrade`` lists the ``websocket`` protocol (RFC 9110 §7.8 tokens, RFC 6455 §4.1)."""

@@ -474,7 +474,6 @@ class H2ServerConnection:
         else:
             self._spawn(self._deliver, st, request, response, token)
 
-
     def _deliver(self, st: _ServerStream, request: Request, response: Response, token: Any) -> None:
         sent = 0
         aborted = True

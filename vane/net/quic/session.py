@@ -163,7 +163,7 @@ class QuicSession:
             return None
         if header.packet_type != QuicPacketType.INITIAL or len(udp.first) < 1200:
             if header.version is None:      # a short header: a connection this process does not hold
-                _stateless_reset(sock, udp)
+                _stateless_reset(sock, udp, header.destination_cid)
             return None     # not the start of a connection
         odcid, retry_scid = header.destination_cid, None
         if header.token:                    # the answer to our Retry (vaned sends no NEW_TOKEN)
@@ -403,16 +403,12 @@ def _send(sock: Any, data: bytes, addr: tuple) -> None:
         pass
 
 
-def _stateless_reset(sock: Any, udp: Any) -> None:
-    """Answer a short-header datagram for a connection this process does not hold with a
-    stateless reset (RFC 9000 §10.3): shorter than the datagram (no amplification, no
-    loop between two endpoints), at most 43 bytes, and rate-limited."""
+def _stateless_reset(sock: Any, udp: Any, cid: bytes) -> None:
+    """Answer a short-header datagram for connection ID ``cid``, which this process does not
+    hold, with a stateless reset (RFC 9000 §10.3): shorter than the datagram (no
+    amplification, no loop between two endpoints), at most 43 bytes, and rate-limited."""
     data = udp.first
-    ids = udp.ids
-    if ids is None or len(data) < 22 or not _strangers.may_reset():
-        return
-    cid = ids.short_header_id(data)
-    if cid is None:
+    if udp.ids is None or len(data) < 22 or not _strangers.may_reset():
         return
     size = min(len(data) - 1, 43)
     head = os.urandom(size - 16)
