@@ -116,3 +116,24 @@ def test_connection_counts_fold_into_the_families_on_every_read():
     assert read() == (4, 0)
     assert m.as_json()["families"]  # reading twice in a row changes nothing
     assert read() == (4, 0)
+
+
+def test_tallies_fold_by_status_class_when_the_batch_fills_and_count_every_request():
+    from vane.observe.metrics import REQUEST_BATCH
+
+    m = Metrics()
+    for i in range(REQUEST_BATCH - 1):
+        m.request("r", 200 + i % 3, 0.001)        # 200, 201, 202: one class
+    assert m.requests_seen == REQUEST_BATCH - 1
+    assert m.requests_total.child("r", "2xx")._value.get() == 0   # nothing folded yet
+    m.request("r", 404, 0.3)                       # the batch is full: folded now
+    assert m.requests_total.child("r", "2xx")._value.get() == REQUEST_BATCH - 1
+    assert m.requests_total.child("r", "4xx")._value.get() == 1
+    m.request(None, None, 0.0)
+    assert m.requests_seen == REQUEST_BATCH + 1
+    fams = families(m)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    assert samples[("vane_requests_total", (("rule", "none"), ("status_class", "none")))] == 1
+    assert samples[("vane_request_duration_seconds_count", (("rule", "r"),))] == REQUEST_BATCH
+    assert abs(samples[("vane_request_duration_seconds_sum", (("rule", "r"),))]
+               - (0.001 * (REQUEST_BATCH - 1) + 0.3)) < 1e-9

@@ -57,26 +57,26 @@ class _Family:
         return len(self._children)
 
 
-def _observe_many(child: Any, values: list[float]) -> None:
-    """Fold many observations into a histogram child with one update per bucket, not per value.
+class _RuleTally:
+    """What one rule's finished requests add up to since the last fold: counts by status, and
+    the request-duration histogram's bucket hits and sum."""
 
-    Uses prometheus_client's per-bucket values when they are there (they are in every
-    release this project supports); falls back to ``observe`` otherwise.
-    """
-    bounds = getattr(child, "_upper_bounds", None)
+    __slots__ = ("statuses", "hits", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.statuses: dict[int | None, int] = {}
+        self.hits = [0] * buckets
+        self.total = 0.0
+
+
+def _histogram_parts(child: Any) -> tuple[list, Any]:
+    """A histogram child's per-bucket values and its sum, which a fold adds to directly (one
+    update per bucket, not per observation). Every supported prometheus_client has them."""
     buckets = getattr(child, "_buckets", None)
     total = getattr(child, "_sum", None)
-    if bounds is None or buckets is None or total is None:
-        for v in values:
-            child.observe(v)
-        return
-    hits = [0] * len(bounds)
-    for v in values:
-        hits[bisect_left(bounds, v)] += 1
-    for i, n in enumerate(hits):
-        if n:
-            buckets[i].inc(n)
-    total.inc(sum(values))
+    if buckets is None or total is None:
+        raise RuntimeError("prometheus_client without per-bucket histogram values: unsupported release")
+    return buckets, total
 
 
 def enable_multiprocess(path: str) -> None:
@@ -99,8 +99,9 @@ class Metrics:
 
     def __init__(self, max_series: int = 1000, buckets: Sequence[float] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._batch: list[tuple[str | None, int | None, float]] = []
-        self._folded = 0       # request observations folded in so far
+        self._tallies: dict[str | None, _RuleTally] = {}  # by rule (None: no rule matched), since the last fold
+        self._pending = 0      # requests in the tallies
+        self._folded = 0       # requests folded in so far
         self._conns: dict[str, list[int]] = {}  # listener -> [opened, closed] since the last flush
         r = self.registry
         cap = max_series
@@ -120,6 +121,7 @@ class Metrics:
         self.request_duration = fam(
             Histogram("vane_request_duration_seconds", "HTTP request duration.", ["rule"],
                       registry=r, **hist_kw), 1)
+        self._bounds = list(self.request_duration.metric._upper_bounds)  # the last one is +Inf
         self.upstream_errors = fam(
             Counter("vane_upstream_errors_total", "Upstream failures by kind.", ["upstream", "kind"],
                     registry=r), 2)
@@ -153,40 +155,50 @@ class Metrics:
     def request(self, rule: str | None, status: int | None, seconds: float) -> None:
         """One finished HTTP request; ``rule`` None means no rule matched.
 
-        The hot path only appends to a batch (no locks, no label lookups); the batch is folded
-        into the prometheus families when it fills up or when metrics are read.
+        The hot path only adds to its rule's tally (no locks, no label lookups, nothing
+        allocated once the rule and status were seen); the tallies are folded into the
+        prometheus families when enough requests are in or when metrics are read.
         """
-        batch = self._batch
-        batch.append((rule, status, seconds))
-        if len(batch) >= REQUEST_BATCH:
+        tally = self._tallies.get(rule)
+        if tally is None:
+            tally = self._tallies[rule] = _RuleTally(len(self._bounds))
+        statuses = tally.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        tally.hits[bisect_left(self._bounds, seconds)] += 1
+        tally.total += seconds
+        self._pending += 1
+        if self._pending >= REQUEST_BATCH:
             self.flush()
 
     def flush(self) -> None:
-        """Fold the counted connections and batched request observations into the families."""
+        """Fold the counted connections and the request tallies into the families."""
         conns, self._conns = self._conns, {}
         for listener, (opened, closed) in conns.items():
             if opened:
                 self.connections_total.child(listener).inc(opened)
             if opened != closed:
                 self.connections_active.child(listener).inc(opened - closed)
-        batch, self._batch = self._batch, []
-        self._folded += len(batch)
-        counts: dict[tuple[str, str], int] = {}
-        durations: dict[str, list[float]] = {}
-        for rule, status, seconds in batch:
+        tallies, self._tallies = self._tallies, {}
+        self._folded += self._pending
+        self._pending = 0
+        for rule, tally in tallies.items():
             name = rule or "none"
-            key = (name, status_class(status))
-            counts[key] = counts.get(key, 0) + 1
-            durations.setdefault(name, []).append(seconds)
-        for key, n in counts.items():
-            self.requests_total.child(*key).inc(n)
-        for name, values in durations.items():
-            _observe_many(self.request_duration.child(name), values)
+            by_class: dict[str, int] = {}
+            for status, n in tally.statuses.items():
+                key = status_class(status)
+                by_class[key] = by_class.get(key, 0) + n
+            for key, n in by_class.items():
+                self.requests_total.child(name, key).inc(n)
+            buckets, total = _histogram_parts(self.request_duration.child(name))
+            for i, n in enumerate(tally.hits):
+                if n:
+                    buckets[i].inc(n)
+            total.inc(tally.total)
 
     @property
     def requests_seen(self) -> int:
         """HTTP requests finished in this process so far."""
-        return self._folded + len(self._batch)
+        return self._folded + self._pending
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         """``kind``: e.g. "connect", "timeout", "reset", "protocol", "tls"."""
