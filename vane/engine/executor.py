@@ -56,7 +56,8 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
             try:
                 args = node.input.resolve(ctx.kv, traj.note_missing) if impl.resolve_input else None
                 if node.terminal:
-                    timer.close()
+                    if timer is not _IDLE:
+                        timer.close()
                     outcome = impl.terminate(ctx, args)
                     traj.steps.append((node.id, node.plugin, "", (perf_counter() - t0) * 1000.0))
                     if isinstance(outcome, Upgrade):
@@ -107,7 +108,8 @@ def walk(root: Node, ctx: Context, timeout: float | None) -> Outcome:
                                                                  "node": node.id})
         return TIMEOUT
     finally:
-        timer.close()
+        if timer is not _IDLE:
+            timer.close()
 
 
 def _rejected(node: Node, ctx: Context, exc: Exception, t0: float) -> Rejected:
