@@ -64,3 +64,14 @@ def test_http3_must_be_a_boolean(tmp_path):
     with pytest.raises(CompileFailed) as info:
         compile_dir(str(tmp_path), environ={})
     assert any("/tls/http3" in str(e) for e in info.value.errors)
+
+
+def test_alt_svc_names_each_listeners_own_port_without_a_template(tmp_path):
+    """One rule on two ports: each TCP tree's Alt-Svc is a constant naming that tree's port."""
+    g = graph(tmp_path, {"a.json": rule("a", RESPOND, listen=["127.0.0.1:8443", "127.0.0.1:9443"],
+                                        tls={**TLS, "http3": True})})
+    for port in (8443, 9443):
+        tcp = g.listeners[ListenAddr("tcp", "127.0.0.1", port)]
+        [node] = [n for n in tcp.root.walk() if n.plugin == "headers"]
+        assert node.input.is_static
+        assert node.input.raw == {"response": {"add": {"alt-svc": f'h3=":{port}"; ma=86400'}}}

@@ -106,6 +106,7 @@ class Lowerer:
         self.limits = limits
         self.errors = errors
         self._trees: dict[tuple, Node] = {}
+        self._port = 0                  # of the listener whose tree is being built (Alt-Svc)
         self._reported: set[tuple[str, str]] = set()
 
     def lower(self, rules: list[CompiledRule], http01_addrs: list[ListenAddr] | None = None
@@ -208,11 +209,14 @@ class Lowerer:
         self._check_order(addr, l4 + http, l4)
         proxy_protocol = listener_proxy_protocol(addr, rules, self._error)
         mixed_tls_errors(addr, http, self._error)
-        key = (addr.transport, tuple(r.name for r in rules))
+        key: tuple = (addr.transport, tuple(r.name for r in rules))
+        if any(r.http3 for r in http):
+            key += (addr.port,)     # the tree's Alt-Svc answers name this port
         root = self._trees.get(key)
         certs = _certs(http)
         if root is None:
             label = f"{addr.transport} :{addr.port}"
+            self._port = addr.port
             tail = self._http_group(label, http) if http else self._deny_l4(label)
             root = self._chain(label, "l4", l4, tail, "/l4")
             self._trees[key] = root
@@ -275,11 +279,12 @@ class Lowerer:
 
     def _entry(self, label: str, where: str, rule: CompiledRule) -> Node:
         """Where a matched rule starts: its flow, behind an ``Alt-Svc`` header on the TCP
-        listeners of an ``http3`` rule."""
+        listeners of an ``http3`` rule (naming the port of the listener whose tree it is: a
+        constant, not a template resolved per request)."""
         if not rule.http3 or where != "/tls":
             return rule.flow
         node = self._synthetic(label, f"{where}/{rule.name}/alt-svc", "headers", "l7",
-                               {"response": {"add": {"alt-svc": 'h3=":{{listen.port}}"; ma=86400'}}})
+                               {"response": {"add": {"alt-svc": f'h3=":{self._port}"; ma=86400'}}})
         node.branches = {"next": rule.flow}
         return node
 
