@@ -137,3 +137,31 @@ def test_http10_request_without_host_names_the_upstream():
     ctx = ctx_for([("accept", "*/*")], version="1.0", authority="")
     out = headers_for(ctx, opts(forwarded=False))
     assert out.get("host") == "127.0.0.1:9000" and out.get("via") == "1.0 vane"
+
+
+def test_http2_requests_say_whether_a_forwarder_must_filter_them():
+    """The HTTP/2 parser marks a request with ``te`` or a forwarding field (it refuses the other
+    hop-by-hop ones): forged forwarding fields are still replaced, ``te: trailers`` still passed."""
+    from vane.net.h2.request import request_head
+
+    def h2(*fields):
+        base = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/p"), (b":authority", b"app.example")]
+        req, _ = request_head(base + [(k.encode(), v.encode()) for k, v in fields], "https", 100)
+        return req
+
+    plain = h2(("accept", "*/*"))
+    assert plain.hop is False
+    out = upstream_headers(plain, "203.0.113.7", opts())
+    assert names(out) == ["accept", "host", "via", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                          "forwarded"]
+    for forged in ("x-forwarded-for", "forwarded", "x-forwarded-proto", "x-forwarded-host"):
+        req = h2(("accept", "*/*"), (forged, "for=1.2.3.4"))
+        assert req.hop is True
+        out = upstream_headers(req, "203.0.113.7", opts())
+        assert out.get_all("x-forwarded-for") == ["203.0.113.7"]
+        assert out.get_all("forwarded") == ['for=203.0.113.7;proto=https;host="app.example"']
+        assert out.get("x-forwarded-proto") == "https" and out.get("x-forwarded-host") == "app.example"
+    req = h2(("te", "trailers"))
+    assert req.hop is True
+    out = upstream_headers(req, "203.0.113.7", opts(forwarded=False))
+    assert names(out) == ["te", "host", "via"]

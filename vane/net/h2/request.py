@@ -26,7 +26,7 @@ import re
 
 from vane.net.http.errors import HttpError
 from vane.net.http.limits import check_field_count, check_target_length
-from vane.net.http.message import Body, HeaderList, Headers, Request
+from vane.net.http.message import FORWARDING_FIELDS, Body, HeaderList, Headers, Request
 from vane.net.http.target import check_query, is_token, normalize_authority, normalize_path
 
 __all__ = ["request_head", "check_trailers"]
@@ -34,7 +34,7 @@ __all__ = ["request_head", "check_trailers"]
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
-_SPECIAL = _CONNECTION_SPECIFIC | {b"te", b"host", b"content-length", b"cookie"}
+_SPECIAL = _CONNECTION_SPECIFIC | FORWARDING_FIELDS | {b"te", b"host", b"content-length", b"cookie"}
 _bad_value = re.compile(rb"[\r\n\x00]|\A[ \t]|[ \t]\Z").search
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 _SCHEMES = {b"https": "https", b"http": "http"}
@@ -66,6 +66,7 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
     items: HeaderList = []
     cookies: list[bytes] | None = None
     regular = False
+    hop = False         # te or a forwarding field: what a forwarder must look at (else it need not)
     good = _good_names
     for name, value in headers:
         if name[:1] == b":":
@@ -106,6 +107,9 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
         if name == b"te":
             if value.lower() != b"trailers":
                 raise HttpError(400, "te other than trailers")
+            hop = True
+        elif name in FORWARDING_FIELDS:
+            hop = True
         elif name == b"host":
             if host is not None:
                 raise HttpError(400, "several host fields")
@@ -164,6 +168,7 @@ def request_head(headers: HeaderList, default_scheme: str, max_fields: int,
         items = [(k, joined if k == b"cookie" else v) for k, v in items]
     text_scheme = (_SCHEMES.get(scheme) or scheme.decode("latin-1")) if scheme else default_scheme
     request = Request(text_method, target, query, "2", Headers(items), body, text_scheme, auth)
+    request.hop = hop
     if protocol is not None:
         request.upgrade = "websocket"
     return request, length
