@@ -69,16 +69,6 @@ class _RuleTally:
         self.total = 0.0
 
 
-def _histogram_parts(child: Any) -> tuple[list, Any]:
-    """A histogram child's per-bucket values and its sum, which a fold adds to directly (one
-    update per bucket, not per observation). Every supported prometheus_client has them."""
-    buckets = getattr(child, "_buckets", None)
-    total = getattr(child, "_sum", None)
-    if buckets is None or total is None:
-        raise RuntimeError("prometheus_client without per-bucket histogram values: unsupported release")
-    return buckets, total
-
-
 def enable_multiprocess(path: str) -> None:
     """Every metric value made from now on, in this process and in the processes it forks,
     lives in a file of ``path`` named by its pid (prometheus_client's multiprocess mode): a
@@ -189,11 +179,13 @@ class Metrics:
                 by_class[key] = by_class.get(key, 0) + n
             for key, n in by_class.items():
                 self.requests_total.child(name, key).inc(n)
-            buckets, total = _histogram_parts(self.request_duration.child(name))
+            # one update per bucket, not per request: into the child's own per-bucket values
+            # (prometheus_client's histogram children have had them in every supported release)
+            child = self.request_duration.child(name)
             for i, n in enumerate(tally.hits):
                 if n:
-                    buckets[i].inc(n)
-            total.inc(tally.total)
+                    child._buckets[i].inc(n)
+            child._sum.inc(tally.total)
 
     @property
     def requests_seen(self) -> int:
