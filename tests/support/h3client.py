@@ -31,6 +31,7 @@ import socket
 import ssl
 import struct
 import sys
+import time
 from urllib.parse import urlparse
 
 from aioquic.asyncio.client import connect
@@ -232,6 +233,7 @@ async def main() -> int:
                                              a.timeout)
                 if a.rebind:
                     res["port"] = client._transport.get_extra_info("sockname")[1]
+                res["t"] = time.monotonic()     # when the answer was complete (rates from the client's clock)
                 print(json.dumps(res), flush=True)
             if a.ids:
                 peer = client._quic._peer_cid
