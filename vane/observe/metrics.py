@@ -173,12 +173,8 @@ class Metrics:
         self._pending = 0
         for rule, tally in tallies.items():
             name = rule or "none"
-            by_class: dict[str, int] = {}
             for status, n in tally.statuses.items():
-                key = status_class(status)
-                by_class[key] = by_class.get(key, 0) + n
-            for key, n in by_class.items():
-                self.requests_total.child(name, key).inc(n)
+                self.requests_total.child(name, status_class(status)).inc(n)
             # one update per bucket, not per request: into the child's own per-bucket values
             # (prometheus_client's histogram children have had them in every supported release)
             child = self.request_duration.child(name)
