@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""The HTTP/1.1 request path in one process, for profiling: not a load test, not a test.
+"""The request path in one process, for profiling: not a load test, not a test.
 
-    .venv/bin/python bench/path.py [--requests N] [--profile] [--only proxy|respond]
+    .venv/bin/python bench/path.py [--requests N] [--profile] [--only proxy|respond|l4]
 
 Runs vaned's real code (a compiled config, a Connection, the HTTP layer, the upstream pool)
 on loopback sockets in this process: a client greenlet sends N keep-alive requests one after
-another and a minimal backend greenlet answers each with "hello". Prints the CPU time per
+another and a minimal backend greenlet answers each with "hello" (``l4``: a new connection
+per request, relayed to the backend by an L4 ``proxy``). Prints the CPU time per
 request (process CPU, so the client's and backend's small share is included) and, with
 ``--profile``, the top of a cProfile of the whole run. Compare figures of one machine only.
 """
@@ -53,25 +54,39 @@ def backend(listener: socket.socket) -> None:
         gevent.spawn(serve, conn)
 
 
+def exchange(sock: socket.socket) -> None:
+    sock.sendall(REQUEST)
+    got = b""
+    while not got.endswith(b"hello"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("vaned closed the connection")
+        got += chunk
+
+
 def client(port: int, n: int) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for _ in range(n):
-        sock.sendall(REQUEST)
-        got = b""
-        while not got.endswith(b"hello"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("vaned closed the connection")
-            got += chunk
+        exchange(sock)
     sock.close()
+
+
+def connections(port: int, n: int) -> None:
+    """One request per connection, closed by the client after the answer."""
+    for _ in range(n):
+        sock = socket.socket()
+        sock.connect(("127.0.0.1", port))      # no resolver (create_connection would ask one)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        exchange(sock)
+        sock.close()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--only", choices=("proxy", "respond"))
+    p.add_argument("--only", choices=("proxy", "respond", "l4"))
     args = p.parse_args()
     up = socket.socket()
     up.bind(("127.0.0.1", 0))
@@ -81,12 +96,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "rules"))
         rules = []
-        for name in ("proxy", "respond"):
+        for name in ("proxy", "respond", "l4"):
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             ports[name] = s.getsockname()[1]
             s.close()
-            flow = ({"proxy": {"input": {"upstream": f"http://127.0.0.1:{up.getsockname()[1]}"}}}
+            backend_addr = f"127.0.0.1:{up.getsockname()[1]}"
+            if name == "l4":
+                rules.append({"rule": name, "listen": [f"127.0.0.1:{ports[name]}"],
+                              "flow": {"proxy": {"input": {"target": backend_addr}}}})
+                continue
+            flow = ({"proxy": {"input": {"upstream": f"http://{backend_addr}"}}}
                     if name == "proxy" else {"respond": {"input": {"body": "hello"}}})
             rules.append({"rule": name, "listen": [f"127.0.0.1:{ports[name]}"],
                           "match": {"req.host": "bench.local"}, "flow": flow})
@@ -97,13 +117,14 @@ def main() -> None:
         daemon = Daemon(tmp, settings)
         daemon.boot()
         gevent.sleep(0.3)
-        for name in (args.only,) if args.only else ("respond", "proxy"):
-            client(ports[name], 500)                    # warm up
+        for name in (args.only,) if args.only else ("respond", "proxy", "l4"):
+            run = connections if name == "l4" else client
+            run(ports[name], 500)                       # warm up
             profiler = cProfile.Profile() if args.profile else None
             t0 = time.process_time()
             if profiler:
                 profiler.enable()
-            client(ports[name], args.requests)
+            run(ports[name], args.requests)
             if profiler:
                 profiler.disable()
             used = time.process_time() - t0
