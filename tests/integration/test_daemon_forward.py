@@ -261,6 +261,43 @@ def test_short_connections_one_after_another_are_each_relayed_and_counted(env):
     assert total - total_before == 60 and active == 0
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_every_way_a_tunnel_ends_gives_its_descriptors_back(env):
+    """Connections are accepted as bare kernel sockets: relayed whole, relayed with a PROXY
+    header, reset (no target reachable), ended by the idle timeout, or dropped by the client
+    mid-stream (with RST), each one's descriptors are closed once it ends."""
+    pid = env.d.pid
+    with connect(env.fwd, timeout=5) as s:      # warm: pipes in the pool, workers started
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+    wait_until(lambda: connection_counts(env.d, env.fwd)[1] == 0)
+    before = open_fds(pid)
+    for _ in range(20):
+        with connect(env.fwd, timeout=5) as s:
+            s.sendall(b"whole")
+            s.shutdown(socket.SHUT_WR)
+            assert recv_all(s) == b"whole"
+        with connect(env.v2, timeout=5) as s:
+            s.sendall(b"behind a header")
+        with pytest.raises(ConnectionResetError):
+            with connect(env.nowhere, timeout=5) as s:
+                s.recv(10)
+        s = connect(env.fwd, timeout=5)
+        s.sendall(b"y" * 65536)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()                               # RST while the echo is on its way back
+    with connect(env.idle, timeout=5) as s:
+        s.sendall(b"a")
+        assert s.recv(1) == b"a"
+        assert s.recv(1) == b""                 # the idle timeout ended it
+    wait_until(lambda: all(connection_counts(env.d, port)[1] == 0
+                           for port in (env.fwd, env.v2, env.nowhere, env.idle)), timeout=10)
+    wait_until(lambda: open_fds(pid) <= before, timeout=10)
+
+
 def test_tls_terminated_then_forwarded_in_clear_intact():
     """``upgrade tls`` then the L4 ``proxy``: the decrypted stream is relayed to a plain target
     (a TLS stream on one side, a bare socket on the other) intact both ways."""

@@ -18,7 +18,7 @@ from vane.compile import FlowGraph
 from vane.flow.connection import Connection, admit
 from vane.net.listeners import Listener
 from vane.net.proxy_protocol import ProxyProtocolError, accept_proxied
-from vane.net.sockets import reset
+from vane.net.sockets import gevent_socket, reset
 
 from .services import Services
 
@@ -136,6 +136,7 @@ class Server:
         graph = self.graph
         plan = graph.listeners.get(listener.addr) if graph is not None else None
         if plan is not None and plan.proxy_protocol is not None and not self.draining:
+            sock = gevent_socket(sock)  # the header is read with blocking, timed calls
             try:                 # the client behind a trusted load balancer: from here on it is the peer
                 peer = accept_proxied(sock, peer, plan.proxy_protocol, self.settings.sec_handshake_timeout)
             except ProxyProtocolError as exc:

@@ -17,7 +17,7 @@ from vane.engine.executor import walk
 from vane.engine.ids import uuid7
 from vane.engine.node import Node
 from vane.engine.outcome import ServeHttp
-from vane.net.sockets import reset
+from vane.net.sockets import RawSocket, gevent_socket, reset
 from vane.net.tunnel import Counters
 from vane.observe.flowlog import LazyEntry
 
@@ -42,7 +42,7 @@ class Connection:
         self.id = uuid7()
         self.services = services
         self.listener = listener        # the Listener (its label names it)
-        self.sock = sock                # the accepted socket; UDP: the listener's socket
+        self.sock = sock                # the accepted socket (see ``socket``); UDP: the listener's
         self.udp = udp                  # UDP: the session the listener feeds
         self.peer = peer
         self.local = local
@@ -67,11 +67,10 @@ class Connection:
         services = self.services
         settings = services.settings
         self.greenlet = gevent.getcurrent()
-        ctx = L4Context(self.sock, self.peer, self.local, self.listener.label, self.proto, services,
+        ctx = L4Context(self, self.peer, self.local, self.listener.label, self.proto, services,
                         settings.sec_handshake_timeout, self.id,
                         datagram=self.udp.first if self.udp is not None else None)
         ctx.udp = self.udp
-        ctx.conn = self
         if services.flow_log.debug:
             ctx.on_step = _on_step
         self.ctx = ctx
@@ -92,6 +91,17 @@ class Connection:
         finally:
             if self.parked is None:     # a parked connection is finished by whoever resumes it
                 self.finish(outcome)
+
+    def socket(self) -> Any:
+        """The client socket for blocking, timed calls (peek, TLS, HTTP): a gevent socket.
+
+        A TCP connection is accepted as the bare kernel socket, which a plain L4 relay uses
+        as it is; the first layer that asks for more gets it wrapped here, once, and from
+        then on ``sock`` is the wrapper."""
+        sock = self.sock
+        if sock.__class__ is RawSocket:
+            sock = self.sock = gevent_socket(sock)
+        return sock
 
     # -- parking ---------------------------------------------------------------------------------
 

@@ -17,16 +17,17 @@ from vane.engine.kv import KV
 from vane.net.clienthello import ClientHelloError, needed_bytes, parse_client_hello
 from vane.net.dial import unmapped
 from vane.net.peek import classify, classify_datagram, peek
+from vane.net.sockets import reset
 
 MAX_PEEK = 16 * 1024 + 5      # one TLS record: enough for any ordinary ClientHello
 CLASSIFY_BYTES = 4096
 
 
 class L4Context(Context):
-    __slots__ = ("sock", "stream", "peer", "local", "listener", "conn", "services", "datagram",
+    __slots__ = ("_stream", "peer", "local", "listener", "conn", "services", "datagram",
                  "udp", "peek_timeout", "_peeked", "_hello_done")
 
-    def __init__(self, sock: Any, peer: tuple, local: tuple, listener: str, proto: str = "tcp",
+    def __init__(self, conn: Any, peer: tuple, local: tuple, listener: str, proto: str = "tcp",
                  services: Any = None, peek_timeout: float = 10.0, conn_id: str | None = None,
                  datagram: bytes | None = None) -> None:
         conn_id = conn_id or uuid7()
@@ -37,18 +38,40 @@ class L4Context(Context):
         })
         super().__init__("l4", kv, conn_id)
         kv.set_lazy(self._lazy)
-        self.sock = sock
-        self.stream = sock            # what upgrade / proxy read from: the socket, or a TLS stream
+        self._stream: Any = None      # the stream of an upgraded layer (TLS); None: the socket
         self.peer = peer
         self.local = local
         self.listener = listener
-        self.conn: Any = None         # the Connection (accounting, parking); None in unit tests
+        self.conn = conn              # the Connection: the client socket, accounting, parking
         self.services = services
         self.datagram = datagram      # UDP: the first datagram of the session
         self.udp: Any = None          # UDP: the session the listener feeds
         self.peek_timeout = peek_timeout
         self._peeked: bytes | None = None
         self._hello_done = False
+
+    # -- the client's bytes -------------------------------------------------------------------
+
+    @property
+    def sock(self) -> Any:
+        """The client socket, for blocking calls (a gevent socket; UDP: the listener's)."""
+        return self.conn.socket()
+
+    @property
+    def stream(self) -> Any:
+        """What upgrade and proxy read from and write to: a TLS stream, or the socket."""
+        stream = self._stream
+        return stream if stream is not None else self.conn.socket()
+
+    @property
+    def relay_stream(self) -> Any:
+        """``stream`` for a relay, which also takes the bare kernel socket as accepted."""
+        stream = self._stream
+        return stream if stream is not None else self.conn.sock
+
+    def reset_client(self) -> None:
+        """Close the client's TCP connection with a reset (it needs no gevent socket for that)."""
+        reset(self.conn.sock)
 
     # -- peeking -------------------------------------------------------------------------------
 
@@ -114,7 +137,6 @@ class L4Context(Context):
         """A context for the next layer over ``stream`` (same connection, same KV copy)."""
         new = L4Context.__new__(L4Context)
         Context.__init__(new, layer, self.kv.child(), self.conn_id, self.trajectory)
-        new.sock = self.sock
         new.peer = self.peer
         new.local = self.local
         new.listener = self.listener
@@ -123,7 +145,7 @@ class L4Context(Context):
         new.datagram = self.datagram
         new.udp = self.udp
         new.peek_timeout = self.peek_timeout
-        new.stream = stream
+        new._stream = stream
         new._peeked = None
         new._hello_done = True
         new.rule = self.rule

@@ -22,6 +22,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from .sockets import accept_raw
 from .udp import MAX_DATAGRAM, ConnectionIds, UdpSession
 from .workers import WorkerPool
 
@@ -35,6 +36,7 @@ GATE_HOLD = 5               # milliseconds a crowded worker leaves a new connect
 GATE_STALLS = 20            # holds in a row after which the others count as not accepting
 GATE_PAUSE = 1.0            # seconds it then accepts without waiting
 
+# (listener, connection, peer): a TCP connection comes as the bare kernel socket (``accept_raw``)
 Handler = Callable[["Listener", Any, tuple], None]
 
 connection_workers = WorkerPool(keep=64)  # shared by every TCP listener of the process
@@ -285,7 +287,7 @@ class Listener:
                     if stalls >= GATE_STALLS:   # a worker starting, stuck or gone: stop waiting a while
                         ungated_until, stalls = time.monotonic() + GATE_PAUSE, 0
             try:
-                conn, peer = sock.accept()
+                conn, peer = accept_raw(sock)
             except OSError as exc:
                 if self.state != "listening":
                     return

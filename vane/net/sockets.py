@@ -1,12 +1,19 @@
-"""Small operations on kernel sockets that several rooms need: close with a reset, Nagle off."""
+"""Small operations on kernel sockets that several rooms need: accept without a wrapper, a
+gevent socket when one is needed, close with a reset, Nagle off."""
 
 from __future__ import annotations
 
+import _socket
 import socket
 import struct
+from errno import EBADF
 from typing import Any
 
-__all__ = ["reset", "set_nodelay", "set_rst_on_close"]
+from gevent import socket as gsocket
+
+__all__ = ["RawSocket", "accept_raw", "gevent_socket", "reset", "set_nodelay", "set_rst_on_close"]
+
+RawSocket = _socket.socket
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -36,3 +43,34 @@ def set_nodelay(stream: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError, TypeError):
         pass
+
+
+def accept_raw(listener: gsocket.socket) -> tuple[RawSocket, Any]:
+    """Accept on a gevent listening socket, waiting on the event loop for a connection.
+
+    The connection comes as the kernel socket itself, non-blocking, without gevent's wrapper
+    and its two watchers: a plain L4 relay needs neither, and ``gevent_socket`` makes the
+    wrapper when a layer reads or writes with blocking calls. Raises OSError (the listening
+    socket closed, out of descriptors, ...).
+    """
+    raw = listener._sock
+    while True:
+        try:
+            fd, peer = raw._accept()
+            break
+        except BlockingIOError:
+            event = listener._read_event
+            if event is None:
+                raise OSError(EBADF, "listening socket closed") from None
+            listener._wait(event)
+    sock = RawSocket(raw.family, socket.SOCK_STREAM, 0, fd)
+    sock.setblocking(False)
+    return sock, peer
+
+
+def gevent_socket(sock: Any) -> Any:
+    """``sock`` as a gevent socket: an accepted kernel socket is handed over to a new wrapper
+    (it is detached: use only the result from here on); anything else is returned as is."""
+    if sock.__class__ is RawSocket:
+        return gsocket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    return sock

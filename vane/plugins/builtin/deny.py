@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import Terminator
-from vane.net.sockets import reset
 
 
 class Deny(Terminator):
@@ -13,6 +12,6 @@ class Deny(Terminator):
         if ctx.layer != "l7":
             if getattr(ctx, "udp", None) is not None:
                 return FINISHED  # UDP: the session is simply not created
-            reset(ctx.sock)
+            ctx.reset_client()
             return FINISHED
         return ctx.respond_status(int(args.get("status", 403)), args.get("body"), args.get("headers"))

@@ -21,7 +21,6 @@ from vane.engine.plugin import LinkEnv, Terminator
 from vane.engine.template import TemplateError, render
 from vane.net.dial import ip_family, split_target, tcp_connect, tcp_connect_nonblocking, udp_connect
 from vane.net.proxy_protocol import header_v1, header_v2
-from vane.net.sockets import reset
 from vane.net.tunnel import relay
 from vane.net.udp import relay_session
 from vane.net.upstream.group import Group, GroupError, anonymous
@@ -130,7 +129,7 @@ class L4Proxy(Terminator):
             ctx.trajectory.note_error("no target reachable: " + "; ".join(errors))
             log.warning("no target reachable: %s", "; ".join(errors), extra=ctx.log_extra())
             if proto == "tcp":
-                reset(ctx.sock)
+                ctx.reset_client()
             return FINISHED
         ctx.kv.set("plugin.proxy.target", chosen)
         if ctx.conn is not None:
@@ -147,7 +146,7 @@ class L4Proxy(Terminator):
                 relay_session(ctx.udp, upstream, idle, prefix)
                 return FINISHED
             counters = ctx.conn.counters if ctx.conn is not None else None
-            relay(ctx.stream, upstream, idle, counters, upstream_prefix=prefix)
+            relay(ctx.relay_stream, upstream, idle, counters, upstream_prefix=prefix)
         finally:
             if backend is not None:
                 backend.end()

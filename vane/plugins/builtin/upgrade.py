@@ -17,7 +17,6 @@ from vane.config.load import resolve_path
 from vane.engine.outcome import FINISHED, ServeHttp
 from vane.engine.outcome import Upgrade as UpgradeOutcome
 from vane.engine.plugin import LinkEnv, Terminator
-from vane.net.sockets import reset
 
 log = logging.getLogger("vane.tls")
 
@@ -62,7 +61,7 @@ class Upgrade(Terminator):
         if self.quic is not None:
             return self._quic(ctx, floor)
         if floor is not None and not floor.allow_handshake(ctx.kv.get("conn.ip")):
-            reset(ctx.sock)
+            ctx.reset_client()
             return FINISHED
         try:
             stream = self.tls.accept(ctx.sock)
