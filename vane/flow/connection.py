@@ -17,7 +17,7 @@ from vane.engine.executor import walk
 from vane.engine.ids import uuid7
 from vane.engine.node import Node
 from vane.engine.outcome import ServeHttp
-from vane.net.sockets import RawSocket, gevent_socket, reset
+from vane.net.sockets import gevent_socket, reset
 from vane.net.tunnel import Counters
 from vane.observe.flowlog import LazyEntry
 
@@ -98,9 +98,7 @@ class Connection:
         A TCP connection is accepted as the bare kernel socket, which a plain L4 relay uses
         as it is; the first layer that asks for more gets it wrapped here, once, and from
         then on ``sock`` is the wrapper."""
-        sock = self.sock
-        if sock.__class__ is RawSocket:
-            sock = self.sock = gevent_socket(sock)
+        sock = self.sock = gevent_socket(self.sock)
         return sock
 
     # -- parking ---------------------------------------------------------------------------------
