@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The request path in one process, for profiling: not a load test, not a test.
 
-    .venv/bin/python bench/path.py [--requests N] [--profile] [--only proxy|respond|l4]
+    .venv/bin/python bench/path.py [--requests N] [--profile] [--only proxy|respond|conn|tls|l4]
 
 Runs vaned's real code (a compiled config, a Connection, the HTTP layer, the upstream pool)
 on loopback sockets in this process: a client greenlet sends N keep-alive requests one after
-another and a minimal backend greenlet answers each with "hello" (``l4``: a new connection
-per request, relayed to the backend by an L4 ``proxy``). Prints the CPU time per
+another and a minimal backend greenlet answers each with "hello" (``conn``: the ``respond``
+rule with a new connection per request; ``tls``: the same over TLS 1.3, a full handshake each;
+``l4``: a new connection per request, relayed to the backend by an L4 ``proxy``). Prints the CPU time per
 request (process CPU, so the client's and backend's small share is included) and, with
 ``--profile``, the top of a cProfile of the whole run. Compare figures of one machine only.
 """
@@ -21,6 +22,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import pstats  # noqa: E402
 import socket  # noqa: E402
+import ssl  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -33,6 +35,7 @@ from vane.config.settings import Settings  # noqa: E402
 from vane.daemon.daemon import Daemon  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: path\r\nAccept: */*\r\n\r\n"
+CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n"
 ANSWER = (b"HTTP/1.1 200 OK\r\nServer: backend\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n"
           b"Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello")
 
@@ -72,21 +75,56 @@ def client(port: int, n: int) -> None:
     sock.close()
 
 
+def dial(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", port))      # no resolver (create_connection would ask one)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def connections(port: int, n: int) -> None:
     """One request per connection, closed by the client after the answer."""
     for _ in range(n):
-        sock = socket.socket()
-        sock.connect(("127.0.0.1", port))      # no resolver (create_connection would ask one)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = dial(port)
         exchange(sock)
         sock.close()
+
+
+def closed_connections(port: int, n: int, tls: ssl.SSLContext | None = None) -> None:
+    """A new connection per request (``Connection: close``), read until vaned closes it."""
+    for _ in range(n):
+        sock = dial(port)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname="bench.local")
+        sock.sendall(CLOSE_REQUEST)
+        while sock.recv(65536):
+            pass
+        sock.close()
+
+
+def tls_files(tmp: str) -> tuple[str, str, ssl.SSLContext]:
+    """A throwaway P-256 certificate for bench.local, and a client context that takes it."""
+    from cryptography.hazmat.primitives import serialization
+
+    from vane.acme.challenges import self_signed
+    cert, key = self_signed(("bench.local",))
+    cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    client = ssl.create_default_context(cafile=cert_path)
+    client.minimum_version = ssl.TLSVersion.TLSv1_3
+    client.set_alpn_protocols(["http/1.1"])
+    return cert_path, key_path, client
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--only", choices=("proxy", "respond", "l4"))
+    p.add_argument("--only", choices=("proxy", "respond", "conn", "tls", "l4"))
     args = p.parse_args()
     up = socket.socket()
     up.bind(("127.0.0.1", 0))
@@ -95,8 +133,9 @@ def main() -> None:
     ports = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "rules"))
+        cert_path, key_path, client_tls = tls_files(tmp)
         rules = []
-        for name in ("proxy", "respond", "l4"):
+        for name in ("proxy", "respond", "conn", "tls", "l4"):
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             ports[name] = s.getsockname()[1]
@@ -108,17 +147,23 @@ def main() -> None:
                 continue
             flow = ({"proxy": {"input": {"upstream": f"http://{backend_addr}"}}}
                     if name == "proxy" else {"respond": {"input": {"body": "hello"}}})
-            rules.append({"rule": name, "listen": [f"127.0.0.1:{ports[name]}"],
-                          "match": {"req.host": "bench.local"}, "flow": flow})
+            rule = {"rule": name, "listen": [f"127.0.0.1:{ports[name]}"],
+                    "match": {"req.host": "bench.local"}, "flow": flow}
+            if name == "tls":
+                rule["tls"] = {"cert": cert_path, "key": key_path}
+            rules.append(rule)
         with open(os.path.join(tmp, "rules", "r.json"), "w") as fh:
             json.dump(rules, fh)
         settings = Settings.from_env({"VANE_MGMT_HTTP_PORT": "", "VANE_MGMT_UNIX": os.path.join(tmp, "s.sock"),
-                                      "VANE_STATE_DIR": tmp, "VANE_LOG_LEVEL": "warning"})
+                                      "VANE_STATE_DIR": tmp, "VANE_LOG_LEVEL": "warning",
+                                      "VANE_SEC_TLS_HANDSHAKES_PER_IP": "100000000"})
         daemon = Daemon(tmp, settings)
         daemon.boot()
         gevent.sleep(0.3)
-        for name in (args.only,) if args.only else ("respond", "proxy", "l4"):
-            run = connections if name == "l4" else client
+        runs = {"l4": connections, "conn": closed_connections,
+                "tls": lambda port, n: closed_connections(port, n, client_tls)}
+        for name in (args.only,) if args.only else ("respond", "proxy", "conn", "tls", "l4"):
+            run = runs.get(name, client)
             run(ports[name], 500)                       # warm up
             profiler = cProfile.Profile() if args.profile else None
             t0 = time.process_time()
