@@ -1,5 +1,6 @@
 """End to end, the front of vaned: two TLS sites and cleartext HTTP on one port, SNI and ALPN,
-request smuggling refused before anything reaches a backend, slowloris cut at the header timeout."""
+request smuggling refused before anything reaches a backend, slowloris cut at the header timeout;
+and a cleartext-only port, where the first bytes tell HTTP/1.1 from h2c prior knowledge."""
 
 import socket
 import ssl
@@ -12,6 +13,7 @@ import trustme
 
 from tests.support.config import http_proxy, rule, write_config
 from tests.support.daemon import Vaned
+from tests.support.h2raw import RawH2
 from tests.support.http_backend import Backend
 from tests.support.net import curl, free_port
 
@@ -44,9 +46,16 @@ def env(tmp_path_factory):
             r["tls"] = {"cert": f"certs/{host}.pem", "key": f"certs/{host}.key"}
         return r
 
+    e.plain_port = free_port()     # cleartext only: no node at L4 looks at the first bytes
+    plain_only = rule("plain-only", http_proxy(e.c.url), listen=[f"127.0.0.1:{e.plain_port}"],
+                      match={"req.host": "plain.test"})
     write_config(root, {"10-a.json": site("site-a", "a.test", e.a), "20-b.json": site("site-b", "b.test", e.b),
-                        "30-plain.json": site("plain", "plain.test", e.c, tls=False)}, config={})
-    e.vaned = Vaned(root, {"VANE_SEC_HEADER_TIMEOUT_SECS": "1"}).wait_accepting(e.port)
+                        "30-plain.json": site("plain", "plain.test", e.c, tls=False),
+                        "40-plain-only.json": plain_only}, config={})
+    # the handshake timeout (which bounds a peek) well above the header timeout: a wait that
+    # took the one before the other would show
+    e.vaned = Vaned(root, {"VANE_SEC_HEADER_TIMEOUT_SECS": "1", "VANE_SEC_HANDSHAKE_TIMEOUT_SECS": "6"})
+    e.vaned.wait_accepting(e.port).wait_accepting(e.plain_port)
     yield e
     e.vaned.stop()
     for b in (e.a, e.b, e.c):
@@ -167,3 +176,87 @@ def test_slowloris_cut_at_header_timeout_while_others_are_served(env):
     slow.close()
     assert data.startswith(b"HTTP/1.1 408")
     assert 0.8 < time.monotonic() - t0 < 3.5
+
+
+# -- the cleartext-only port: HTTP/1.1 or h2c, told by the first bytes ----------------------------
+
+def read_all(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def test_cleartext_first_byte_then_silence_is_408_at_the_header_timeout(env):
+    with socket.create_connection(("127.0.0.1", env.plain_port), timeout=10) as s:
+        t0 = time.monotonic()
+        s.sendall(b"G")
+        data = read_all(s)
+        waited = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 408")
+    assert waited < 4.0     # the header timeout (1 s), not the handshake timeout (6 s) before it
+
+
+def test_silent_cleartext_client_closed_at_the_header_timeout(env):
+    with socket.create_connection(("127.0.0.1", env.plain_port), timeout=10) as s:
+        t0 = time.monotonic()
+        data = read_all(s)
+        waited = time.monotonic() - t0
+    assert data == b"" and waited < 4.0
+
+
+def test_h2c_preface_in_pieces_is_served_over_http2(env):
+    class Trickled(RawH2):
+        """Sends the client preface and its SETTINGS a few bytes at a time."""
+
+        pieces = (1, 3, 10, 23)     # cuts inside the 24-byte preface, and after it
+
+        def flush(self) -> None:
+            data = self.conn.data_to_send()
+            cuts = self.pieces
+            self.pieces = ()
+            start = 0
+            for cut in cuts:
+                self.sock.sendall(data[start:cut])
+                start = cut
+                time.sleep(0.05)
+            if data[start:]:
+                self.sock.sendall(data[start:])
+
+    before = env.c.requests
+    client = Trickled(env.plain_port)
+    sid = client.get(b"/split", authority=b"plain.test")
+    assert client.pump(lambda: client.responses.get(sid, {}).get("ended"))
+    assert client.responses[sid]["status"] == 200 and client.responses[sid]["body"] == b"C /split"
+    assert env.c.requests == before + 1
+    client.sock.close()
+
+
+def test_curl_h2c_prior_knowledge_on_the_cleartext_port(env):
+    out = curl("--http2-prior-knowledge", "-H", "Host: plain.test", f"http://127.0.0.1:{env.plain_port}/x",
+               "-o", "/dev/null", "-w", "%{http_code} %{http_version}")
+    assert out.stdout == b"200 2"
+
+
+def test_request_sharing_the_prefaces_first_byte_is_http1(env):
+    """A POST opens like the preface ("P"); sent a byte at first, it is still an HTTP/1.1 request."""
+    with socket.create_connection(("127.0.0.1", env.plain_port), timeout=5) as s:
+        s.sendall(b"P")
+        time.sleep(0.05)
+        s.sendall(b"OST /echo HTTP/1.1\r\nHost: plain.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        data = read_all(s)
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello")
+
+
+@pytest.mark.parametrize("opening", [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",      # the preface, wrong
+                                     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r",          # one byte short, then EOF
+                                     b"PRI / HTTP/1.1\r\nHost: plain.test\r\n\r\n"])
+def test_not_quite_the_preface_never_reaches_the_backend(env, opening):
+    before = env.c.requests
+    with socket.create_connection(("127.0.0.1", env.plain_port), timeout=5) as s:
+        s.sendall(opening)
+        if not opening.endswith(b"\r\n\r\n"):
+            s.shutdown(socket.SHUT_WR)
+        data = read_all(s)
+    assert data == b"" or data.startswith(b"HTTP/1.1 400"), data[:80]
+    assert env.c.requests == before

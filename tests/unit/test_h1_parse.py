@@ -615,3 +615,56 @@ def test_generic_stream_request_response_and_timeout(pair):
     with pytest.raises(HttpError) as info:
         conn.next_request()
     assert status_of(info) == 408
+
+
+# -- opens_with: the h2c preface told from a request by the first bytes ------------------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def test_opens_with_preface_in_pieces_hands_the_bytes_on(pair):
+    server, client = pair
+    conn = H1ServerConnection(server, H1Limits(header_timeout=2))
+
+    def trickle():
+        for piece in (PREFACE[:1], PREFACE[1:9], PREFACE[9:] + b"\x00\x00\x00\x04"):
+            client.sendall(piece)
+            gevent.sleep(0.05)
+
+    g = gevent.spawn(trickle)
+    assert conn.opens_with(PREFACE)
+    g.join()
+    rest = conn.take_input()
+    assert rest.startswith(PREFACE) and conn.bytes_in == 0
+    assert conn.next_request() is None      # the bytes went to the other codec: no request here
+
+
+def test_opens_with_a_request_leaves_it_to_next_request(pair):
+    conn, _ = conn_for(pair, b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok")
+    assert not conn.opens_with(PREFACE)
+    req = conn.next_request()
+    assert (req.method, req.path, b"".join(req.body)) == ("POST", "/p", b"ok")
+    assert conn.bytes_in == len(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_opens_with_first_byte_then_silence_is_408_within_the_header_timeout(pair):
+    conn, _ = conn_for(pair, b"G", H1Limits(header_timeout=0.3))
+    start = time.monotonic()
+    assert not conn.opens_with(PREFACE)
+    with pytest.raises(HttpError) as info:
+        conn.next_request()
+    assert status_of(info) == 408 and time.monotonic() - start < 1.5
+
+
+def test_opens_with_silent_client_gets_no_request(pair):
+    server, _ = pair
+    conn = H1ServerConnection(server, H1Limits(header_timeout=0.3))
+    start = time.monotonic()
+    assert not conn.opens_with(PREFACE)
+    assert conn.next_request() is None and time.monotonic() - start < 1.5
+
+
+def test_opens_with_partial_preface_then_eof(pair):
+    conn, _ = conn_for(pair, PREFACE[:10], eof=True)
+    assert not conn.opens_with(PREFACE)
+    assert conn.next_request() is None

@@ -49,15 +49,18 @@ def serve_http(conn: Any, ctx: Any, upgrade: Node, graph: Any) -> None:
         from vane.net.quic.serve import serve_h3
         serve_h3(service)
         return
-    if ctx.kv.get("tls.alpn") == "h2" or (scheme == "http" and _h2c_preface(ctx)):
+    if ctx.layer == "l4+" and ctx.kv.get("tls.alpn") == "h2":
         serve_h2(service, scheme)
         return
-    H1Session(service, scheme).run()
-
-
-def _h2c_preface(ctx: Any) -> bool:
-    """Cleartext HTTP/2 with prior knowledge: the stream opens with the client preface."""
-    return ctx.layer == "l4" and ctx.peeked().startswith(H2_PREFACE)
+    session = H1Session(service, scheme)
+    # cleartext HTTP/2 with prior knowledge: the first bytes, read as the first request's, are
+    # the client preface (read, not peeked: the header timeout bounds the wait, once)
+    if ctx.layer == "l4":
+        ctx.read_from_now()
+        if session.codec.opens_with(H2_PREFACE):
+            serve_h2(service, scheme, session.codec.take_input())
+            return
+    session.run()
 
 
 class HttpEntry:
@@ -295,7 +298,7 @@ class H1Session:
 
 # -- HTTP/2 --------------------------------------------------------------------------------------
 
-def serve_h2(service: HttpService, scheme: str) -> None:
+def serve_h2(service: HttpService, scheme: str, preread: bytes = b"") -> None:
     from vane.net.h2.server import H2Limits, H2ServerConnection
 
     settings = service.settings
@@ -331,7 +334,8 @@ def serve_h2(service: HttpService, scheme: str) -> None:
                       send_timeout=settings.sec_send_timeout,
                       stream_buffer=settings.sec_h2_stream_window,
                       connection_window=settings.sec_h2_connection_window)
-    codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished, inline=inline)
+    codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished, inline=inline,
+                               preread=preread)
     watcher = gevent.spawn(_goaway_on_drain, service.services.draining, codec)
     conn = service.conn
     conn.codec = codec

@@ -86,6 +86,15 @@ class L4Context(Context):
                 self._peeked = peek(self.sock, CLASSIFY_BYTES, self.peek_timeout)
         return self._peeked
 
+    def read_from_now(self) -> None:
+        """A codec consumes the plaintext stream from here on: nothing is peekable any more
+        (``peek.*`` keeps what was seen before, if anything) and no ClientHello came (the
+        offered ``tls.*`` keys are empty unless an earlier node had them read)."""
+        if self._peeked is None:
+            self._peeked = b""
+        if not self._hello_done:
+            self._client_hello()
+
     def protocol(self) -> str:
         data = self.peeked()
         if self.datagram is not None:

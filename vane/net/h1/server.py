@@ -283,6 +283,49 @@ class H1ServerConnection:
         self.bytes_out += sent
         return sent
 
+    def opens_with(self, prefix: bytes) -> bool:
+        """Before the first request: whether the client's input opens with ``prefix`` (the
+        HTTP/2 client preface of a client with prior knowledge).
+
+        Reads as ``next_request`` would (the first byte within the header timeout) and goes
+        on reading only while what arrived is still the start of ``prefix``, within the header
+        timeout of the first read. Nothing read is lost: the bytes are the first request's
+        (``next_request`` parses them) or, when True, ``take_input()`` hands them on. A client
+        that sent nothing in time, or closed, gets no request from ``next_request``.
+        """
+        io = self._io
+        timeout = self.limits.header_timeout
+        got = b""
+        deadline = 0.0
+        while True:
+            try:
+                n = io.recv_into(recv_buffer, timeout)
+            except OSError:         # a timeout included: what came is parsed, and the head is late
+                n = 0
+            if not n:
+                if not got:
+                    self._keep = False
+                break
+            got += recv_view[:n]
+            if len(got) >= len(prefix) or not prefix.startswith(got):
+                break
+            now = monotonic()
+            deadline = deadline or now + timeout
+            timeout = deadline - now
+            if timeout <= 0:
+                break
+        self.bytes_in += len(got)
+        self._rest = got
+        return got.startswith(prefix)
+
+    def take_input(self) -> bytes:
+        """The bytes read and not parsed (after ``opens_with``), for the codec that takes the
+        connection over and counts them; this one serves no request."""
+        rest, self._rest = self._rest, b""
+        self.bytes_in -= len(rest)
+        self._keep = False
+        return rest
+
     def write_error(self, status: int, body: str = "") -> int:
         """Answer ``status`` with a short text body and ``Connection: close``."""
         self._keep = False
@@ -316,15 +359,16 @@ class H1ServerConnection:
         """Read until a request head is complete (or EOF / idle timeout before one).
 
         True when ``idle`` seconds passed before the first byte of a head (nothing consumed)."""
+        in_head = self._in_head     # bytes of the next head arrived with the last body
         if self._rest:
             rest, self._rest = self._rest, b""
             self._feed(rest, len(rest))
             if self._ready:
                 return False
+            in_head = True          # a head has begun: the header timeout runs
         limits = self.limits
         io = self._io
         deadline = 0.0
-        in_head = self._in_head     # bytes of the next head arrived with the last body
         while True:
             if in_head:
                 now = monotonic()

@@ -118,8 +118,9 @@ class H2ServerConnection:
                  limits: H2Limits = H2Limits(), scheme: str = "https",
                  spawn: Callable[..., Any] = workers.spawn,
                  finished: Callable[[Any, Response, int, bool], None] | None = None,
-                 inline: Callable[[Request], bool] | None = None) -> None:
+                 inline: Callable[[Request], bool] | None = None, preread: bytes = b"") -> None:
         self._stream = stream
+        self._preread = preread     # read off the stream before this codec took it (the h2c preface)
         set_nodelay(stream)
         self._handler = handler
         self._finished = finished
@@ -174,37 +175,40 @@ class H2ServerConnection:
         started = time.monotonic()
         graceful = False
         try:
+            data, self._preread = self._preread, b""
             while not self._closed:
                 if (self._draining or self._peer_goaway) and not self._streams:
                     graceful = True
                     break
-                try:
-                    self._in_recv = True
-                    data = stream.recv(RECV_SIZE)
-                except _Wakeup:
-                    continue
-                except TimeoutError:
-                    now = time.monotonic()
-                    if not self._seen_request:
-                        if now - started >= limits.header_timeout:
-                            log.debug("h2: no request within %.0fs, closing", limits.header_timeout)
-                            break
-                    elif not self._streams and now - self._last_active >= limits.idle_timeout:
-                        graceful = True
-                        break
-                    continue
-                except OSError:
-                    break
-                finally:
-                    self._in_recv = False
                 if not data:
-                    break
+                    try:
+                        self._in_recv = True
+                        data = stream.recv(RECV_SIZE)
+                    except _Wakeup:
+                        continue
+                    except TimeoutError:
+                        now = time.monotonic()
+                        if not self._seen_request:
+                            if now - started >= limits.header_timeout:
+                                log.debug("h2: no request within %.0fs, closing", limits.header_timeout)
+                                break
+                        elif not self._streams and now - self._last_active >= limits.idle_timeout:
+                            graceful = True
+                            break
+                        continue
+                    except OSError:
+                        break
+                    finally:
+                        self._in_recv = False
+                    if not data:
+                        break
                 self.bytes_in += len(data)
                 out.held = True
                 try:
                     ok = self._receive(data)
                 finally:
                     out.held = False
+                data = b""
                 out.flush()
                 if not ok:
                     break
