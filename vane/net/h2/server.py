@@ -175,46 +175,50 @@ class H2ServerConnection:
         started = time.monotonic()
         graceful = False
         try:
-            data, self._preread = self._preread, b""
+            preread, self._preread = self._preread, b""
+            if preread and not self._take(preread):
+                return
             while not self._closed:
                 if (self._draining or self._peer_goaway) and not self._streams:
                     graceful = True
                     break
-                if not data:
-                    try:
-                        self._in_recv = True
-                        data = stream.recv(RECV_SIZE)
-                    except _Wakeup:
-                        continue
-                    except TimeoutError:
-                        now = time.monotonic()
-                        if not self._seen_request:
-                            if now - started >= limits.header_timeout:
-                                log.debug("h2: no request within %.0fs, closing", limits.header_timeout)
-                                break
-                        elif not self._streams and now - self._last_active >= limits.idle_timeout:
-                            graceful = True
-                            break
-                        continue
-                    except OSError:
-                        break
-                    finally:
-                        self._in_recv = False
-                    if not data:
-                        break
-                self.bytes_in += len(data)
-                out.held = True
                 try:
-                    ok = self._receive(data)
+                    self._in_recv = True
+                    data = stream.recv(RECV_SIZE)
+                except _Wakeup:
+                    continue
+                except TimeoutError:
+                    now = time.monotonic()
+                    if not self._seen_request:
+                        if now - started >= limits.header_timeout:
+                            log.debug("h2: no request within %.0fs, closing", limits.header_timeout)
+                            break
+                    elif not self._streams and now - self._last_active >= limits.idle_timeout:
+                        graceful = True
+                        break
+                    continue
+                except OSError:
+                    break
                 finally:
-                    out.held = False
-                data = b""
-                out.flush()
-                if not ok:
+                    self._in_recv = False
+                if not data or not self._take(data):
                     break
                 out.wait_room(self._tick)
         finally:
             self._finish(graceful)
+
+    def _take(self, data: bytes) -> bool:
+        """Handle bytes from the client; what they caused leaves in one write. False: the
+        connection failed (a protocol error, GOAWAY sent)."""
+        self.bytes_in += len(data)
+        out = self._out
+        out.held = True
+        try:
+            ok = self._receive(data)
+        finally:
+            out.held = False
+        out.flush()
+        return ok
 
     def _receive(self, data: bytes) -> bool:
         try:
