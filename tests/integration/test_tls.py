@@ -187,6 +187,50 @@ def test_handshake_timeout_closes_silent_client(certs):
         server.stop()
 
 
+def test_bare_accepted_socket_terminates_and_times_out(ca, certs):
+    """The daemon hands the handshake the kernel socket as accepted (non-blocking, no gevent
+    wrapper): the stream's own watchers carry a whole exchange, and the handshake timeout."""
+    from gevent import socket as gsocket
+
+    from vane.net.sockets import accept_raw
+
+    tls = ServerTLS([certs["a"]], handshake_timeout=0.3)
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    outcomes: list = []
+
+    def serve_one() -> None:
+        sock, _ = accept_raw(listener)
+        try:
+            stream = tls.accept(sock)
+        except TLSHandshakeError as exc:
+            outcomes.append(exc)
+            return
+        outcomes.append(stream.recv(100))
+        stream.sendall(b"pong")
+        stream.close()
+
+    port = listener.getsockname()[1]
+    try:
+        g = gevent.spawn(serve_one)
+        with connect(port, client_ctx(ca), "a.test") as s:
+            time.sleep(0.2)                  # the server's read waits (no timeout of its own)
+            s.sendall(b"ping")
+            assert s.recv(4) == b"pong"
+        g.join(5)
+        assert outcomes == [b"ping"]
+        g = gevent.spawn(serve_one)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            started = time.monotonic()
+            assert raw.recv(100) == b""      # silent: closed at the handshake timeout
+            assert time.monotonic() - started < 3
+        g.join(5)
+        assert isinstance(outcomes[1], TLSHandshakeTimeout)
+    finally:
+        listener.close()
+
+
 def test_echo_5mib_intact(ca, two_cert_server):
     payload = os.urandom(5 * 1024 * 1024)
     with connect(two_cert_server.port, client_ctx(ca), "a.test") as s:
@@ -213,7 +257,6 @@ def test_shutdown_write_keeps_read_side(ca, certs):
     got: list[bytes] = []
 
     def app(stream: TLSStream) -> None:
-        stream.settimeout(5)
         stream.sendall(b"hello")
         stream.shutdown_write()
         buf = bytearray(64)

@@ -54,7 +54,8 @@ class L4Context(Context):
 
     @property
     def sock(self) -> Any:
-        """The client socket, for blocking calls (a gevent socket; UDP: the listener's)."""
+        """The client socket, for blocking calls (a gevent socket; UDP: the listener's). Not
+        after ``upgrade tls``: the TLS stream owns the socket as accepted."""
         return self.conn.socket()
 
     @property

@@ -65,7 +65,8 @@ class ServerTLS:
         return [dict(entry.info, default=(i == 0)) for i, entry in enumerate(self._certs)]
 
     def accept(self, sock: socket.socket) -> "TLSStream":
-        """Run the server handshake on an accepted gevent socket; bytes peeked earlier are still queued.
+        """Run the server handshake on an accepted socket (bare as accepted, or gevent's: the
+        stream waits on watchers of its own); bytes peeked earlier are still queued.
 
         Raises ``TLSHandshakeTimeout`` or ``TLSHandshakeError`` after closing the socket.
         """

@@ -58,7 +58,8 @@ class TLSStream:
         self._sock = sock
         self._conn = conn
         self._fd = sock.fileno()
-        self._timeout: float | None = sock.gettimeout()
+        # the socket's own timeout, if any (0.0, a bare non-blocking socket's, is none: waits are ours)
+        self._timeout: float | None = sock.gettimeout() or None
         loop = get_hub().loop
         self._rw: Any = loop.io(self._fd, READ_EVENT)
         self._ww: Any = loop.io(self._fd, WRITE_EVENT)
