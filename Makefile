@@ -1,5 +1,7 @@
 # vane — developer entry points. `make run` and `make test` work on a fresh Debian 12 machine.
-PYTHON  ?= python3
+# Debian's python3.11 where there is one: the package runs on it (debian/rules), so the venv,
+# the tests and `make bench` do too, whatever else is first on PATH
+PYTHON  ?= $(firstword $(wildcard /usr/bin/python3.11) python3)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat setup.cfg | cksum | cut -d' ' -f1)
