@@ -300,7 +300,7 @@ class H1ServerConnection:
         while True:
             try:
                 n = io.recv_into(recv_buffer, timeout)
-            except OSError:         # a timeout included: what came is parsed, and the head is late
+            except OSError:         # a timeout included: what came is left to next_request
                 n = 0
             if not n:
                 if not got:
@@ -314,15 +314,16 @@ class H1ServerConnection:
             timeout = deadline - now
             if timeout <= 0:
                 break
-        self.bytes_in += len(got)
         self._rest = got
-        return got.startswith(prefix)
+        if got.startswith(prefix):
+            return True             # the codec that takes them counts them
+        self.bytes_in += len(got)
+        return False
 
     def take_input(self) -> bytes:
-        """The bytes read and not parsed (after ``opens_with``), for the codec that takes the
-        connection over and counts them; this one serves no request."""
+        """The bytes ``opens_with`` read, for the codec that takes the connection over; this
+        one serves no request."""
         rest, self._rest = self._rest, b""
-        self.bytes_in -= len(rest)
         self._keep = False
         return rest
 
