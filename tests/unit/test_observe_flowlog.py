@@ -110,3 +110,41 @@ def wait_lines(path, n, timeout=2.0):
             return True
         gevent.sleep(0.01)
     return False
+
+
+def _walked():
+    from vane.engine.trajectory import Trajectory
+    traj = Trajectory()
+    traj.rule = "blog"
+    traj.steps.append(("/route", "route", "main", 0.0123))
+    traj.steps.append(("/main/respond", "respond", "", 0.5))
+    traj.note_missing("req.header.x-nope")
+    traj.outcome = "finished"
+    return traj
+
+
+def test_a_walk_entry_is_built_when_read_and_keeps_what_it_was_given():
+    import gc
+
+    from vane.observe.flowlog import L4, L7, as_dict
+    fl = FlowLog(clock=lambda: 10.0)
+    traj = _walked()
+    fl.record((5.0, L7, (traj.freeze(), 5.0, "c1", 3, "tcp 127.0.0.1:80", 200, "GET", "a.test", "/x",
+                         "1.1", ("10.0.0.1", 4242), 0, 120, "finished", 0.0025)))
+    fl.record((6.0, L4, (traj.freeze(), 6.0, "c1", "tcp 127.0.0.1:80", "finished", ("10.0.0.1", 4242),
+                         77, 120, 1.5)))
+    traj.note_error("later")              # after the record: not part of it
+    traj.steps.append(("/late", "x", "", 1.0))
+    for _ in range(6):                    # each collection stops tracking one level of tuples
+        gc.collect()
+    kept = list(fl._ring)
+    assert not any(gc.is_tracked(e) for e in kept)   # no object graph for the collector to scan
+    l7, l4 = (as_dict(e) for e in kept)
+    assert l7 == {"rule": "blog", "outcome": "finished", "missing": ["req.header.x-nope"], "errors": [],
+                  "steps": [{"node": "/route", "plugin": "route", "branch": "main", "ms": 0.012},
+                            {"node": "/main/respond", "plugin": "respond", "branch": "", "ms": 0.5}],
+                  "ts": 5.0, "conn": "c1", "request": "c1/3", "listener": "tcp 127.0.0.1:80", "layer": "l7",
+                  "status": 200, "method": "GET", "host": "a.test", "path": "/x", "version": "1.1",
+                  "remote": "10.0.0.1:4242", "bytes_in": 0, "bytes_out": 120, "ms": 2.5}
+    assert l4["layer"] == "l4" and l4["status"] is None and l4["bytes_in"] == 77 and l4["ms"] == 1500.0
+    assert len(l4["steps"]) == 2 and l4["errors"] == []

@@ -19,7 +19,7 @@ from vane.engine.node import Node
 from vane.engine.outcome import ServeHttp
 from vane.net.sockets import gevent_socket, reset
 from vane.net.tunnel import Counters
-from vane.observe.flowlog import LazyEntry
+from vane.observe.flowlog import L4
 
 from .l4context import L4Context
 
@@ -135,9 +135,9 @@ class Connection:
         if root_ctx is not None:
             traj = root_ctx.trajectory
             now = time.time()
-            services.flow_log.record(LazyEntry(now, _l4_entry, traj, now, self.id, self.listener.label,
-                                               traj.outcome or outcome, self.peer, self.counters.up,
-                                               self.counters.down, time.monotonic() - self.started))
+            services.flow_log.record((now, L4, (traj.freeze(), now, self.id, self.listener.label,
+                                                traj.outcome or outcome, self.peer, self.counters.up,
+                                                self.counters.down, time.monotonic() - self.started)))
             root_ctx.kv.set_lazy(None)  # break the context <-> KV cycle
         # ... and the connection <-> context one: freed by reference counting, not by the
         # cyclic collector (whose passes would otherwise cost more than the connection).
@@ -190,15 +190,6 @@ def _on_step(ctx: Any, node: Any, branch: str) -> None:
     """Debug flow log: one event per step."""
     ctx.services.flow_log.record({"ts": time.time(), "event": "step", "conn": ctx.conn_id, "layer": ctx.layer,
                                   "rule": ctx.rule, "node": node.id, "plugin": node.plugin, "branch": branch})
-
-
-def _l4_entry(traj: Any, ts: float, conn_id: str, listener: str, outcome: str, peer: tuple, bytes_in: int,
-              bytes_out: int, seconds: float) -> dict:
-    entry = traj.to_dict()
-    entry.update({"ts": ts, "conn": conn_id, "listener": listener, "layer": "l4", "outcome": outcome,
-                  "status": None, "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in,
-                  "bytes_out": bytes_out, "ms": round(seconds * 1000.0, 3)})
-    return entry
 
 
 def _fmt(addr: tuple) -> str:

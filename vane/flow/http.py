@@ -32,7 +32,7 @@ from vane.net.http.status import plain_response
 from vane.net.peek import H2_PREFACE
 from vane.net.tunnel import relay
 from vane.net.upstream.websocket import stream_tunnel
-from vane.observe.flowlog import LazyEntry
+from vane.observe.flowlog import L7
 
 from .l7context import L7Context
 
@@ -133,10 +133,10 @@ class HttpService:
         traj = rctx.trajectory
         req = rctx.request
         conn = self.conn
-        services.flow_log.record(LazyEntry(
-            now, _l7_entry, traj, now, rctx.conn_id, rctx.seq, conn.listener.label, resp.status, req.method,
+        services.flow_log.record((now, L7, (
+            traj.freeze(), now, rctx.conn_id, rctx.seq, conn.listener.label, resp.status, req.method,
             req.host, req.path, req.version, conn.peer, req.body.length or 0, sent,
-            "aborted" if aborted else (traj.outcome or "finished"), seconds))
+            "aborted" if aborted else (traj.outcome or "finished"), seconds)))
         conn.ctx = self.ctx
         conn.last_rule = rctx.rule
 
@@ -152,18 +152,6 @@ def failure_response(rctx: L7Context, outcome: Any) -> Response:
     else:
         status = 500
     return plain_response(status)
-
-
-def _l7_entry(traj: Any, ts: float, conn_id: str, seq: int, listener: str, status: int, method: str, host: str,
-              path: str, version: str, peer: tuple, bytes_in: int, bytes_out: int, outcome: str,
-              seconds: float) -> dict:
-    entry = traj.to_dict()
-    entry.update({"ts": ts, "conn": conn_id, "request": f"{conn_id}/{seq}", "listener": listener,
-                  "layer": "l7", "status": status,
-                  "method": method, "host": host, "path": path, "version": version,
-                  "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in, "bytes_out": bytes_out,
-                  "outcome": outcome, "ms": round(seconds * 1000.0, 3)})
-    return entry
 
 
 # -- HTTP/1.1 ------------------------------------------------------------------------------------

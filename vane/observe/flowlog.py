@@ -27,40 +27,54 @@ from typing import Any, Callable
 import gevent
 from gevent.queue import Full, Queue
 
+from vane.engine.trajectory import thaw
 from vane.observe.hub import Hub, Subscription
 
-__all__ = ["FlowLog", "LEVELS", "LazyEntry"]
+__all__ = ["FlowLog", "L4", "L7", "LEVELS", "as_dict"]
 
 LEVELS = ("trajectory", "debug")
 
 log = logging.getLogger("vane.observe.flowlog")
 
 
-class LazyEntry:
-    """An entry kept as the few values it is made of; its dict is built only when read.
+def l7_entry(frozen: tuple, ts: float, conn_id: str, seq: int, listener: str, status: int, method: str,
+             host: str, path: str, version: str, peer: tuple, bytes_in: int, bytes_out: int, outcome: str,
+             seconds: float) -> dict:
+    """An HTTP request's entry (``frozen``: its ``Trajectory.freeze()``)."""
+    entry = thaw(frozen)
+    entry.update({"ts": ts, "conn": conn_id, "request": f"{conn_id}/{seq}", "listener": listener,
+                  "layer": "l7", "status": status,
+                  "method": method, "host": host, "path": path, "version": version,
+                  "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in, "bytes_out": bytes_out,
+                  "outcome": outcome, "ms": round(seconds * 1000.0, 3)})
+    return entry
 
-    Most entries are never read (the ring keeps 10,000 and nobody tails): building and freeing
-    a dict per request, with one dict per step, would be the flow log's whole cost.
-    ``build(*values)`` returns the entry dict.
-    """
 
-    __slots__ = ("ts", "_build", "_values")
+def l4_entry(frozen: tuple, ts: float, conn_id: str, listener: str, outcome: str, peer: tuple, bytes_in: int,
+             bytes_out: int, seconds: float) -> dict:
+    """A connection's entry, written when it closes."""
+    entry = thaw(frozen)
+    entry.update({"ts": ts, "conn": conn_id, "listener": listener, "layer": "l4", "outcome": outcome,
+                  "status": None, "remote": f"{peer[0]}:{peer[1]}", "bytes_in": bytes_in,
+                  "bytes_out": bytes_out, "ms": round(seconds * 1000.0, 3)})
+    return entry
 
-    def __init__(self, ts: float, build: Callable[..., dict], *values: Any) -> None:
-        self.ts = ts
-        self._build = build
-        self._values = values
 
-    def as_dict(self) -> dict:
-        return self._build(*self._values)
+# A walk's entry is kept as ``(ts, kind, values)``, its dict built by ``_BUILDERS[kind](*values)``
+# only when read: most entries never are (the ring keeps 10,000 and nobody tails), and building
+# and freeing a dict per request, with one per step, would be the flow log's whole cost. The
+# values are strings, numbers and tuples of them, so a kept entry is one untracked tuple for
+# the garbage collector, not a graph of objects it scans.
+L7, L4 = "l7", "l4"
+_BUILDERS: dict[str, Callable[..., dict]] = {L7: l7_entry, L4: l4_entry}
 
 
 def as_dict(entry: Any) -> dict:
-    return entry.as_dict() if entry.__class__ is LazyEntry else entry
+    return _BUILDERS[entry[1]](*entry[2]) if entry.__class__ is tuple else entry
 
 
 def _ts(entry: Any, default: float) -> float:
-    return entry.ts if entry.__class__ is LazyEntry else entry.get("ts", default)
+    return entry[0] if entry.__class__ is tuple else entry.get("ts", default)
 
 
 class FlowLog:
@@ -106,8 +120,9 @@ class FlowLog:
         return self._level == "debug"
 
     # hot path ----------------------------------------------------------------
-    def record(self, entry: dict | LazyEntry) -> None:
-        """Keep, publish and (maybe) persist one trajectory. Never blocks."""
+    def record(self, entry: dict | tuple) -> None:
+        """Keep, publish and (maybe) persist one entry: a dict, or a walk's ``(ts, kind,
+        values)`` (``L7``/``L4``). Never blocks."""
         self.recorded += 1
         ring = self._ring
         ring.append(entry)
