@@ -33,11 +33,13 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 MAX_ANONYMOUS = 256             # groups of templated target lists: the values come from the flow
 
 
-def connect(host: str, port: int, timeout: float, proto: str = "tcp") -> socket.socket:
+def connect(host: str, port: int, timeout: float, proto: str = "tcp", family: int | None = None) -> socket.socket:
+    """A connection to ``host:port``; ``family`` (when known) is ``ip_family(host)``."""
     if proto == "udp":
         return udp_connect(host, port)
-    family = ip_family(host)     # an IP literal: a bare non-blocking connect, no resolver
-    if family:
+    if family is None:
+        family = ip_family(host)
+    if family:                   # an IP literal: a bare non-blocking connect, no resolver
         return tcp_connect_nonblocking(host, port, timeout, family)
     sock = tcp_connect(host, port, timeout, 0)
     sock.settimeout(None)
@@ -59,6 +61,15 @@ class L4Proxy(Terminator):
                 if not defn.inline and defn.layer == "l4":
                     link_group(defn, env.services, env.config_dir)
         self.key_limit = getattr(env.settings, "max_template_result_size", 65536)
+        # a literal host:port, parsed once: (target, host, port, address family)
+        self._fixed: tuple[str, str, int, int] | None = None
+        if isinstance(target, str) and "{{" not in target and ":" in target:
+            try:
+                host, port = split_target(target)
+            except ValueError:
+                pass                    # the walk reports it, as for a templated target
+            else:
+                self._fixed = (target, host, port, ip_family(host))
         self._anonymous: OrderedDict[tuple, Group] = OrderedDict()
 
     def _route(self, ctx: Any, args: dict) -> tuple[Group | None, str | None, str | None]:
@@ -104,8 +115,12 @@ class L4Proxy(Terminator):
         upstream = chosen = backend = None
         if single is not None:
             try:
-                host, port = split_target(single)
-                upstream = connect(host, port, connect_timeout, proto)
+                fixed = self._fixed
+                if fixed is not None and fixed[0] == single:
+                    upstream = connect(fixed[1], fixed[2], connect_timeout, proto, fixed[3])
+                else:
+                    host, port = split_target(single)
+                    upstream = connect(host, port, connect_timeout, proto)
                 chosen = single
             except (OSError, ValueError) as exc:
                 errors.append(f"{single}: {exc}")
