@@ -232,6 +232,54 @@ def test_h2c_preface_in_pieces_is_served_over_http2(env):
     client.sock.close()
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _first_answer_after(s: socket.socket, pieces: list[bytes], gap: float) -> tuple[bytes, float]:
+    """Send ``pieces`` ``gap`` seconds apart until vaned answers or closes; what it sent
+    first and when, counted from the first piece."""
+    s.setblocking(False)
+    t0 = time.monotonic()
+    for piece in pieces:
+        try:
+            s.sendall(piece)
+        except OSError:         # already answered and closed
+            break
+        deadline = time.monotonic() + gap
+        while time.monotonic() < deadline:
+            try:
+                return s.recv(65536), time.monotonic() - t0
+            except BlockingIOError:
+                time.sleep(0.02)
+    s.settimeout(5)
+    return s.recv(65536), time.monotonic() - t0
+
+
+def test_preface_trickled_past_the_header_timeout_gets_one_header_timeout(env):
+    """Bytes that stay the start of the preface, one every 0.4 s: the header timeout (1 s)
+    runs once from the first byte, not again when the HTTP/1.1 parser takes them over."""
+    with socket.create_connection(("127.0.0.1", env.plain_port), timeout=10) as s:
+        data, waited = _first_answer_after(s, [PREFACE[:16]] + [bytes([b]) for b in PREFACE[16:]], 0.4)
+    assert data.startswith(b"HTTP/1.1 408") or data == b"", data[:80]
+    assert waited < 1.8      # one header timeout after the first byte (two would be 2 s and more)
+
+
+def test_h2c_without_a_request_ends_one_header_timeout_after_its_first_byte(env):
+    """The whole preface, in pieces over 0.9 s, and then no request: HTTP/2's wait for the
+    first request is what is left of the header timeout, not a fresh one."""
+    pieces = [PREFACE[:4], PREFACE[4:10], PREFACE[10:18], PREFACE[18:]]
+    with socket.create_connection(("127.0.0.1", env.plain_port), timeout=10) as s:
+        t0 = time.monotonic()
+        for piece in pieces:
+            s.sendall(piece)
+            time.sleep(0.3)
+        s.settimeout(5)
+        data = read_all(s)      # SETTINGS, then GOAWAY and the close
+        waited = time.monotonic() - t0
+    assert data[3:4] == b"\x04"   # an HTTP/2 frame: SETTINGS
+    assert waited < 1.6      # about 1 s after the first byte (a fresh timeout: 1.9 s and more)
+
+
 def test_curl_h2c_prior_knowledge_on_the_cleartext_port(env):
     out = curl("--http2-prior-knowledge", "-H", "Host: plain.test", f"http://127.0.0.1:{env.plain_port}/x",
                "-o", "/dev/null", "-w", "%{http_code} %{http_version}")

@@ -58,7 +58,7 @@ def serve_http(conn: Any, ctx: Any, upgrade: Node, graph: Any) -> None:
     if ctx.layer == "l4":
         ctx.read_from_now()
         if session.codec.opens_with(H2_PREFACE):
-            serve_h2(service, scheme, session.codec.take_input())
+            serve_h2(service, scheme, session.codec.take_input(), session.codec.input_since)
             return
     session.run()
 
@@ -286,7 +286,7 @@ class H1Session:
 
 # -- HTTP/2 --------------------------------------------------------------------------------------
 
-def serve_h2(service: HttpService, scheme: str, preread: bytes = b"") -> None:
+def serve_h2(service: HttpService, scheme: str, preread: bytes = b"", since: float = 0.0) -> None:
     from vane.net.h2.server import H2Limits, H2ServerConnection
 
     settings = service.settings
@@ -323,7 +323,7 @@ def serve_h2(service: HttpService, scheme: str, preread: bytes = b"") -> None:
                       stream_buffer=settings.sec_h2_stream_window,
                       connection_window=settings.sec_h2_connection_window)
     codec = H2ServerConnection(service.ctx.stream, handle, limits, scheme, finished=finished, inline=inline,
-                               preread=preread)
+                               preread=preread, since=since)
     watcher = gevent.spawn(_goaway_on_drain, service.services.draining, codec)
     conn = service.conn
     conn.codec = codec

@@ -99,7 +99,7 @@ class H1ServerConnection:
                  "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
                  "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_trailers",
                  "_upgrade", "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop",
-                 "head_out")
+                 "head_out", "_head_due", "input_since")
 
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
                  scheme: str = "http") -> None:
@@ -120,6 +120,8 @@ class H1ServerConnection:
         self._continue_due = False
         # parse state of the message being parsed
         self._in_head = False
+        self._head_due = 0.0        # when the head ``opens_with`` began reading must be whole
+        self.input_since = 0.0      # when the first bytes ``opens_with`` read arrived (monotonic)
         self._head_spanned = False
         self._head_bytes = 0
         self._feed_len = 0
@@ -287,11 +289,13 @@ class H1ServerConnection:
         """Before the first request: whether the client's input opens with ``prefix`` (the
         HTTP/2 client preface of a client with prior knowledge).
 
-        Reads as ``next_request`` would (the first byte within the header timeout) and goes
-        on reading only while what arrived is still the start of ``prefix``, within the header
-        timeout of the first read. Nothing read is lost: the bytes are the first request's
-        (``next_request`` parses them) or, when True, ``take_input()`` hands them on. A client
-        that sent nothing in time, or closed, gets no request from ``next_request``.
+        Reads as ``next_request`` would: the first byte within the header timeout, and the
+        header timeout from that byte on for the rest. It goes on reading only while what
+        arrived is still the start of ``prefix``. Nothing read is lost and no time is given
+        twice: the bytes are the first request's (``next_request`` parses them, its head due
+        by the same deadline) or, when True, ``take_input()`` hands them on, and
+        ``input_since`` tells when they began. A client that sent nothing in time, or closed,
+        gets no request from ``next_request``.
         """
         io = self._io
         timeout = self.limits.header_timeout
@@ -306,17 +310,20 @@ class H1ServerConnection:
                 if not got:
                     self._keep = False
                 break
+            now = monotonic()
+            if not deadline:
+                self.input_since = now
+                deadline = now + timeout
             got += recv_view[:n]
             if len(got) >= len(prefix) or not prefix.startswith(got):
                 break
-            now = monotonic()
-            deadline = deadline or now + timeout
             timeout = deadline - now
             if timeout <= 0:
                 break
         self._rest = got
         if got.startswith(prefix):
             return True             # the codec that takes them counts them
+        self._head_due = deadline
         self.bytes_in += len(got)
         return False
 
@@ -361,6 +368,10 @@ class H1ServerConnection:
 
         True when ``idle`` seconds passed before the first byte of a head (nothing consumed)."""
         in_head = self._in_head     # bytes of the next head arrived with the last body
+        deadline = self._head_due   # this head began in ``opens_with``: its time runs since
+        if deadline:
+            self._head_due = 0.0
+            self._head_spanned = True
         if self._rest:
             rest, self._rest = self._rest, b""
             self._feed(rest, len(rest))
@@ -369,7 +380,6 @@ class H1ServerConnection:
             in_head = True          # a head has begun: the header timeout runs
         limits = self.limits
         io = self._io
-        deadline = 0.0
         while True:
             if in_head:
                 now = monotonic()

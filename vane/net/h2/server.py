@@ -118,9 +118,11 @@ class H2ServerConnection:
                  limits: H2Limits = H2Limits(), scheme: str = "https",
                  spawn: Callable[..., Any] = workers.spawn,
                  finished: Callable[[Any, Response, int, bool], None] | None = None,
-                 inline: Callable[[Request], bool] | None = None, preread: bytes = b"") -> None:
+                 inline: Callable[[Request], bool] | None = None, preread: bytes = b"",
+                 since: float = 0.0) -> None:
         self._stream = stream
         self._preread = preread     # read off the stream before this codec took it (the h2c preface)
+        self._since = since         # when those bytes began to arrive (monotonic): the header timeout runs since
         set_nodelay(stream)
         self._handler = handler
         self._finished = finished
@@ -169,10 +171,12 @@ class H2ServerConnection:
         limits = self._limits
         stream = self._stream
         out = self._out
-        stream.settimeout(self._tick)
+        tick = self._tick
+        started = self._since or time.monotonic()
+        wait = min(tick, max(started + limits.header_timeout - time.monotonic(), 0.001))
+        stream.settimeout(wait)     # shorter than a tick when the header timeout ends sooner
         self._proto.initiate()
         out.flush()
-        started = time.monotonic()
         graceful = False
         try:
             preread, self._preread = self._preread, b""
@@ -190,10 +194,15 @@ class H2ServerConnection:
                 except TimeoutError:
                     now = time.monotonic()
                     if not self._seen_request:
-                        if now - started >= limits.header_timeout:
+                        left = started + limits.header_timeout - now
+                        if left <= 0:
                             log.debug("h2: no request within %.0fs, closing", limits.header_timeout)
                             break
-                    elif not self._streams and now - self._last_active >= limits.idle_timeout:
+                        if left < wait:
+                            wait = left
+                            stream.settimeout(wait)
+                        continue
+                    if not self._streams and now - self._last_active >= limits.idle_timeout:
                         graceful = True
                         break
                     continue
@@ -294,7 +303,9 @@ class H2ServerConnection:
 
     def on_request(self, st: _ServerStream, fields: HeaderList | None, ended: bool) -> None:
         sid = st.id
-        self._seen_request = True
+        if not self._seen_request:
+            self._seen_request = True
+            self._stream.settimeout(self._tick)  # it may have been shorter until now (``serve``)
         proto = self._proto
         if (self._draining and sid > self._last_stream_id) or self._closed \
                 or len(self._streams) > self._limits.max_concurrent_streams:
