@@ -63,8 +63,8 @@ def l4_entry(frozen: tuple, ts: float, conn_id: str, listener: str, outcome: str
 # A walk's entry is kept as ``(ts, kind, values)``, its dict built by ``_BUILDERS[kind](*values)``
 # only when read: most entries never are (the ring keeps 10,000 and nobody tails), and building
 # and freeing a dict per request, with one per step, would be the flow log's whole cost. The
-# values are strings, numbers and tuples of them, so a kept entry is one untracked tuple for
-# the garbage collector, not a graph of objects it scans.
+# values are strings, numbers and tuples of them: the garbage collector stops tracking such a
+# tuple after it has survived a few collections, so kept entries are not a graph it scans.
 L7, L4 = "l7", "l4"
 _BUILDERS: dict[str, Callable[..., dict]] = {L7: l7_entry, L4: l4_entry}
 
