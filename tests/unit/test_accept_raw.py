@@ -1,17 +1,15 @@
-"""Accepting as bare kernel sockets (``accept_raw``) and wrapping one for blocking use
-(``gevent_socket``), over real loopback sockets."""
+"""Accepting as bare kernel sockets (``accept_raw``), over real loopback sockets."""
 
 from __future__ import annotations
 
 import _socket
-import os
 import socket
 
 import gevent
 import pytest
 from gevent import socket as gsocket
 
-from vane.net.sockets import accept_raw, gevent_socket
+from vane.net.sockets import accept_raw
 
 
 @pytest.fixture
@@ -57,26 +55,3 @@ def test_closing_the_listener_ends_a_waiting_accept_with_oserror(listener):
     listener.close()
     with pytest.raises(OSError):
         waiting.get(timeout=5)
-
-
-def test_gevent_socket_takes_the_descriptor_over(listener):
-    client = socket.create_connection(listener.getsockname())
-    raw, _ = accept_raw(listener)
-    fd = raw.fileno()
-    wrapped = gevent_socket(raw)
-    try:
-        assert isinstance(wrapped, gsocket.socket)
-        assert raw.fileno() == -1 and wrapped.fileno() == fd   # one owner of the descriptor
-        wrapped.settimeout(0.05)
-        with pytest.raises(socket.timeout):                    # blocking, timed calls work
-            wrapped.recv(16)
-        client.sendall(b"hello")
-        wrapped.settimeout(5)
-        assert wrapped.recv(16) == b"hello"
-        assert gevent_socket(wrapped) is wrapped
-    finally:
-        wrapped.close()
-        client.close()
-    gevent.sleep(0)                             # gevent closes the descriptor from the loop
-    with pytest.raises(OSError):
-        os.fstat(fd)

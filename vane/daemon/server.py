@@ -17,8 +17,9 @@ import gevent
 from vane.compile import FlowGraph
 from vane.flow.connection import Connection, admit
 from vane.net.listeners import Listener
+from vane.net.plain import PlainStream
 from vane.net.proxy_protocol import ProxyProtocolError, accept_proxied
-from vane.net.sockets import gevent_socket, reset
+from vane.net.sockets import reset
 
 from .services import Services
 
@@ -136,14 +137,15 @@ class Server:
         graph = self.graph
         plan = graph.listeners.get(listener.addr) if graph is not None else None
         if plan is not None and plan.proxy_protocol is not None and not self.draining:
-            sock = gevent_socket(sock)  # the header is read with blocking, timed calls
+            stream = PlainStream(sock)  # the header is read with blocking, timed calls
             try:                 # the client behind a trusted load balancer: from here on it is the peer
-                peer = accept_proxied(sock, peer, plan.proxy_protocol, self.settings.sec_handshake_timeout)
+                peer = accept_proxied(stream, peer, plan.proxy_protocol, self.settings.sec_handshake_timeout)
             except ProxyProtocolError as exc:
                 self.services.floor.hit("proxy_protocol", peer[0], f"listener {listener.addr}: connection from "
                                                                    f"%s refused: {exc}")
-                reset(sock)
+                stream.abort()
                 return
+            sock = stream.detach()
         if plan is None or self.draining or not self.services.floor.admit(peer[0]):
             if listener.addr.transport != "udp":
                 reset(sock)

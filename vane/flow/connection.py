@@ -17,7 +17,8 @@ from vane.engine.executor import walk
 from vane.engine.ids import uuid7
 from vane.engine.node import Node
 from vane.engine.outcome import ServeHttp
-from vane.net.sockets import gevent_socket, reset
+from vane.net.plain import PlainStream
+from vane.net.sockets import RawSocket, reset
 from vane.net.tunnel import Counters
 from vane.observe.flowlog import L4
 
@@ -93,12 +94,23 @@ class Connection:
                 self.finish(outcome)
 
     def socket(self) -> Any:
-        """The client socket for blocking, timed calls (peek, TLS, HTTP): a gevent socket.
+        """The client connection for blocking, timed calls (peek, HTTP): a ``PlainStream``.
 
-        A TCP connection is accepted as the bare kernel socket, which a plain L4 relay uses
-        as it is; the first layer that asks for more gets it wrapped here, once, and from
-        then on ``sock`` is the wrapper."""
-        sock = self.sock = gevent_socket(self.sock)
+        A TCP connection is accepted as the bare kernel socket, which a plain L4 relay or a TLS
+        handshake uses as it is (``bare``); the first layer that asks for more gets it as a
+        stream here, once, and from then on ``sock`` is that stream (UDP: the listener's
+        socket, as it is)."""
+        sock = self.sock
+        if sock.__class__ is RawSocket:
+            sock = self.sock = PlainStream(sock)
+        return sock
+
+    def bare(self) -> Any:
+        """The client socket for a layer that waits on it by itself (TLS, a splice relay): the
+        kernel socket as accepted, taken back from the stream ``socket`` made, if any."""
+        sock = self.sock
+        if sock.__class__ is PlainStream:
+            sock = self.sock = sock.detach()
         return sock
 
     # -- parking ---------------------------------------------------------------------------------

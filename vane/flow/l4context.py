@@ -54,8 +54,8 @@ class L4Context(Context):
 
     @property
     def sock(self) -> Any:
-        """The client socket, for blocking calls (a gevent socket; UDP: the listener's). Not
-        after ``upgrade tls``: the TLS stream owns the socket as accepted."""
+        """The client connection, for blocking calls (a ``PlainStream``; UDP: the listener's
+        socket). Not after ``upgrade tls``: the TLS stream owns the socket as accepted."""
         return self.conn.socket()
 
     @property
@@ -66,13 +66,13 @@ class L4Context(Context):
 
     @property
     def relay_stream(self) -> Any:
-        """``stream`` for a relay, which also takes the bare kernel socket as accepted."""
+        """``stream`` for a relay, which takes a plain connection as the bare kernel socket."""
         stream = self._stream
-        return stream if stream is not None else self.conn.sock
+        return stream if stream is not None else self.conn.bare()
 
     def reset_client(self) -> None:
-        """Close the client's TCP connection with a reset (it needs no gevent socket for that)."""
-        reset(self.conn.sock)
+        """Close the client's TCP connection with a reset (as the kernel socket: no stream needed)."""
+        reset(self.conn.bare())
 
     # -- peeking -------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Small operations on kernel sockets that several rooms need: accept without a wrapper, a
-gevent socket when one is needed, close with a reset, Nagle off."""
+"""Small operations on kernel sockets that several rooms need: accept without a wrapper,
+close with a reset, Nagle off."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from gevent import socket as gsocket
 
-__all__ = ["RawSocket", "accept_raw", "gevent_socket", "reset", "set_nodelay", "set_rst_on_close"]
+__all__ = ["RawSocket", "accept_raw", "reset", "set_nodelay", "set_rst_on_close"]
 
 RawSocket = _socket.socket
 
@@ -49,9 +49,9 @@ def accept_raw(listener: gsocket.socket) -> tuple[RawSocket, Any]:
     """Accept on a gevent listening socket, waiting on the event loop for a connection.
 
     The connection comes as the kernel socket itself, non-blocking, without gevent's wrapper
-    and its two watchers: a plain L4 relay needs neither, and ``gevent_socket`` makes the
-    wrapper when a layer reads or writes with blocking calls. Raises OSError (the listening
-    socket closed, out of descriptors, ...).
+    and its two watchers: a plain L4 relay needs neither, and ``PlainStream`` gives it
+    watchers of its own when a layer reads or writes with blocking calls. Raises OSError
+    (the listening socket closed, out of descriptors, ...).
     """
     raw = listener._sock
     while True:
@@ -66,11 +66,3 @@ def accept_raw(listener: gsocket.socket) -> tuple[RawSocket, Any]:
     sock = RawSocket(raw.family, socket.SOCK_STREAM, 0, fd)
     sock.setblocking(False)
     return sock, peer
-
-
-def gevent_socket(sock: Any) -> Any:
-    """``sock`` as a gevent socket: an accepted kernel socket is handed over to a new wrapper
-    (it is detached: use only the result from here on); anything else is returned as is."""
-    if sock.__class__ is RawSocket:
-        return gsocket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-    return sock

@@ -1,4 +1,5 @@
-"""What vaned's codecs and relays read and write: a plain gevent socket, or a TLS stream
+"""What vaned's codecs and relays read and write: an accepted connection
+(``vane.net.plain.PlainStream``), a gevent socket (an upstream connection), or a TLS stream
 (``vane.net.tls.stream.TLSStream``, the stdlib client ``SSLSocket``) with the same calls."""
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from gevent.socket import socket as GeventSocket
 
 from vane.net.http.message import Body, FileBody, HeaderList, trailer_fields
 from vane.net.http.status import PHRASES
+from vane.net.plain import PlainStream
 from vane.net.stream import Stream
 
 RECV_SIZE = 65536
@@ -99,63 +100,92 @@ def sendall_timed(stream: Any, data: bytes, timers: IoTimers, seconds: float) ->
             timer.stop()
 
 
-class StreamIO:
-    """Timed reads and writes on a stream, with a fast path for plain gevent sockets.
+class _GeventWaits:
+    """``wait_read``/``wait_write`` of a gevent socket (an upstream connection's), the way
+    ``PlainStream`` offers them: on the socket's own watchers, with no time limit."""
 
-    On a ``gevent.socket.socket`` the non-blocking OS socket is used directly: a send that the
-    kernel takes whole needs no wait and no timer, and a read expected to wait (an upstream
-    answer) waits first instead of failing with EAGAIN. gevent's generic ``sendall`` costs a
-    ``getsockopt`` call and a dozen Python calls per write; this path skips them. Any other
-    stream (TLS) goes through its own ``recv_into``/``sendall`` under the same timers.
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: GeventSocket) -> None:
+        self.sock = sock
+
+    def wait_read(self) -> None:
+        sock = self.sock
+        event = sock._read_event
+        if event is None:
+            raise OSError(EBADF, "socket closed")
+        sock._wait(event)
+
+    def wait_write(self) -> None:
+        sock = self.sock
+        event = sock._write_event
+        if event is None:
+            raise OSError(EBADF, "socket closed")
+        sock._wait(event)
+
+
+class StreamIO:
+    """Timed reads and writes on a stream, with a fast path for plain TCP streams.
+
+    On a ``PlainStream`` (an accepted connection) or a gevent socket (an upstream one) the
+    non-blocking kernel socket is used directly: a send that the kernel takes whole needs no
+    wait and no timer, and a read expected to wait (an upstream answer) waits first instead
+    of failing with EAGAIN. Any other stream (TLS) goes through its own
+    ``recv_into``/``sendall`` under the same timers.
     """
 
-    __slots__ = ("stream", "timers", "_plain", "sent")
+    __slots__ = ("stream", "timers", "_raw", "_waits", "sent")
 
     def __init__(self, stream: Stream) -> None:
         self.stream: Any = stream
         self.timers = IoTimers()
         self.sent = 0               # bytes handed to the kernel, all writes together
-        self._plain = type(stream) is GeventSocket
+        kind = type(stream)
+        if kind is PlainStream:
+            self._raw: Any = stream.sock
+            self._waits: Any = stream
+        elif kind is GeventSocket:
+            self._raw = stream._sock
+            self._waits = _GeventWaits(stream)
+        else:
+            self._raw = self._waits = None
         stream.settimeout(None)     # every blocking call is bounded by self.timers instead
 
     def recv_into(self, buf: bytearray, seconds: float, wait_first: bool = False) -> int:
         """Read once into ``buf`` (0 at EOF); ``IoTimeout`` after ``seconds`` without data."""
-        stream = self.stream
-        if self._plain:
+        raw = self._raw
+        if raw is not None:
             if not wait_first:
                 try:
-                    return stream._sock.recv_into(buf)
+                    return raw.recv_into(buf)
                 except BlockingIOError:
                     pass
             timer = self.timers.start(seconds)
             try:
+                wait_read = self._waits.wait_read
                 while True:
-                    event = stream._read_event
-                    if event is None:
-                        raise OSError(EBADF, "socket closed")
-                    stream._wait(event)
+                    wait_read()
                     try:
-                        return stream._sock.recv_into(buf)
+                        return raw.recv_into(buf)
                     except BlockingIOError:
                         continue
             finally:
                 timer.stop()
         timer = self.timers.start(seconds)
         try:
-            return stream.recv_into(buf)
+            return self.stream.recv_into(buf)
         finally:
             timer.stop()
 
     @property
     def plain(self) -> bool:
-        """A plain gevent socket (not TLS): the kernel can write to it directly (sendfile)."""
-        return self._plain
+        """A plain TCP stream (not TLS): the kernel can write to it directly (sendfile)."""
+        return self._raw is not None
 
     def sendfile(self, fd: int, offset: int, count: int, seconds: float) -> int:
         """Send ``count`` bytes of file ``fd`` from ``offset`` with ``os.sendfile`` (plain
-        sockets only); ``IoTimeout`` if the peer stops reading for ``seconds``."""
-        stream = self.stream
-        out = stream.fileno()
+        streams only); ``IoTimeout`` if the peer stops reading for ``seconds``."""
+        out = self._raw.fileno()
         sent = 0
         while sent < count:
             try:
@@ -163,10 +193,7 @@ class StreamIO:
             except BlockingIOError:
                 timer = self.timers.start(seconds)
                 try:
-                    event = stream._write_event
-                    if event is None:
-                        raise OSError(EBADF, "socket closed")
-                    stream._wait(event)
+                    self._waits.wait_write()
                 finally:
                     timer.stop()
                 continue
@@ -178,12 +205,11 @@ class StreamIO:
 
     def sendall(self, data: bytes, seconds: float) -> None:
         """Send all of ``data``; ``IoTimeout`` if the peer takes nothing for ``seconds``."""
-        if not self._plain:
+        sock = self._raw
+        if sock is None:
             sendall_timed(self.stream, data, self.timers, seconds)
             self.sent += len(data)
             return
-        stream = self.stream
-        sock = stream._sock
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -193,13 +219,11 @@ class StreamIO:
             return
         view = memoryview(data)
         total = len(view)
+        wait_write = self._waits.wait_write
         while sent < total:
             timer = self.timers.start(seconds)
             try:
-                event = stream._write_event
-                if event is None:
-                    raise OSError(EBADF, "socket closed")
-                stream._wait(event)
+                wait_write()
             finally:
                 timer.stop()
             try:

@@ -64,7 +64,7 @@ class Upgrade(Terminator):
             ctx.reset_client()
             return FINISHED
         try:
-            stream = self.tls.accept(ctx.conn.sock)  # bare as accepted: the stream has watchers of its own
+            stream = self.tls.accept(ctx.conn.bare())  # the TLS stream has watchers of its own
         except OSError as exc:
             ctx.trajectory.note_error(f"tls: {exc}")
             log.info("TLS handshake failed: %s", exc, extra=ctx.log_extra())
