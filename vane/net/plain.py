@@ -147,10 +147,7 @@ class PlainStream:
     def close(self) -> None:
         """Wake any greenlet waiting on the socket (EBADF), then close it; after ``detach``,
         nothing (the socket is someone else's)."""
-        if self._closed:
-            return
-        self._closed = True
-        get_hub().cancel_waits_close_and_then((self._rw, self._ww), _closed(), self.sock.close)
+        self._release(self.sock.close)
 
     def abort(self) -> None:
         """Close with a reset: the peer must not take a cut-off stream as complete."""
@@ -161,10 +158,14 @@ class PlainStream:
     def detach(self) -> Any:
         """The kernel socket, handed to a caller that waits on it by itself (a TLS handshake,
         a splice relay); this stream is closed without closing it."""
+        self._release(_nothing)
+        return self.sock
+
+    def _release(self, then: Any) -> None:
+        """Once: wake the greenlets waiting on the watchers (EBADF), drop them, then ``then()``."""
         if not self._closed:
             self._closed = True
-            get_hub().cancel_waits_close_and_then((self._rw, self._ww), _closed(), _nothing)
-        return self.sock
+            get_hub().cancel_waits_close_and_then((self._rw, self._ww), _closed(), then)
 
     def __repr__(self) -> str:
         return f"<PlainStream fd={self._fd}{' closed' if self._closed else ''}>"

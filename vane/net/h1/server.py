@@ -100,7 +100,7 @@ class H1ServerConnection:
                  "_rest", "_keep", "_flags", "_body", "_continue_due", "_in_head", "_head_spanned",
                  "_head_bytes", "_feed_len", "_url", "_hlist", "_host", "_cl", "_te", "_expect", "_trailers",
                  "_upgrade", "_chunk_wire", "_chunk_count", "_cur", "_upgrade_body", "_synthetic", "_stopped", "_hop",
-                 "head_out", "_head_due", "input_since")
+                 "head_out", "input_since")
 
     def __init__(self, stream: Stream, limits: H1Limits | None = None,
                  scheme: str = "http") -> None:
@@ -121,7 +121,6 @@ class H1ServerConnection:
         self._continue_due = False
         # parse state of the message being parsed
         self._in_head = False
-        self._head_due = 0.0        # when the head ``opens_with`` began reading must be whole
         self.input_since = 0.0      # when the first bytes ``opens_with`` read arrived (monotonic)
         self._head_spanned = False
         self._head_bytes = 0
@@ -324,7 +323,6 @@ class H1ServerConnection:
         self._rest = got
         if got.startswith(prefix):
             return True             # the codec that takes them counts them
-        self._head_due = deadline
         self.bytes_in += len(got)
         return False
 
@@ -372,9 +370,12 @@ class H1ServerConnection:
 
         True when ``idle`` seconds passed before the first byte of a head (nothing consumed)."""
         in_head = self._in_head     # bytes of the next head arrived with the last body
-        deadline = self._head_due   # this head began in ``opens_with``: its time runs since
-        if deadline:
-            self._head_due = 0.0
+        limits = self.limits
+        deadline = 0.0
+        since = self.input_since    # this head began in ``opens_with``: its time runs from then
+        if since:
+            self.input_since = 0.0
+            deadline = since + limits.header_timeout
             self._head_spanned = True
         if self._rest:
             rest, self._rest = self._rest, b""
@@ -382,7 +383,6 @@ class H1ServerConnection:
             if self._ready:
                 return False
             in_head = True          # a head has begun: the header timeout runs
-        limits = self.limits
         io = self._io
         while True:
             if in_head:
