@@ -153,6 +153,13 @@ def test_response_head_timeout(backend, pool):
     assert pool.snapshot()[0]["active"] == 0
 
 
+def test_upstream_by_name_is_resolved_once_per_connection_and_reused(backend, pool):
+    opts = Options({"upstream": f"http://localhost:{backend.port}"}, None)
+    for i in range(3):
+        assert fetch(pool, opts, f"/n{i}")[1] == f"b /n{i}".encode()
+    assert backend.connections == 1
+
+
 def test_unix_socket_upstream(tmp_path, pool):
     path = str(tmp_path / "app.sock")
     b = Backend("unix", unix_path=path)

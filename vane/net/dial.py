@@ -15,7 +15,8 @@ from typing import Any
 
 from gevent import socket as gsocket
 
-__all__ = ["ip_family", "split_target", "tcp_connect", "tcp_connect_nonblocking", "udp_connect", "unmapped"]
+__all__ = ["adopt", "ip_family", "split_target", "tcp_connect", "tcp_connect_nonblocking", "tcp_connect_raw",
+           "udp_connect", "unix_connect_raw", "unmapped"]
 
 _STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _IN_PROGRESS = (EINPROGRESS, EALREADY)
@@ -83,6 +84,37 @@ def tcp_connect_nonblocking(host: str, port: int, timeout: float, family: int) -
         sock.close()
         raise
     return sock
+
+
+def tcp_connect_raw(host: str, port: int, timeout: float, family: int | None = None) -> Any:
+    """A connected TCP socket with TCP_NODELAY as the kernel socket, non-blocking, for a caller
+    that waits on it itself (``PlainStream``): an IP literal is connected directly, a name
+    through gevent's resolver and connect."""
+    family = ip_family(host) if family is None else family
+    if family:
+        return tcp_connect_nonblocking(host, port, timeout, family)
+    return adopt(tcp_connect(host, port, timeout, 0))
+
+
+def unix_connect_raw(path: str, timeout: float) -> Any:
+    """A connected unix stream socket as the kernel socket, non-blocking."""
+    sock = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return adopt(sock)
+
+
+def adopt(sock: Any) -> Any:
+    """The kernel socket of a connected gevent socket, taken out of it (its watchers dropped,
+    the descriptor kept), non-blocking."""
+    family, kind, proto = sock.family, sock.type, sock.proto
+    raw = _socket.socket(family, kind, proto, sock.detach())
+    raw.setblocking(False)
+    return raw
 
 
 def udp_connect(host: str, port: int) -> Any:

@@ -1,6 +1,6 @@
-"""What vaned's codecs and relays read and write: an accepted connection
-(``vane.net.plain.PlainStream``), a gevent socket (an upstream connection), or a TLS stream
-(``vane.net.tls.stream.TLSStream``, the stdlib client ``SSLSocket``) with the same calls."""
+"""What vaned's codecs and relays read and write: a plain TCP or unix connection, accepted
+or to an upstream (``vane.net.plain.PlainStream``), or a TLS stream (``vane.net.tls.stream.TLSStream``;
+gevent's ``SSLSocket`` to a TLS upstream) with the same calls."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from gevent import ssl as gssl
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
+from vane.net.plain import PlainStream
 from vane.net.sockets import set_rst_on_close
 
 PIPE_SIZE = 262144  # requested pipe capacity; the kernel default (64 KiB) when not allowed
@@ -169,8 +170,8 @@ def relay(
 ) -> None:
     """Relay bytes both ways until both directions end, idle time runs out, or an error.
 
-    ``client`` and ``upstream`` are plain sockets or ``Stream`` objects; both are closed on
-    return. ``upstream_prefix`` (e.g. a PROXY header) and ``client_prefix`` are sent before
+    ``client`` and ``upstream`` are plain sockets or ``Stream`` objects (a ``PlainStream`` is
+    relayed as the socket it holds); both are closed on return. ``upstream_prefix`` (e.g. a PROXY header) and ``client_prefix`` are sent before
     anything relayed. ``buffer_size`` is the copy buffer of a direction that cannot splice;
     splice moves up to the pool's pipe capacity per call. Socket errors end the relay and
     are not raised; any other exception (a bug, a Stream's own error type) is re-raised
@@ -179,6 +180,10 @@ def relay(
     """
     if counters is None:
         counters = Counters()
+    if client.__class__ is PlainStream:
+        client = client.detach()        # the relay waits on the kernel socket itself
+    if upstream.__class__ is PlainStream:
+        upstream = upstream.detach()
     if is_plain_socket(client) and is_plain_socket(upstream):
         for end in (client, upstream):
             if not isinstance(end, gsocket.socket) and end.gettimeout() != 0.0:

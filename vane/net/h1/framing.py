@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import os
 from email.utils import formatdate
-from errno import EBADF
 from time import time
 from typing import Any, Iterator, Protocol
 
 from gevent import get_hub, getcurrent
-from gevent.socket import socket as GeventSocket
 
 from vane.net.http.message import Body, FileBody, HeaderList, trailer_fields
 from vane.net.http.status import PHRASES
@@ -100,55 +98,23 @@ def sendall_timed(stream: Any, data: bytes, timers: IoTimers, seconds: float) ->
             timer.stop()
 
 
-class _GeventWaits:
-    """``wait_read``/``wait_write`` of a gevent socket (an upstream connection's), the way
-    ``PlainStream`` offers them: on the socket's own watchers, with no time limit."""
-
-    __slots__ = ("sock",)
-
-    def __init__(self, sock: GeventSocket) -> None:
-        self.sock = sock
-
-    def wait_read(self) -> None:
-        sock = self.sock
-        event = sock._read_event
-        if event is None:
-            raise OSError(EBADF, "socket closed")
-        sock._wait(event)
-
-    def wait_write(self) -> None:
-        sock = self.sock
-        event = sock._write_event
-        if event is None:
-            raise OSError(EBADF, "socket closed")
-        sock._wait(event)
-
-
 class StreamIO:
     """Timed reads and writes on a stream, with a fast path for plain TCP streams.
 
-    On a ``PlainStream`` (an accepted connection) or a gevent socket (an upstream one) the
-    non-blocking kernel socket is used directly: a send that the kernel takes whole needs no
-    wait and no timer, and a read expected to wait (an upstream answer) waits first instead
-    of failing with EAGAIN. Any other stream (TLS) goes through its own
+    On a ``PlainStream`` (an accepted connection, a plain upstream one) the non-blocking kernel
+    socket is used directly, and the stream's watchers for waiting: a send that the kernel
+    takes whole needs no wait and no timer, and a read expected to wait (an upstream answer)
+    waits first instead of failing with EAGAIN. Any other stream (TLS) goes through its own
     ``recv_into``/``sendall`` under the same timers.
     """
 
-    __slots__ = ("stream", "timers", "_raw", "_waits", "sent")
+    __slots__ = ("stream", "timers", "_raw", "sent")
 
     def __init__(self, stream: Stream) -> None:
         self.stream: Any = stream
         self.timers = IoTimers()
         self.sent = 0               # bytes handed to the kernel, all writes together
-        kind = type(stream)
-        if kind is PlainStream:
-            self._raw: Any = stream.sock
-            self._waits: Any = stream
-        elif kind is GeventSocket:
-            self._raw = stream._sock
-            self._waits = _GeventWaits(stream)
-        else:
-            self._raw = self._waits = None
+        self._raw: Any = stream.sock if type(stream) is PlainStream else None
         stream.settimeout(None)     # every blocking call is bounded by self.timers instead
 
     def recv_into(self, buf: bytearray, seconds: float, wait_first: bool = False) -> int:
@@ -162,7 +128,7 @@ class StreamIO:
                     pass
             timer = self.timers.start(seconds)
             try:
-                wait_read = self._waits.wait_read
+                wait_read = self.stream.wait_read
                 while True:
                     wait_read()
                     try:
@@ -193,7 +159,7 @@ class StreamIO:
             except BlockingIOError:
                 timer = self.timers.start(seconds)
                 try:
-                    self._waits.wait_write()
+                    self.stream.wait_write()
                 finally:
                     timer.stop()
                 continue
@@ -219,7 +185,7 @@ class StreamIO:
             return
         view = memoryview(data)
         total = len(view)
-        wait_write = self._waits.wait_write
+        wait_write = self.stream.wait_write
         while sent < total:
             timer = self.timers.start(seconds)
             try:

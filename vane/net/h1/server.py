@@ -41,7 +41,6 @@ from vane.net.http.message import (
 )
 from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
-from vane.net.plain import PlainStream
 from vane.net.stream import Stream
 from vane.net.tunnel import linger
 
@@ -352,12 +351,9 @@ class H1ServerConnection:
         """Hand the raw stream and the bytes already read past the head to a tunnel.
 
         The stream has no socket timeout (the codec bounds its own calls with timers); the
-        tunnel sets whatever it needs. A ``PlainStream`` is handed on as its kernel socket,
-        which a relay splices.
+        tunnel sets whatever it needs.
         """
         stream, rest = self.stream, self._rest
-        if stream.__class__ is PlainStream:
-            stream = stream.detach()
         self._rest = b""
         self._keep = False
         self._ready.clear()

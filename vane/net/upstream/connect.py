@@ -1,7 +1,7 @@
 """Opening one upstream connection for the pool (DESIGN.md §6 ``fetch`` / ``proxy``).
 
-TCP with TCP_NODELAY (an IP literal skips the resolver), a unix socket, or TLS on top with
-SNI, verification and ALPN as the endpoint asks. Failures become ``UpstreamTimeout`` or
+TCP with TCP_NODELAY (an IP literal skips the resolver) or a unix socket, as a ``PlainStream``;
+or TLS on top of TCP with SNI, verification and ALPN as the endpoint asks. Failures become ``UpstreamTimeout`` or
 ``UpstreamConnectError`` with the reason an operator needs (refused, certificate, resolve).
 """
 
@@ -11,10 +11,9 @@ import socket
 import ssl
 from typing import Any
 
-from gevent import socket as gsocket
-
-from vane.net.dial import tcp_connect
+from vane.net.dial import tcp_connect, tcp_connect_raw, unix_connect_raw
 from vane.net.http.errors import UpstreamConnectError, UpstreamTimeout
+from vane.net.plain import PlainStream
 from vane.net.tls import client as tls_client
 from vane.net.upstream.endpoint import EndpointSpec
 
@@ -24,17 +23,10 @@ def connect(spec: EndpointSpec, timeout: float) -> tuple[Any, str | None]:
     up = spec.upstream
     try:
         if up.scheme == "unix":
-            sock = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(up.path)
-            except BaseException:
-                sock.close()
-                raise
-            return sock, None
-        sock = tcp_connect(up.host, up.port, timeout, spec.family)
+            return PlainStream(unix_connect_raw(up.path, timeout)), None
         if not up.tls:
-            return sock, None
+            return PlainStream(tcp_connect_raw(up.host, up.port, timeout, spec.family)), None
+        sock = tcp_connect(up.host, up.port, timeout, spec.family)
         alpn = ("h2", "http/1.1") if spec.version == "auto" else (
             ("h2",) if spec.version == "h2" else ("http/1.1",))
         ctx = tls_client.client_context(spec.verify, alpn, spec.ca_file)

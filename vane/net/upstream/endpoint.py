@@ -9,7 +9,6 @@ its endpoint and can probe itself for staleness.
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 from collections import deque
 from typing import Any
@@ -18,6 +17,7 @@ from gevent.event import Event
 
 from vane.net.dial import ip_family
 from vane.net.h1.client import H1ClientConnection
+from vane.net.plain import PlainStream
 from vane.net.upstream.url import Upstream
 
 _monotonic = time.monotonic
@@ -75,11 +75,11 @@ class PooledH1(H1ClientConnection):
         """Cheap staleness probe of a plain socket (one non-blocking MSG_PEEK): an idle
         keep-alive connection has nothing to read; EOF, a reset or stray bytes mean it is
         unusable. TLS streams are not probed (post-handshake records may be pending)."""
-        raw = getattr(self.stream, "_sock", None)
-        if raw is None or isinstance(self.stream, ssl.SSLSocket):
+        stream = self.stream
+        if stream.__class__ is not PlainStream:
             return True
         try:
-            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            stream.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         except OSError:

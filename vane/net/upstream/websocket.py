@@ -22,6 +22,7 @@ import gevent
 
 from vane.net.http.errors import HttpError, UpstreamError
 from vane.net.http.message import Body, Headers, Request, Response
+from vane.net.plain import PlainStream
 from vane.net.upstream.forward import upstream_request
 from vane.net.upstream.options import Options, Target
 from vane.net.upstream.pool import UpstreamPool
@@ -83,8 +84,11 @@ def stream_tunnel(req: Request, resp: Response, tunnel: tuple[Any, bytes, float]
         except (HttpError, OSError) as exc:
             log.debug("websocket tunnel: client side ended: %s", exc)
         try:
-            upstream.shutdown(socket.SHUT_WR)
-        except (AttributeError, OSError):
+            if upstream.__class__ is PlainStream:
+                upstream.shutdown_write()
+            else:                       # a TLS socket: FIN under the TLS layer, as before
+                upstream.shutdown(socket.SHUT_WR)
+        except OSError:
             pass
 
     pump = gevent.spawn(client_to_backend)
