@@ -1,15 +1,16 @@
-"""Outgoing TCP connections for relays over real loopback sockets: connected, refused, timed out;
-and the L4 proxy's memo of parsed targets stays bounded."""
+"""Outgoing TCP and unix connections as kernel sockets, over real loopback sockets: connected,
+refused, timed out, a name resolved, a unix path."""
 
 from __future__ import annotations
 
+import _socket
 import os
 import socket
 import time
 
 import pytest
 
-from vane.net.dial import tcp_connect_nonblocking
+from vane.net.dial import tcp_connect_nonblocking, tcp_connect_raw, unix_connect_raw
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -67,3 +68,49 @@ def test_nonblocking_connect_to_a_full_backlog_times_out():
         finally:
             for s in queued:
                 s.close()
+
+
+def _exchanges(sock: socket.socket, peer: socket.socket) -> None:
+    assert sock.gettimeout() == 0.0                         # non-blocking: the caller waits on it
+    sock.send(b"ping")
+    assert peer.recv(10) == b"ping"
+    peer.sendall(b"pong")
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            assert sock.recv(10) == b"pong"
+            return
+        except BlockingIOError:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+
+def test_raw_connect_by_name_is_a_kernel_socket_with_nodelay():
+    with listener() as lst:
+        sock = tcp_connect_raw("localhost", lst.getsockname()[1], 2.0)
+        try:
+            assert type(sock) is _socket.socket                 # no gevent wrapper
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            peer, _ = lst.accept()
+            with peer:
+                _exchanges(sock, peer)
+        finally:
+            sock.close()
+
+
+def test_raw_connect_to_a_unix_path_and_its_errors(tmp_path):
+    path = str(tmp_path / "app.sock")
+    with socket.socket(socket.AF_UNIX) as lst:
+        lst.bind(path)
+        lst.listen(4)
+        sock = unix_connect_raw(path, 2.0)
+        try:
+            peer, _ = lst.accept()
+            with peer:
+                _exchanges(sock, peer)
+        finally:
+            sock.close()
+    with pytest.raises(ConnectionRefusedError):        # the file stays, nobody listens
+        unix_connect_raw(path, 2.0)
+    with pytest.raises(FileNotFoundError):
+        unix_connect_raw(str(tmp_path / "none.sock"), 2.0)

@@ -438,3 +438,19 @@ def test_plain_relay_leaves_nothing_for_the_cycle_collector(setup):
         assert left == []
     finally:
         gc.enable()
+
+
+def test_plain_streams_are_relayed_as_their_sockets_by_splice(setup):
+    """An accepted or upstream connection comes as a PlainStream: the relay takes its kernel
+    socket out of it and splices, and closes the socket at the end."""
+    from vane.net.dial import adopt
+    from vane.net.plain import PlainStream
+
+    client, upstream = PlainStream(adopt(setup.client_int)), PlainStream(adopt(setup.upstream_int))
+    raw = (client.sock, upstream.sock)
+    with mock.patch.object(tunnel, "splice", wraps=os.splice) as spliced:
+        g = gevent.spawn(relay, client, upstream, 5.0, setup.counters)
+        bidirectional(setup, g)
+    assert spliced.called
+    assert client.closed and upstream.closed
+    assert all(s.fileno() == -1 for s in raw)

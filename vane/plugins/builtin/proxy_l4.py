@@ -19,7 +19,7 @@ from typing import Any
 from vane.engine.outcome import FINISHED
 from vane.engine.plugin import LinkEnv, Terminator
 from vane.engine.template import TemplateError, render
-from vane.net.dial import ip_family, split_target, tcp_connect, tcp_connect_nonblocking, udp_connect
+from vane.net.dial import ip_family, split_target, tcp_connect_raw, udp_connect
 from vane.net.proxy_protocol import header_v1, header_v2
 from vane.net.tunnel import relay
 from vane.net.udp import relay_session
@@ -37,13 +37,7 @@ def connect(host: str, port: int, timeout: float, proto: str = "tcp", family: in
     """A connection to ``host:port``; ``family`` (when known) is ``ip_family(host)``."""
     if proto == "udp":
         return udp_connect(host, port)
-    if family is None:
-        family = ip_family(host)
-    if family:                   # an IP literal: a bare non-blocking connect, no resolver
-        return tcp_connect_nonblocking(host, port, timeout, family)
-    sock = tcp_connect(host, port, timeout, 0)
-    sock.settimeout(None)
-    return sock
+    return tcp_connect_raw(host, port, timeout, family)     # the kernel socket: the relay splices it
 
 
 class L4Proxy(Terminator):
