@@ -146,6 +146,13 @@ def test_connection_refused_is_a_connect_error(pool):
         fetch(pool, opts)
 
 
+def test_a_missing_unix_path_is_a_connect_error_with_the_reason(tmp_path, pool):
+    opts = Options({"upstream": f"unix:{tmp_path}/gone.sock"}, None)
+    with pytest.raises(UpstreamConnectError, match="No such file or directory"):
+        fetch(pool, opts)
+    assert all(row["active"] == 0 for row in pool.snapshot())
+
+
 def test_response_head_timeout(backend, pool):
     opts = Options({"upstream": backend.url, "timeout": 0.3}, None)
     with pytest.raises(UpstreamTimeout):

@@ -171,12 +171,12 @@ def relay(
     """Relay bytes both ways until both directions end, idle time runs out, or an error.
 
     ``client`` and ``upstream`` are plain sockets or ``Stream`` objects (a ``PlainStream`` is
-    relayed as the socket it holds); both are closed on return. ``upstream_prefix`` (e.g. a PROXY header) and ``client_prefix`` are sent before
-    anything relayed. ``buffer_size`` is the copy buffer of a direction that cannot splice;
-    splice moves up to the pool's pipe capacity per call. Socket errors end the relay and
-    are not raised; any other exception (a bug, a Stream's own error type) is re-raised
-    after cleanup. A Stream's own read timeout counts as an error: clear it (``None``) so
-    that ``idle_timeout`` alone decides.
+    relayed as the socket it holds); both are closed on return. ``upstream_prefix`` (e.g. a
+    PROXY header) and ``client_prefix`` are sent before anything relayed. ``buffer_size`` is
+    the copy buffer of a direction that cannot splice; splice moves up to the pool's pipe
+    capacity per call. Socket errors end the relay and are not raised; any other exception (a
+    bug, a Stream's own error type) is re-raised after cleanup. A Stream's own read timeout
+    counts as an error: clear it (``None``) so that ``idle_timeout`` alone decides.
     """
     if counters is None:
         counters = Counters()

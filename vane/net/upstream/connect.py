@@ -1,8 +1,9 @@
 """Opening one upstream connection for the pool (DESIGN.md §6 ``fetch`` / ``proxy``).
 
-TCP with TCP_NODELAY (an IP literal skips the resolver) or a unix socket, as a ``PlainStream``;
-or TLS on top of TCP with SNI, verification and ALPN as the endpoint asks. Failures become ``UpstreamTimeout`` or
-``UpstreamConnectError`` with the reason an operator needs (refused, certificate, resolve).
+TCP with TCP_NODELAY (an IP literal skips the resolver) or a unix socket, as a
+``PlainStream``; or TLS on top of TCP with SNI, verification and ALPN as the endpoint asks.
+Failures become ``UpstreamTimeout`` or ``UpstreamConnectError`` with the reason an operator
+needs (refused, certificate, resolve).
 """
 
 from __future__ import annotations
