@@ -52,13 +52,7 @@ def tcp_connect(host: str, port: int, timeout: float, family: int | None = None)
     if not family:
         sock = gsocket.create_connection((host, port), timeout=timeout)
     else:
-        sock = gsocket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect((host, port))
-        except BaseException:
-            sock.close()
-            raise
+        sock = _gevent_connect(family, (host, port), timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -98,14 +92,20 @@ def tcp_connect_raw(host: str, port: int, timeout: float, family: int | None = N
 
 def unix_connect_raw(path: str, timeout: float) -> Any:
     """A connected unix stream socket as the kernel socket, non-blocking."""
-    sock = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    return adopt(_gevent_connect(socket.AF_UNIX, path, timeout))
+
+
+def _gevent_connect(family: int, addr: Any, timeout: float) -> Any:
+    """A gevent stream socket of ``family`` connected to ``addr`` within ``timeout``; closed
+    again if that fails."""
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        sock.connect(addr)
     except BaseException:
         sock.close()
         raise
-    return adopt(sock)
+    return sock
 
 
 def adopt(sock: Any) -> Any:
