@@ -14,7 +14,7 @@ import mock
 import pytest
 
 from tests.support.net import recv_all, tcp_pair
-from vane.net import tunnel
+from vane.net import pipes, tunnel
 from vane.net.tunnel import Counters, relay
 
 SIZE = 10 * 1024 * 1024
@@ -271,13 +271,13 @@ def test_idle_tunnels_hold_no_pipes():
     g.kill()
     warm.close()
     before = open_fds()
-    free_before = len(tunnel._pipes.free)
+    free_before = len(pipes.pipes.free)
     setups = [Setup() for _ in range(5)]
     relays = [s.start() for s in setups]
     for s in setups:
         echo_once(s, os.urandom(300_000))
     assert open_fds() == before + 5 * 4  # only the sockets themselves
-    assert len(tunnel._pipes.free) == free_before
+    assert len(pipes.pipes.free) == free_before
     for s, g in zip(setups, relays, strict=True):
         s.client_ext.shutdown(socket.SHUT_WR)
         s.upstream_ext.shutdown(socket.SHUT_WR)
@@ -328,7 +328,7 @@ def test_many_concurrent_relays():
     gevent.joinall(relays, timeout=2)
     assert all(g.dead and g.successful() for g in relays)
     assert all((s.counters.up, s.counters.down) == (200_000, 1000) for s in setups)
-    assert len(tunnel._pipes.free) <= tunnel.PIPE_POOL_KEEP
+    assert len(pipes.pipes.free) <= pipes.PIPE_POOL_KEEP
     for s in setups:
         s.close()
 
@@ -382,7 +382,7 @@ def test_real_tls_stream_to_plain_upstream(setup, tmp_path):
 
 def test_without_pipes_the_plain_relay_copies_through_a_buffer(setup):
     """Out of descriptors for a pipe: both directions still move every byte, via a buffer."""
-    with mock.patch.object(tunnel._PipePool, "get", side_effect=OSError(24, "Too many open files")):
+    with mock.patch.object(pipes.PipePool, "get", side_effect=OSError(24, "Too many open files")):
         g = setup.start(buffer_size=4096)
         bidirectional(setup, g)
     assert setup.client_int.fileno() == -1 and setup.upstream_int.fileno() == -1

@@ -22,7 +22,6 @@ greenlet and one in a helper greenlet, each copying through one preallocated buf
 from __future__ import annotations
 
 import _socket
-import fcntl
 import os
 import socket
 import time
@@ -36,12 +35,10 @@ from gevent import ssl as gssl
 from gevent.hub import Waiter
 from gevent.monkey import get_original
 
+from vane.net.pipes import SPLICE_FLAGS, pipes
 from vane.net.plain import PlainStream
 from vane.net.sockets import set_rst_on_close
 
-PIPE_SIZE = 262144  # requested pipe capacity; the kernel default (64 KiB) when not allowed
-PIPE_POOL_KEEP = 64  # empty pipes kept for reuse
-_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _BURST = 16  # chunks moved without waiting before yielding to other greenlets / callbacks
 _DRAINED = 16384  # a read shorter than this emptied the socket: wait for readiness, not EAGAIN
 _READ = 1
@@ -119,44 +116,6 @@ def close(end: Any, abort: bool = False) -> None:
         closer()
     except OSError:
         pass
-
-
-class _PipePool:
-    """Empty pipes for splice, reused across connections (LIFO, at most ``keep`` kept).
-
-    A pipe is ``(read fd, write fd, capacity in bytes)``."""
-
-    __slots__ = ("free", "size", "keep")
-
-    def __init__(self, size: int, keep: int) -> None:
-        self.free: list[tuple[int, int, int]] = []
-        self.size = size
-        self.keep = keep
-
-    def get(self) -> tuple[int, int, int]:
-        if self.free:
-            return self.free.pop()
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            capacity = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
-        except OSError:  # over the per-user pipe quota: the default capacity still works
-            capacity = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
-        return r, w, capacity
-
-    def put(self, pipe: tuple[int, int, int]) -> None:
-        """Return an empty pipe."""
-        if len(self.free) < self.keep:
-            self.free.append(pipe)
-        else:
-            self.discard(pipe)
-
-    @staticmethod
-    def discard(pipe: tuple[int, int, int]) -> None:
-        os.close(pipe[0])
-        os.close(pipe[1])
-
-
-_pipes = _PipePool(PIPE_SIZE, PIPE_POOL_KEEP)
 
 
 def relay(
@@ -325,9 +284,9 @@ class _Half:
         pipe, self.pipe = self.pipe, None
         if pipe is not None:
             if self.pending:
-                _pipes.discard(pipe)  # bytes stuck inside: not reusable
+                pipes.discard(pipe)  # bytes stuck inside: not reusable
             else:
-                _pipes.put(pipe)
+                pipes.put(pipe)
         self.buf = self.out = None
 
     # -- callbacks -------------------------------------------------------------------------
@@ -357,12 +316,12 @@ class _Half:
                 pipe = self.pipe
                 if pipe is None:
                     try:
-                        pipe = self.pipe = _pipes.get()
+                        pipe = self.pipe = pipes.get()
                     except OSError:  # out of file descriptors: copy through a buffer instead
                         self.buf = memoryview(bytearray(self.relay.buffer_size))
                         continue
                 try:
-                    n = splice(src_fd, pipe[1], pipe[2], flags=_SPLICE_FLAGS)
+                    n = splice(src_fd, pipe[1], pipe[2], flags=SPLICE_FLAGS)
                 except BlockingIOError:
                     self._put_pipe()
                     return
@@ -400,7 +359,7 @@ class _Half:
             pipe_r = self.pipe[0]
             while pending:
                 try:
-                    n = splice(pipe_r, dst_fd, pending, flags=_SPLICE_FLAGS)
+                    n = splice(pipe_r, dst_fd, pending, flags=SPLICE_FLAGS)
                 except BlockingIOError:
                     self._wait_writable()
                     return False
@@ -434,7 +393,7 @@ class _Half:
         pipe = self.pipe
         if pipe is not None and not self.pending:
             self.pipe = None
-            _pipes.put(pipe)
+            pipes.put(pipe)
 
 
 # -- a Stream on either side: one greenlet per direction ----------------------------------------
