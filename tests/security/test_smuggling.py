@@ -118,6 +118,69 @@ def test_a_101_to_a_plain_request_is_a_502(lab):
     assert [r[0] for r in exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1.5)] == [502]
 
 
+# -- responses: a backend's body relayed by the kernel (splice) --------------------------------
+
+BIG = 1 << 20
+EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+
+
+def _rogue_origin(lab):
+    """Answers ``/big`` with a 1 MiB body and a second response right behind it, ``/short``
+    with a body cut off before its Content-Length, anything else with ``hello``."""
+    def handle(server, conn):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1]
+            if path == b"/big":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b%b" % (BIG, b"x" * BIG, EVIL))
+            elif path == b"/short":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (BIG, b"x" * 300_000))
+                return
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    return lab.tcp(handle)
+
+
+@pytest.fixture
+def rogue_front(lab):
+    origin = _rogue_origin(lab)
+    port = free_port()
+    d = lab.vaned({"r.json": {"rule": "p", "listen": [f"127.0.0.1:{port}"],
+                              "flow": {"proxy": {"input": {"upstream": f"http://{origin.target}"}}}}})
+    d.wait_listening(port)
+    return port, d
+
+
+def test_a_response_smuggled_behind_a_relayed_body_never_reaches_the_next_client(rogue_front):
+    port, d = rogue_front
+    for _ in range(3):
+        attacker = exchange(port, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n", 1.5)
+        assert [(r[0], len(r[2])) for r in attacker] == [(200, BIG)]
+        victim = exchange(port, b"GET /victim HTTP/1.1\r\nHost: a\r\n\r\n", 1.0)
+        assert [(r[0], r[2]) for r in victim] == [(200, b"hello")], victim
+    assert d.count(r"Traceback|ERROR") == 0, d.stderr
+
+
+def test_a_relayed_body_cut_short_by_the_backend_ends_the_client_connection(rogue_front):
+    port, d = rogue_front
+    with connect(port, timeout=5.0) as sock:
+        sock.sendall(b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n")
+        got = read_for(sock, 3.0)           # ends at the close, well before the 3 s
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: %d" % BIG in head.lower()
+    assert body == b"x" * 300_000           # what came, and then the connection closed
+    victim = exchange(port, b"GET /victim HTTP/1.1\r\nHost: a\r\n\r\n", 1.0)
+    assert [(r[0], r[2]) for r in victim] == [(200, b"hello")]
+    assert d.count(r"Traceback|ERROR") == 0, d.stderr
+
+
 # -- CL.TE, TE.CL, TE.TE and malformed framing -------------------------------------------------
 
 def _smuggle(head: bytes) -> bytes:

@@ -8,6 +8,7 @@ a pool whether the connection may carry another request. Pooling lives elsewhere
 
 from __future__ import annotations
 
+from socket import MSG_PEEK
 from time import monotonic
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ from vane.net.http.errors import (
     UpstreamTimeout,
 )
 from vane.net.http.message import HOP_BY_HOP, Headers, Request, Response
+from vane.net.pipes import pipes
 from vane.net.stream import Stream
 
 _METHODS = {m: m.encode() for m in (
@@ -328,6 +330,64 @@ class H1ClientConnection:
                 self._keep = False
             else:
                 raise self._fail(UpstreamProtocolError("response body truncated", True, True))
+
+    def _splice(self, body: StreamBody, io: StreamIO, head: bytes, timeout: float) -> int | None:
+        """Send ``head`` to ``io``, then the rest of ``body`` (a Content-Length body being
+        read) from this connection's socket by ``splice``, through a pipe: the bytes sent to
+        ``io``. None when either side is not a plain socket. The parser never sees the bytes
+        moved, so it starts afresh for the next response; the connection is reusable only
+        once exactly the announced length went through. Errors of the backend raise
+        ``UpstreamError``, those of ``io`` propagate (``timeout`` bounds each wait to write)."""
+        if not (io.plain and self._io.plain) or body is not self._cur:
+            return None
+        try:
+            pipe = pipes.get()
+        except OSError:             # out of descriptors: the body goes through Python
+            return None
+        ready = body.take_ready()
+        if ready:
+            head += b"".join(ready)
+        in_pipe = 0
+        try:
+            io.sendall(head, timeout)
+            sent = len(head)
+            left = body.length - body.received
+            while left:
+                try:
+                    in_pipe = self._io.splice_in(pipe[1], min(left, pipe[2]), self.idle_timeout)
+                except TimeoutError:
+                    raise self._fail(UpstreamTimeout("response body timeout", True, True)) from None
+                except OSError as exc:
+                    raise self._fail(UpstreamConnectError(f"response body: {exc}", True, True)) from None
+                if not in_pipe:
+                    raise self._fail(UpstreamProtocolError("response body truncated", True, True))
+                self.bytes_received += in_pipe
+                left -= in_pipe
+                body.received += in_pipe
+                io.splice_out(pipe[0], in_pipe, timeout)
+                sent += in_pipe
+                in_pipe = 0
+        finally:
+            if in_pipe:
+                pipes.discard(pipe)     # bytes stuck inside: not reusable
+            else:
+                pipes.put(pipe)
+        body.done = True
+        self._cur = None
+        self._parser = HttpResponseParser(self)
+        self._reset_message()
+        try:
+            # anything already behind the body (junk, a second response) or an EOF: the
+            # parser would have seen it in the same read; never reuse such a connection
+            self.stream.sock.recv(1, MSG_PEEK)
+            self._broken = True
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._broken = True
+        body._source = None
+        self._body_end(body, True)
+        return sent
 
     def _body_end(self, body: StreamBody, complete: bool) -> None:
         if complete:

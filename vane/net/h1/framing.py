@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from email.utils import formatdate
+from os import splice
 from time import time
 from typing import Any, Iterator, Protocol
 
@@ -22,6 +23,7 @@ from gevent import get_hub, getcurrent
 
 from vane.net.http.message import Body, FileBody, HeaderList, trailer_fields
 from vane.net.http.status import PHRASES
+from vane.net.pipes import SPLICE_FLAGS
 from vane.net.plain import PlainStream
 from vane.net.stream import Stream
 
@@ -169,6 +171,43 @@ class StreamIO:
             self.sent += n
         return sent
 
+    def splice_in(self, pipe_w: int, count: int, seconds: float) -> int:
+        """Move up to ``count`` bytes from the socket into a pipe (plain streams only); 0 at
+        EOF, ``IoTimeout`` after ``seconds`` without data."""
+        fd = self._raw.fileno()
+        try:
+            return splice(fd, pipe_w, count, flags=SPLICE_FLAGS)
+        except BlockingIOError:
+            pass
+        timer = self.timers.start(seconds)
+        try:
+            wait_read = self.stream.wait_read
+            while True:
+                wait_read()
+                try:
+                    return splice(fd, pipe_w, count, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    continue
+        finally:
+            timer.stop()
+
+    def splice_out(self, pipe_r: int, count: int, seconds: float) -> None:
+        """Move ``count`` bytes from a pipe to the socket (plain streams only); ``IoTimeout``
+        if the peer takes nothing for ``seconds``."""
+        fd = self._raw.fileno()
+        while count:
+            try:
+                n = splice(pipe_r, fd, count, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                timer = self.timers.start(seconds)
+                try:
+                    self.stream.wait_write()
+                finally:
+                    timer.stop()
+                continue
+            count -= n
+            self.sent += n
+
     def sendall(self, data: bytes, seconds: float) -> None:
         """Send all of ``data``; ``IoTimeout`` if the peer takes nothing for ``seconds``."""
         sock = self._raw
@@ -242,6 +281,10 @@ def write_body(io: StreamIO, head: bytes, body: Body, chunked: bool, timeout: fl
         if region is not None:
             sendall(head, timeout)
             return len(head) + io.sendfile(*region, timeout)
+    if not chunked and (body.length or 0) > COALESCE_LIMIT and io.plain:
+        moved = body.splice_to(io, head, timeout)   # a relayed body: socket to socket (splice)
+        if moved is not None:
+            return sent + moved
     sendall(head, timeout)
     sent += len(head)
     if chunked:
@@ -265,6 +308,8 @@ class BodySource(Protocol):
     def _fill(self, body: "StreamBody") -> None: ...
 
     def _body_end(self, body: "StreamBody", complete: bool) -> None: ...
+
+    def _splice(self, body: "StreamBody", io: StreamIO, head: bytes, timeout: float) -> int | None: ...
 
 
 class StreamBody(Body):
@@ -325,6 +370,12 @@ class StreamBody(Body):
                 source._fill(self)
         self._source = None
         source._body_end(self, True)
+
+    def splice_to(self, io: Any, head: bytes, timeout: float) -> int | None:
+        source = self._source
+        if source is None or self.length is None or self.done:
+            return None
+        return source._splice(self, io, head, timeout)
 
     def close(self) -> None:
         source, self._source = self._source, None

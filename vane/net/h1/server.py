@@ -500,6 +500,9 @@ class H1ServerConnection:
     def _body_end(self, body: StreamBody, complete: bool) -> None:
         pass
 
+    def _splice(self, body: StreamBody, io: StreamIO, head: bytes, timeout: float) -> None:
+        return None     # a request body is parsed on its way (100-continue, drain, limits)
+
     def _may_keep(self, request: Request, status: int) -> bool:
         flags = self._flags
         if not flags & _F_KEEP:

@@ -161,6 +161,13 @@ class Body:
         self.length = size
         return self._buffered
 
+    def splice_to(self, io: Any, head: bytes, timeout: float) -> int | None:
+        """Send ``head``, then this body, with the kernel moving the body from the socket it
+        arrives on straight to ``io`` (a plain stream): the bytes sent, head included. None,
+        with nothing sent, when the body cannot move that way (this default: its chunks pass
+        through Python). Only before the body was read; ``timeout`` bounds each wait to write."""
+        return None
+
     def close(self) -> None:
         self._chunks = None
         if self._close is not None:

@@ -61,16 +61,35 @@ def read_ahead(body: Body, limit: int, on_error: Callable[..., None], *error_arg
     return _PumpedBody(body, limit, on_error, error_args)
 
 
+def _splice_reported(inner: Body, io: Any, head: bytes, timeout: float,
+                     on_error: Callable[..., None], error_args: tuple) -> int | None:
+    """``inner.splice_to``, a failure of the backend reported once on its way."""
+    try:
+        return inner.splice_to(io, head, timeout)
+    except UpstreamError as exc:
+        on_error(exc, *error_args)
+        raise
+
+
 class _ReportedBody(Body):
     """``inner`` relayed as it comes, a failure of the backend reported once on its way."""
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_inner", "_on_error", "_error_args", "_started")
 
     def __init__(self, inner: Body, on_error: Callable[..., None], error_args: tuple) -> None:
         super().__init__(self._relay(on_error, error_args), inner.length, inner.close)
         self._inner = inner
+        self._on_error = on_error
+        self._error_args = error_args
+        self._started = False
+
+    def splice_to(self, io: Any, head: bytes, timeout: float) -> int | None:
+        if self._started:
+            return None
+        return _splice_reported(self._inner, io, head, timeout, self._on_error, self._error_args)
 
     def _relay(self, on_error: Callable[..., None], error_args: tuple) -> Iterator[bytes]:
+        self._started = True
         inner = self._inner
         try:
             yield from inner
@@ -119,6 +138,16 @@ class _PumpedBody(Body):
                 return
             self._data.clear()
             self._data.wait()       # the pump always ends by setting it (end, error, close)
+
+    def splice_to(self, io: Any, head: bytes, timeout: float) -> int | None:
+        """Before the pump started: the backend's body moves to ``io`` by the kernel instead,
+        the pipe of the splice then being the read-ahead buffer."""
+        if self._pump is not None or self._closed:
+            return None
+        sent = _splice_reported(self._inner, io, head, timeout, self._on_error, self._error_args)
+        if sent is not None:
+            self._ended = True
+        return sent
 
     def _run(self) -> None:
         inner = self._inner
