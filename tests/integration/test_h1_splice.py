@@ -1,8 +1,10 @@
-"""A proxied HTTP/1 response body moved socket to socket by ``splice`` (``Body.splice_to``).
+"""Proxied HTTP/1 bodies moved socket to socket by ``splice`` (``Body.splice_to``).
 
-Real loopback sockets on both sides: a raw backend that answers canned bytes (some of them
-hostile: short, stalled, with a second response smuggled behind the body), the upstream
-codec reading from it, and a client socket the body is spliced to.
+Real loopback sockets on both sides. Responses: a raw backend that answers canned bytes (some
+of them hostile: short, stalled, with a second response smuggled behind the body), the
+upstream codec reading from it, and a client socket the body is spliced to. Requests: the
+server codec on a client connection (short, stalled, Expect, pipelined behind the body)
+and an upstream socket the body is spliced to.
 """
 
 import hashlib
@@ -17,7 +19,8 @@ from tests.support.tls import backend_tls_context
 from vane.net.dial import adopt
 from vane.net.h1.client import H1ClientConnection
 from vane.net.h1.framing import StreamIO, write_body
-from vane.net.http.errors import UpstreamProtocolError, UpstreamTimeout
+from vane.net.h1.server import H1Limits, H1ServerConnection
+from vane.net.http.errors import ClientDisconnected, HttpError, UpstreamProtocolError, UpstreamTimeout
 from vane.net.http.message import Headers, Request
 from vane.net.pipes import pipes
 from vane.net.plain import PlainStream
@@ -256,3 +259,118 @@ def test_tls_on_either_side_takes_the_ordinary_path(backend, client, tmp_path):
     tls_out = StreamIO(ctx.wrap_socket(socket.socket(), server_hostname="localhost", do_handshake_on_connect=False))
     assert resp.body.splice_to(tls_out, b"HEAD", 5.0) is None
     assert digest(b"".join(resp.body)) == digest(BIG)
+
+
+# -- request bodies: client to upstream ------------------------------------------------------
+
+class Front:
+    """A client socket (``sock``) and the server codec on the proxy's end of it."""
+
+    def __init__(self, **limits) -> None:
+        self.pair = Client()
+        self.sock = self.pair.sock
+        self.codec = H1ServerConnection(self.pair.stream, H1Limits(**limits))
+
+    def close(self) -> None:
+        self.pair.close()
+
+
+@pytest.fixture
+def upstream():
+    """The proxy's end of an upstream connection (``out``) and the backend's (``sock``)."""
+    u = Client()
+    yield u
+    u.close()
+
+
+POST = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+
+
+def test_a_request_body_is_spliced_whole_and_the_next_request_is_parsed_afresh(upstream):
+    front = Front()
+    try:
+        front.sock.sendall(POST % MIB + BIG[:1000])
+        req = front.codec.next_request()
+        front.sock.sendall(BIG[1000:] + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        reader = gevent.spawn(upstream.read, 4 + MIB)
+        assert write_body(upstream.out, b"HEAD", req.body, False, 5.0) == 4 + MIB
+        assert digest(reader.get(timeout=10)[4:]) == digest(BIG)
+        assert req.body.done and front.codec.keep_alive
+        nxt = front.codec.next_request()
+        assert (nxt.method, nxt.path) == ("GET", "/next")
+        assert front.codec.bytes_in == len(POST % MIB) + MIB + len(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    finally:
+        front.close()
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_spliced(upstream):
+    front = Front()
+    try:
+        front.sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: %d\r\n\r\n" % MIB)
+        req = front.codec.next_request()
+        sender = gevent.spawn(lambda: (front.sock.recv(64), front.sock.sendall(BIG))[0])
+        reader = gevent.spawn(upstream.read, MIB)
+        assert req.body.splice_to(upstream.out, b"", 5.0) == MIB
+        assert sender.get(timeout=10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert digest(reader.get(timeout=10)) == digest(BIG)
+    finally:
+        front.close()
+
+
+def test_a_client_that_stops_mid_body_is_a_408_and_the_connection_ends(upstream):
+    front = Front(body_idle_timeout=0.3)
+    try:
+        front.sock.sendall(POST % MIB + BIG[:100_000])
+        req = front.codec.next_request()
+        with pytest.raises(HttpError) as info:
+            req.body.splice_to(upstream.out, b"", 5.0)
+        assert info.value.status == 408
+        assert not front.codec.keep_alive
+    finally:
+        front.close()
+
+
+def test_a_client_that_closes_mid_body_is_a_disconnect_and_the_connection_ends(upstream):
+    front = Front()
+    try:
+        front.sock.sendall(POST % MIB + BIG[:100_000])
+        req = front.codec.next_request()
+        front.sock.close()
+        with pytest.raises(ClientDisconnected):
+            req.body.splice_to(upstream.out, b"", 5.0)
+        assert not front.codec.keep_alive
+        assert front.codec.next_request() is None
+    finally:
+        front.close()
+
+
+def test_an_upstream_that_stops_reading_times_out_and_the_client_connection_ends(upstream):
+    front = Front()
+    try:
+        front.sock.sendall(POST % (64 * MIB))
+        req = front.codec.next_request()
+        feeder = gevent.spawn(lambda: [front.sock.sendall(BIG) for _ in range(64)])
+        with pytest.raises(TimeoutError):
+            req.body.splice_to(upstream.out, b"", 0.3)
+        assert not front.codec.keep_alive
+        feeder.kill()
+    finally:
+        front.close()
+
+
+def test_an_upgrade_or_chunked_request_body_is_not_spliced(upstream):
+    front = Front()
+    try:
+        front.sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\nhello\r\n0\r\n\r\n")
+        req = front.codec.next_request()
+        assert req.body.splice_to(upstream.out, b"HEAD", 5.0) is None
+        assert b"".join(req.body) == b"hello"
+        front.sock.sendall(b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                           b"Content-Length: %d\r\n\r\n" % MIB + BIG)
+        req = front.codec.next_request()
+        assert req.body.splice_to(upstream.out, b"HEAD", 5.0) is None
+        assert digest(b"".join(req.body)) == digest(BIG)
+    finally:
+        front.close()

@@ -256,6 +256,25 @@ def test_pipelined_requests_reach_the_origin_one_by_one(front):
     assert [line.split()[1] for line in origin_saw(nginx, 2)] == ["/one", "/two"]
 
 
+def test_a_large_body_relayed_by_the_kernel_ends_where_its_length_says(front):
+    """A body past what one read holds moves socket to socket (splice), beyond the parser's
+    sight: requests inside it stay body, and the request behind it is parsed afresh."""
+    port, nginx, _ = front
+    size = 512 * 1024
+    body = (SMUGGLED * (size // len(SMUGGLED) + 1))[:size]
+    with connect(port, timeout=5.0) as sock:
+        sock.sendall(b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size + body[:1000])
+        read_for(sock, 0.2)                 # the head is upstream; the rest of the body is not read yet
+        sock.sendall(body[1000:] + b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n"
+                     b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n")
+        answers = parse_responses(read_for(sock, 1.5))
+    assert [(r[0], r[2]) for r in answers] == [(200, b"origin /one\n"), (200, b"origin /two\n"),
+                                               (403, answers[2][2])], answers
+    seen = origin_saw(nginx, 2)
+    assert [line.split()[:2] for line in seen] == [["POST", "/one"], ["GET", "/two"]], seen
+    assert seen[0].endswith(f"len={size}")
+
+
 # -- HTTP/2 to HTTP/1.1 downgrades -------------------------------------------------------------
 
 def _base(path: bytes = b"/", method: bytes = b"GET", authority: bytes = b"site.test") -> list:

@@ -41,6 +41,7 @@ from vane.net.http.message import (
 )
 from vane.net.http.status import plain_response
 from vane.net.http.target import check_query, normalize_authority, normalize_path
+from vane.net.pipes import pipes
 from vane.net.stream import Stream
 from vane.net.tunnel import linger
 
@@ -500,8 +501,65 @@ class H1ServerConnection:
     def _body_end(self, body: StreamBody, complete: bool) -> None:
         pass
 
-    def _splice(self, body: StreamBody, io: StreamIO, head: bytes, timeout: float) -> None:
-        return None     # a request body is parsed on its way (100-continue, drain, limits)
+    def _splice(self, body: StreamBody, io: StreamIO, head: bytes, timeout: float) -> int | None:
+        """Send ``head`` to ``io`` (an upstream), then the rest of the current request's
+        Content-Length ``body`` from the client's socket by ``splice``, through a pipe: the
+        bytes sent to ``io``. None when either side is not a plain socket, or the body is not
+        the plain current one (an upgrade's, one behind bytes already read). The parser never
+        sees the bytes moved, so it starts afresh for the next request, whose bytes are still
+        in the socket; a splice that fails midway ends the connection (the parser's count of
+        the body is gone). Errors of the client raise ``HttpError`` (408, or
+        ``ClientDisconnected``), those of ``io`` propagate (``timeout`` bounds each wait to
+        write)."""
+        if (not (io.plain and self._io.plain) or body is not self._cur or body is not self._body
+                or self._rest or self._flags & _F_UPGRADE):
+            return None
+        try:
+            pipe = pipes.get()
+        except OSError:             # out of descriptors: the body goes through Python
+            return None
+        in_pipe = 0
+        try:
+            if self._continue_due:
+                self._continue_due = False
+                self._io.sendall(_CONTINUE, self.limits.send_timeout)
+                self.bytes_out += len(_CONTINUE)
+            ready = body.take_ready()
+            if ready:
+                head += b"".join(ready)
+            io.sendall(head, timeout)
+            sent = len(head)
+            left = body.length - body.received
+            idle = self.limits.body_idle_timeout
+            while left:
+                try:
+                    in_pipe = self._io.splice_in(pipe[1], min(left, pipe[2]), idle)
+                except TimeoutError:
+                    raise self._fail(HttpError(408, "request body timeout")) from None
+                except OSError as exc:
+                    raise self._fail(ClientDisconnected(str(exc))) from None
+                if not in_pipe:
+                    raise self._fail(ClientDisconnected())
+                self.bytes_in += in_pipe
+                left -= in_pipe
+                body.received += in_pipe
+                io.splice_out(pipe[0], in_pipe, timeout)
+                sent += in_pipe
+                in_pipe = 0
+        except BaseException:
+            self._keep = False
+            raise
+        finally:
+            if in_pipe:
+                pipes.discard(pipe)     # bytes stuck inside: not reusable
+            else:
+                pipes.put(pipe)
+        body.done = True
+        self._cur = None
+        self._parser = HttpRequestParser(self)
+        self._reset_message()
+        body._source = None
+        return sent
 
     def _may_keep(self, request: Request, status: int) -> bool:
         flags = self._flags
