@@ -7,7 +7,9 @@ goes back before the client gets a byte; any other body is read by a pump greenl
 most ``limit`` bytes while the client drains it, so a response up to the buffer size frees
 its upstream lease as soon as the backend has sent it, and a longer one streams with at most
 ``limit`` bytes held. Streaming responses (server-sent events, long polls) still reach the
-client chunk by chunk as they arrive.
+client chunk by chunk as they arrive. A body the client's codec can take by ``splice_to``
+(plain HTTP/1 on both sides, a known length) is moved by the kernel instead, before any pump
+starts: the pipe is then the buffer.
 
 Failures reading the backend surface to the consumer as the ``UpstreamError`` that caused
 them, after ``on_error`` has reported it once; so do those of a body relayed without a
